@@ -1,0 +1,1 @@
+"""Backends: one module per runtime format (ONNX, Core ML, TensorRT)."""

@@ -1,0 +1,48 @@
+"""Running an ONNX file with ONNX Runtime on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def session(path: str | Path, threads: int | None = None, optimized_model_path: str | None = None):
+    """Returns an ONNX Runtime CPU session for the file, all graph optimizations on."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimized_model_path:
+        options.optimized_model_filepath = optimized_model_path
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def feeds(sess, inputs: Sequence[torch.Tensor | np.ndarray]) -> dict[str, np.ndarray]:
+    """Returns the session's input dict for a tuple of tensors, cast to the declared types."""
+    out = {}
+    for meta, value in zip(sess.get_inputs(), inputs, strict=True):
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if meta.type == "tensor(float16)":
+            array = array.astype(np.float16)
+        elif meta.type == "tensor(float)":
+            array = array.astype(np.float32)
+        out[meta.name] = array
+    return out
+
+
+def predictor(path: str | Path, threads: int | None = None):
+    """Returns ``predict(*inputs) -> torch.Tensor`` (first output, as float32) for the file."""
+    sess = session(path, threads)
+
+    def predict(*inputs: torch.Tensor) -> torch.Tensor:
+        result = sess.run(None, feeds(sess, inputs))[0]
+        return torch.from_numpy(np.asarray(result, dtype=np.float32))
+
+    return predict

@@ -1,0 +1,29 @@
+"""The errors edgeprune raises on purpose, each mapped to a CLI exit code."""
+
+from __future__ import annotations
+
+
+class EdgepruneError(Exception):
+    """Something unexpected inside edgeprune (exit code 1)."""
+
+    exit_code = 1
+
+
+class InputError(EdgepruneError):
+    """Bad input or usage: a missing file, an invalid number, a malformed profile (exit code 2).
+
+    The message is one line a user can act on; the CLI prints it without a traceback.
+    """
+
+    exit_code = 2
+
+
+class UnsupportedError(InputError):
+    """A request a stage cannot serve: an operator a backend cannot lower, a precision a
+    format does not store, a feature that has not landed yet (exit code 2)."""
+
+
+class BudgetMissed(EdgepruneError):
+    """The build finished but a budget was missed (exit code 3)."""
+
+    exit_code = 3

@@ -1,0 +1,114 @@
+"""The workload contract: the one thing a user writes, and how a CLI spec loads it."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeprune.errors import InputError
+
+Inputs = tuple[torch.Tensor, ...]
+Predict = Callable[..., torch.Tensor]
+
+
+@dataclass
+class Workload:
+    """A model with everything edgeprune needs to prune, verify and score it.
+
+    model: the dense PyTorch model (put into eval mode by edgeprune).
+    example_inputs: one batch of inputs at the shape the device sees (batch 1 for latency).
+    calibration: batches of inputs (tuples of tensors) for activation statistics,
+        int8 calibration and verification; real data, not noise.
+    evaluate: scores a ``predict`` callable (``predict(*inputs) -> output tensor``) so the
+        same function scores the PyTorch model and the lowered artifact.
+    finetune_data: batches of inputs for recovery by distillation (labels not needed).
+    metric: what ``evaluate`` returns; ``higher_is_better`` says which way is good.
+    """
+
+    model: torch.nn.Module
+    example_inputs: Sequence[torch.Tensor]
+    calibration: Iterable[Sequence[torch.Tensor]] | None = None
+    evaluate: Callable[[Predict], float] | None = None
+    finetune_data: Iterable[Sequence[torch.Tensor]] | None = None
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    name: str = "model"
+    task: str = "classification"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, torch.nn.Module):
+            raise InputError(f"Workload.model must be a torch.nn.Module, got {type(self.model).__name__}")
+        if isinstance(self.example_inputs, torch.Tensor):
+            self.example_inputs = (self.example_inputs,)
+        self.example_inputs = tuple(self.example_inputs)
+        if not self.example_inputs or not all(isinstance(t, torch.Tensor) for t in self.example_inputs):
+            raise InputError("Workload.example_inputs must be a non-empty tuple of tensors")
+        if self.calibration is not None:
+            self.calibration = [_as_inputs(b, "calibration") for b in self.calibration]
+            if not self.calibration:
+                raise InputError("Workload.calibration is empty: give at least one batch or None")
+        if self.finetune_data is not None:
+            self.finetune_data = [_as_inputs(b, "finetune_data") for b in self.finetune_data]
+        self.model.eval()
+
+    def calibration_batches(self) -> list[Inputs]:
+        """Returns the calibration batches, or the example inputs when none were given."""
+        return list(self.calibration) if self.calibration else [tuple(self.example_inputs)]
+
+    def drop(self, baseline: float, value: float) -> float:
+        """Returns how much worse ``value`` is than ``baseline`` (positive means worse)."""
+        return baseline - value if self.higher_is_better else value - baseline
+
+
+def _as_inputs(batch: Any, what: str) -> Inputs:
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)) and batch and all(isinstance(t, torch.Tensor) for t in batch):
+        return tuple(batch)
+    raise InputError(f"Workload.{what} must hold tensors or tuples of tensors, got {type(batch).__name__}")
+
+
+def load_workload(spec: str | Path) -> Workload:
+    """Returns the Workload that ``path/to/file.py[:function]`` builds (default ``workload``)."""
+    text = str(spec)
+    path_text, _, func_name = text.partition(":") if not _is_windows_drive(text) else (text, "", "")
+    func_name = func_name or "workload"
+    path = Path(path_text)
+    if path.suffix != ".py":
+        raise InputError(f"model spec must be a Python file (path/to/file.py[:function]), got {text!r}")
+    if not path.is_file():
+        raise InputError(f"workload file not found: {path}")
+    module_name = f"edgeprune_workload_{abs(hash(path.resolve()))}"
+    try:
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+    except InputError:
+        raise
+    except Exception as exc:  # a user's file can raise anything; report it in one line
+        raise InputError(f"workload file {path} failed to load: {type(exc).__name__}: {exc}") from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise InputError(f"{path} has no function {func_name}() returning an edgeprune.Workload")
+    try:
+        workload = func()
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}:{func_name}() failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(workload, Workload):
+        raise InputError(f"{path}:{func_name}() returned {type(workload).__name__}, not an edgeprune.Workload")
+    return workload
+
+
+def _is_windows_drive(text: str) -> bool:
+    return len(text) > 1 and text[1] == ":" and text[0].isalpha() and text.count(":") == 1
