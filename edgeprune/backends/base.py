@@ -1,0 +1,114 @@
+"""What every backend declares and returns: precisions, sparsity storage, the artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from edgeprune.errors import UnsupportedError
+from edgeprune.profile import Profile
+
+Inputs = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class LowerRequest:
+    """What the build asks a backend for.
+
+    precision: fp32, fp16 or int8. sparsity: the pruning kind whose zeros the artifact
+    should store compactly (none, structured, unstructured, nm).
+    """
+
+    precision: str
+    profile: Profile
+    calibration: Sequence[Inputs] = ()
+    sparsity: str = "none"
+    nm: tuple[int, int] = (2, 4)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Artifact:
+    """A lowered model on disk and what is known about it.
+
+    path: the file or package the device runs. measure_path: an ONNX file this machine can
+    time when the artifact itself cannot run here (None if nothing can). notes: what a user
+    should know (a fusion that did not happen, a check that could only be structural).
+    """
+
+    format: str
+    precision: str
+    path: Path
+    files: list[Path] = field(default_factory=list)
+    measure_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        if self.path.is_dir():
+            return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return self.path.stat().st_size
+
+
+class Backend(Protocol):
+    """A runtime format: lowers a PyTorch model and, where it can, runs the artifact here."""
+
+    name: str
+    precisions: frozenset[str]
+    sparsity_storage: frozenset[str]
+
+    def check(self, request: LowerRequest) -> None:
+        """Raises UnsupportedError if the request cannot be served, before any work starts."""
+
+    def lower(self, model: torch.nn.Module, example_inputs: Inputs, request: LowerRequest, out_dir: Path) -> Artifact:
+        """Returns the artifact written into out_dir."""
+
+    def predictor(self, artifact: Artifact) -> Callable[..., torch.Tensor] | None:
+        """Returns predict(*inputs) running the artifact on this machine, or None if it cannot."""
+
+    def cannot_run_reason(self) -> str | None:
+        """Returns why artifacts of this format cannot run on this machine, or None if they can."""
+
+
+_BACKENDS: dict[str, Callable[[], Backend]] = {}
+
+
+def register_backend(name: str) -> Callable[[Callable[[], Backend]], Callable[[], Backend]]:
+    """Registers a factory for a format name (the factory imports optional dependencies)."""
+
+    def wrap(factory: Callable[[], Backend]) -> Callable[[], Backend]:
+        _BACKENDS[name] = factory
+        return factory
+
+    return wrap
+
+
+def get_backend(name: str) -> Backend:
+    """Returns the backend for a format name."""
+    if name not in _BACKENDS:
+        known = ", ".join(sorted(_BACKENDS))
+        raise UnsupportedError(f"unknown format {name!r}; formats: {known}")
+    return _BACKENDS[name]()
+
+
+def known_formats() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def check_precision(backend: Backend, request: LowerRequest) -> None:
+    """Raises UnsupportedError when the backend or the profile cannot take the precision."""
+    if request.precision not in backend.precisions:
+        raise UnsupportedError(
+            f"format {backend.name} does not support precision {request.precision} "
+            f"(supports: {', '.join(sorted(backend.precisions))})"
+        )
+    if request.precision not in request.profile.precisions:
+        raise UnsupportedError(
+            f"profile {request.profile.name} does not run {request.precision} "
+            f"(its precisions: {', '.join(request.profile.precisions)})"
+        )

@@ -1,0 +1,226 @@
+"""The build: workload -> plan -> prune -> lower -> verify -> measure -> gate -> report."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from edgeprune import __version__
+from edgeprune.backends import Artifact, LowerRequest, get_backend
+from edgeprune.backends.onnx_export import export_onnx
+from edgeprune.errors import UnsupportedError
+from edgeprune.gate import Budgets, check_budgets
+from edgeprune.measure.local import host_mismatch, local_device, measure_onnx_files
+from edgeprune.output import check_output_folder, staged_output
+from edgeprune.plan import Plan, make_plan
+from edgeprune.profile import Profile, load_profile
+from edgeprune.report import write_report
+from edgeprune.stats import model_stats
+from edgeprune.verify import Verification, verify_numeric
+from edgeprune.workload import Workload, load_workload
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything ``edgeprune build`` takes; each field is a CLI flag and a target-file key."""
+
+    model: str
+    profile: str
+    output: Path
+    strategy: str = "auto"
+    sparsity: float | None = None
+    criterion: str | None = None
+    nm: str = "2:4"
+    recover: int = 0
+    quantize: str = "none"
+    format: str = "auto"
+    device: str | None = None
+    budgets: Budgets = field(default_factory=Budgets)
+    threads: int | None = None
+
+
+Step = Callable[[str], "contextmanager"]
+
+
+@contextmanager
+def _silent_step(name: str) -> Iterator[None]:
+    yield
+
+
+def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
+    """Returns the report of a build; the artifact and report are in ``options.output``.
+
+    ``step(name)`` is a context manager wrapped around each stage (the CLI shows progress
+    with it). Bad input raises InputError before anything is written.
+    """
+    check_output_folder(Path(options.output))
+    with step("load workload and profile"):
+        workload = load_workload(options.model)
+        profile = load_profile(options.profile)
+    plan = make_plan(workload, profile, options.strategy, options.sparsity, options.quantize,
+                     options.format, options.criterion, options.nm)
+    backend = get_backend(plan.format)
+    request = LowerRequest(precision=plan.precision, profile=profile,
+                           calibration=workload.calibration_batches(), sparsity=plan.kind,
+                           nm=plan.nm or (2, 4))
+    backend.check(request)
+    if options.device:
+        raise UnsupportedError("--device (measuring through a remote agent) is not available yet")
+
+    dense = workload.model
+    with step("count parameters and MACs"):
+        before = model_stats(dense, workload.example_inputs)
+    with step(f"prune ({plan.kind})"):
+        model, prune_details = _prune(workload, plan, profile)
+        after = model_stats(model, workload.example_inputs)
+
+    report: dict = {
+        "schema": 1,
+        "edgeprune_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "workload": workload.name,
+        "profile": profile.name,
+        "strategy": {
+            "kind": plan.kind, "sparsity": plan.sparsity, "quantization": plan.quantization,
+            "criterion": plan.criterion, "nm": plan.to_dict()["nm"], "reasons": list(plan.reasons),
+            "details": prune_details,
+        },
+        "model": {
+            "params_before": before["params"], "params_after": after["params"],
+            "nonzero_params_after": after["nonzero_params"],
+            "macs_before": before["macs"], "macs_after": after["macs"],
+        },
+        "notes": [],
+    }
+    final = Path(options.output)
+    with staged_output(final) as stage:
+        with step(f"lower to {plan.format} ({plan.precision})"):
+            artifact = backend.lower(model, tuple(workload.example_inputs), request, stage)
+        with step("verify the artifact against PyTorch"):
+            predict = backend.predictor(artifact)
+            verification = _verify(model, predict, workload, plan, backend)
+        report["artifact"] = _artifact_section(artifact, final, stage, verification)
+        report["notes"] += artifact.notes
+        with step("measure latency"):
+            report["latency"] = _latency(workload, profile, plan, artifact, dense, options)
+        with step("evaluate accuracy on the artifact"):
+            report["accuracy"] = _accuracy(workload, predict, backend)
+        report["budgets"] = check_budgets(report, options.budgets)
+        report["passed"] = verification.passed and all(b["met"] for b in report["budgets"])
+        if not verification.passed:
+            report["notes"].append(f"verification failed: {verification.detail}")
+        write_report(report, stage)
+    return report
+
+
+def _prune(workload: Workload, plan: Plan, profile: Profile) -> tuple[torch.nn.Module, dict]:
+    """Returns the pruned model (a copy; the dense model stays the baseline) and its details."""
+    if plan.kind == "none":
+        return workload.model, {}
+    raise UnsupportedError(f"--strategy {plan.kind} is not available yet")
+
+
+def _verify(model, predict, workload: Workload, plan: Plan, backend) -> Verification:
+    if predict is None:
+        return Verification("structural", True, detail=backend.cannot_run_reason() or "")
+    return verify_numeric(model, predict, workload.calibration_batches(), plan.precision,
+                          classifier=workload.task == "classification")
+
+
+def _artifact_section(artifact: Artifact, final: Path, stage: Path, verification: Verification) -> dict:
+    def moved(p: Path) -> str:
+        return str(final / p.relative_to(stage))
+
+    return {
+        "format": artifact.format,
+        "precision": artifact.precision,
+        "path": moved(artifact.path),
+        "files": [moved(f) for f in artifact.files],
+        "size_bytes": artifact.size_bytes,
+        "verified": verification.to_dict(),
+        **({"details": artifact.details} if artifact.details else {}),
+    }
+
+
+def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifact,
+             dense: torch.nn.Module, options: BuildOptions) -> dict:
+    """Returns the latency section: measured here when this machine is the device."""
+    reason = host_mismatch(profile)
+    if reason is None and artifact.measure_path is None:
+        reason = f"{artifact.format} artifacts cannot run on this machine"
+    if reason is not None:
+        return {"source": "unavailable", "device": profile.name,
+                "note": f"not measured: {reason}; attach the device with --device"}
+    files = {"artifact": artifact.measure_path}
+    same_as_baseline = plan.kind == "none" and plan.precision == "fp32" and artifact.format == "onnx"
+    with tempfile.TemporaryDirectory(prefix="edgeprune-baseline-") as tmp:
+        if not same_as_baseline:
+            files["baseline"] = export_onnx(dense, tuple(workload.example_inputs), Path(tmp) / "dense.onnx")
+        start = time.perf_counter()
+        stats = measure_onnx_files(files, workload.example_inputs, options.threads)
+        seconds = time.perf_counter() - start
+    mine = stats["artifact"]
+    base = stats.get("baseline", mine)
+    return {
+        "source": "measured",
+        "device": local_device(),
+        "runtime": "onnxruntime " + _ort_version(),
+        "threads": options.threads or _threads(),
+        "batch": int(workload.example_inputs[0].shape[0]),
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in mine.to_dict().items()},
+        "baseline_median_ms": round(base.median_ms, 4),
+        "speedup": round(base.median_ms / mine.median_ms, 4),
+        "seconds": round(seconds, 2),
+    }
+
+
+def _accuracy(workload: Workload, predict, backend) -> dict:
+    if workload.evaluate is None:
+        return {"metric": workload.metric, "note": "the workload has no evaluate()"}
+    with torch.no_grad():
+        baseline = float(workload.evaluate(_torch_predict(workload.model)))
+    section = {"metric": workload.metric, "higher_is_better": workload.higher_is_better,
+               "baseline": baseline}
+    if predict is None:
+        section["note"] = f"not evaluated on the artifact: {backend.cannot_run_reason()}"
+        return section
+    with torch.no_grad():
+        value = float(workload.evaluate(predict))
+    section.update({"pruned": value, "drop": round(workload.drop(baseline, value), 6), "evaluated_on": "artifact"})
+    return section
+
+
+def _torch_predict(model: torch.nn.Module):
+    model = model.eval()
+
+    def predict(*inputs: torch.Tensor) -> torch.Tensor:
+        out = model(*inputs)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return getattr(out, "logits", out)
+
+    return predict
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _threads() -> int:
+    from edgeprune.host import this_host
+
+    return this_host().cores
+
+
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Returns a deep copy of a model, so pruning never touches the dense baseline."""
+    return copy.deepcopy(model)

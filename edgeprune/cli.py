@@ -1,0 +1,276 @@
+"""The edgeprune command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from edgeprune.errors import EdgepruneError, InputError
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def _emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeprune")
+def cli() -> None:
+    """Prune, quantize and lower PyTorch models for edge devices; prove and gate the result."""
+
+
+# --------------------------------------------------------------------------- profiles
+@cli.group()
+def profiles() -> None:
+    """The hardware-profile registry (built-ins, EDGEPRUNE_PROFILE_PATH, or a .toml path)."""
+
+
+@profiles.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def profiles_list(as_json: bool) -> None:
+    """List the known profiles."""
+    from edgeprune.profile import available_profiles, load_profile_file
+
+    rows = []
+    for name, path in available_profiles().items():
+        p = load_profile_file(path)
+        rows.append({
+            "name": name, "family": p.family, "formats": p.formats, "precisions": p.precisions,
+            "sparsity": ["structured"] + [k for k in ("nm", "unstructured") if getattr(p.sparsity, k)],
+            "description": p.description, "path": str(path),
+        })
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("name", "family", "formats", "precisions", "sparsity that pays")
+    for r in rows:
+        table.add_row(r["name"], r["family"], ", ".join(r["formats"]), ", ".join(r["precisions"]),
+                      ", ".join(r["sparsity"]))
+    out.print(table)
+
+
+@profiles.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def profiles_show(name: str, as_json: bool) -> None:
+    """Show one profile (a registry name or a path to a .toml file) with its sources."""
+    from edgeprune.profile import load_profile
+
+    p = load_profile(name)
+    data = p.to_dict()
+    if as_json:
+        _emit_json(data)
+        return
+    out.print(f"[bold]{p.name}[/bold] ({p.family}): {p.description}")
+    out.print(f"formats: {', '.join(p.formats)} (preferred: {p.preferred_format}); precisions: {', '.join(p.precisions)}")
+    table = Table("quantity", "value", "source")
+    table.add_row("channel multiple", f"{p.channel_multiple.value:g}", p.channel_multiple.source)
+    table.add_row("memory bandwidth", f"{p.memory_bandwidth_gbs.value:g} GB/s", p.memory_bandwidth_gbs.source)
+    table.add_row("memory", f"{p.memory_gb.value:g} GB", p.memory_gb.source)
+    for prec, c in p.compute.items():
+        sparse = f" / {c.sparse_tops:g} sparse" if c.sparse_tops else ""
+        table.add_row(f"peak {prec}", f"{c.dense_tops:g} TOPS dense{sparse}", c.source)
+    if p.sparsity.nm:
+        table.add_row(f"{p.sparsity.nm.pattern} sparsity", f"layers >= {p.sparsity.nm.min_channels} channels", p.sparsity.nm.source)
+    if p.sparsity.unstructured:
+        table.add_row("unstructured sparsity", f"pays above {p.sparsity.unstructured.min_sparsity:.0%}", p.sparsity.unstructured.source)
+    table.add_row("sparsity otherwise", "structured only", p.sparsity.source)
+    e = p.efficiency
+    table.add_row("estimator efficiency", f"compute {e.compute:g}, bandwidth {e.bandwidth:g}, {e.layer_overhead_us:g} us/layer", e.source)
+    out.print(table)
+
+
+@profiles.command("probe")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the profile of this machine (.toml).")
+@click.option("--name", default=None, help="Profile name (default: 'probed-<hostname>').")
+@click.option("--seconds", default=1.0, show_default=True, type=click.FloatRange(0.1, 30),
+              help="Time per micro-benchmark.")
+def profiles_probe(output: Path, name: str | None, seconds: float) -> None:
+    """Measure this machine and write a valid profile of it."""
+    from edgeprune.probe import probe_host, write_profile
+
+    with _progress("probe matrix-multiply throughput and memory bandwidth"):
+        data = probe_host(name=name, seconds=seconds)
+    write_profile(data, output)
+    err.print(f"wrote {output} ({data['name']}: fp32 {data['compute']['fp32']['dense_tops'] * 1e3:.1f} GFLOP/s, "
+              f"int8 {data['compute']['int8']['dense_tops'] * 1e3:.1f} GOP/s, "
+              f"{data['memory_bandwidth_gbs']['value']:.1f} GB/s)")
+
+
+# --------------------------------------------------------------------------- build
+def _build_options(func):
+    opts = [
+        click.option("--profile", help="Profile name or path to a .toml profile."),
+        click.option("--strategy", type=click.Choice(["auto", "none", "structured", "unstructured", "nm", "hybrid"]),
+                     help="Pruning strategy (default auto)."),
+        click.option("--sparsity", type=float, help="Fraction to prune, in [0, 1)."),
+        click.option("--criterion", help="Importance criterion (see the README)."),
+        click.option("--nm", help="N:M pattern for --strategy nm (default 2:4)."),
+        click.option("--recover", type=click.IntRange(min=0), help="Distillation steps after pruning."),
+        click.option("--quantize", type=click.Choice(["none", "fp16", "int8"]), help="Quantization (default none)."),
+        click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "coreml", "tensorrt"]),
+                     help="Artifact format (default auto: the profile's preferred runtime)."),
+        click.option("--latency-budget-ms", type=float, help="Latency budget in ms (on --latency-stat)."),
+        click.option("--latency-stat", type=click.Choice(["median", "p90"]), help="Statistic the latency budget applies to."),
+        click.option("--max-size-mb", type=float, help="Artifact size budget in MB (10^6 bytes)."),
+        click.option("--max-memory-mb", type=float, help="Peak memory budget in MB (weights + activations)."),
+        click.option("--max-accuracy-drop", type=float, help="Largest allowed metric drop (e.g. 0.01 = 1 point)."),
+        click.option("--estimate-margin", type=float, help="Margin an estimated latency must clear (default 0.2)."),
+        click.option("--device", help="URL of an edgeprune agent on the device (http://HOST:PORT)."),
+        click.option("--threads", type=click.IntRange(min=1), help="Runtime threads when measuring here."),
+        click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Build folder."),
+        click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _merge(spec: str, given: dict):
+    """Returns BuildOptions from a model spec or target file, flags winning over target keys."""
+    from edgeprune.build import BuildOptions
+    from edgeprune.gate import Budgets
+    from edgeprune.target import load_target
+
+    keys: dict = {}
+    if spec.endswith(".toml"):
+        keys = load_target(spec)
+    else:
+        keys["model"] = spec
+    keys.update({k: v for k, v in given.items() if v is not None})
+    if not keys.get("profile"):
+        raise InputError("no profile: give --profile NAME (see `edgeprune profiles list`) or a target file with profile")
+    default_out = Path("out") / Path(spec.split(":")[0]).stem
+    budget_keys = {
+        "latency_budget_ms": "latency_ms", "latency_stat": "latency_stat", "max_size_mb": "max_size_mb",
+        "max_memory_mb": "max_memory_mb", "max_accuracy_drop": "max_accuracy_drop",
+        "estimate_margin": "estimate_margin",
+    }
+    budgets = Budgets(**{dst: _number(src, keys[src]) if src != "latency_stat" else keys[src]
+                         for src, dst in budget_keys.items() if keys.get(src) is not None})
+    plain = {k: v for k, v in keys.items() if k not in budget_keys}
+    plain["output"] = Path(plain.get("output") or default_out)
+    if "fmt" in plain:
+        plain["format"] = plain.pop("fmt")
+    if plain.get("sparsity") is not None:
+        plain["sparsity"] = _number("sparsity", plain["sparsity"])
+    return BuildOptions(**plain, budgets=budgets)
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name.replace('_', '-')} must be a number, got {value!r}")
+    return float(value)
+
+
+@contextmanager
+def _progress(name: str):
+    start = time.perf_counter()
+    with err.status(f"{name}…"):
+        yield
+    err.print(f"[green]✓[/green] {name} [dim]({time.perf_counter() - start:.1f} s)[/dim]")
+
+
+@cli.command()
+@click.argument("model_or_target")
+@_build_options
+def build(model_or_target: str, as_json: bool, **given) -> None:
+    """Build MODEL_OR_TARGET (path/to/workload.py[:function] or targets/NAME.toml) for a profile.
+
+    Exit codes: 0 built and every budget met; 2 bad input; 3 built but a budget was missed.
+    """
+    from edgeprune.build import build as run_build
+    from edgeprune.report import render_markdown
+
+    options = _merge(model_or_target, given)
+    report = run_build(options, step=_progress)
+    if as_json:
+        _emit_json(report)
+    else:
+        click.echo(render_markdown(report))
+        err.print(f"build written to {options.output}/")
+    if not report["passed"]:
+        raise SystemExit(3)
+
+
+@cli.command()
+@click.argument("report_path", type=click.Path(path_type=Path))
+@click.option("--latency-budget-ms", type=float)
+@click.option("--latency-stat", type=click.Choice(["median", "p90"]), default="median", show_default=True)
+@click.option("--max-size-mb", type=float)
+@click.option("--max-memory-mb", type=float)
+@click.option("--max-accuracy-drop", type=float)
+@click.option("--estimate-margin", type=float, default=0.2, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def check(report_path: Path, as_json: bool, **limits) -> None:
+    """Re-check a stored report.json (or build folder) against budgets; exit 3 if one is missed.
+
+    With no budget flags, the budgets stored in the report are checked again.
+    """
+    from edgeprune.gate import Budgets, check_budgets
+    from edgeprune.report import read_report
+
+    report = read_report(report_path)
+    given = {k: v for k, v in limits.items() if v is not None and k not in ("latency_stat", "estimate_margin")}
+    if given:
+        budgets = Budgets(latency_ms=limits["latency_budget_ms"], latency_stat=limits["latency_stat"],
+                          max_size_mb=limits["max_size_mb"], max_memory_mb=limits["max_memory_mb"],
+                          max_accuracy_drop=limits["max_accuracy_drop"], estimate_margin=limits["estimate_margin"])
+        results = check_budgets(report, budgets)
+    else:
+        results = report.get("budgets", [])
+    verified = (report.get("artifact") or {}).get("verified", {}).get("passed", False)
+    passed = verified and all(r["met"] for r in results)
+    if as_json:
+        _emit_json({"passed": passed, "verified": verified, "budgets": results})
+    else:
+        for r in results:
+            mark = "[green]met[/green]" if r["met"] else "[red]MISSED[/red]"
+            out.print(f"{r['name']}: {r['value']} (limit {r['limit']}) {mark}{' — ' + r['note'] if r.get('note') else ''}")
+        if not verified:
+            out.print("[red]artifact not verified[/red]")
+        out.print("PASSED" if passed else "FAILED")
+    if not passed:
+        raise SystemExit(3)
+
+
+def main() -> None:
+    """Runs the CLI: one clear line and exit 2 for bad input, no tracebacks for user mistakes."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except EdgepruneError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except Exception as exc:  # the unexpected: one line, a traceback only on request
+        if os.environ.get("EDGEPRUNE_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (set EDGEPRUNE_DEBUG=1 for a traceback)",
+                  soft_wrap=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

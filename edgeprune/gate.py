@@ -1,0 +1,97 @@
+"""The gate: budgets checked against a report; a budget the build cannot prove is missed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edgeprune.errors import InputError
+
+LATENCY_STATS = ("median", "p90")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Limits a build must meet. None means no limit."""
+
+    latency_ms: float | None = None
+    latency_stat: str = "median"
+    max_size_mb: float | None = None
+    max_memory_mb: float | None = None
+    max_accuracy_drop: float | None = None
+    estimate_margin: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("latency_ms", "max_size_mb", "max_memory_mb"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InputError(f"budget {name.replace('_', '-')} must be a positive number, got {value}")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise InputError(f"--max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
+        if self.latency_stat not in LATENCY_STATS:
+            raise InputError(f"--latency-stat must be one of {', '.join(LATENCY_STATS)}, got {self.latency_stat!r}")
+        if not 0 <= self.estimate_margin < 1:
+            raise InputError(f"--estimate-margin must be in [0, 1), got {self.estimate_margin}")
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.latency_ms, self.max_size_mb, self.max_memory_mb, self.max_accuracy_drop))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _result(name: str, limit: float, value: float | None, met: bool, note: str = "", unit: str = "") -> dict:
+    out: dict[str, Any] = {"name": name, "limit": limit, "value": value, "met": met}
+    if unit:
+        out["unit"] = unit
+    if note:
+        out["note"] = note
+    return out
+
+
+def check_latency(latency: dict | None, budgets: Budgets) -> dict:
+    """Returns the latency budget's result: measured with its noise, or estimated with a margin."""
+    limit = budgets.latency_ms
+    stat = budgets.latency_stat
+    name = f"latency_{stat}_ms"
+    if not latency or latency.get(f"{stat}_ms") is None:
+        why = (latency or {}).get("note") or "no latency was measured or estimated"
+        return _result(name, limit, None, False, f"cannot prove the budget: {why}", "ms")
+    value = float(latency[f"{stat}_ms"])
+    if latency.get("source") == "estimated":
+        padded = value * (1 + budgets.estimate_margin)
+        met = padded <= limit
+        note = (f"estimated, not measured: passes only if estimate x {1 + budgets.estimate_margin:.2f} "
+                f"= {padded:.3g} ms <= {limit:g} ms")
+        return _result(name, limit, value, met, note, "ms")
+    spread = float(latency.get("spread") or 0.0)
+    if abs(value - limit) <= spread * value:
+        note = (f"undecided: the measurement's own spread ({spread:.1%}) is larger than the distance "
+                f"to the budget; re-measure on a quieter device")
+        return _result(name, limit, value, False, note, "ms")
+    return _result(name, limit, value, value <= limit, "", "ms")
+
+
+def check_budgets(report: dict, budgets: Budgets) -> list[dict]:
+    """Returns one result per budget set, each with limit, value, met and a note when unproven."""
+    results = []
+    if budgets.latency_ms is not None:
+        results.append(check_latency(report.get("latency"), budgets))
+    if budgets.max_size_mb is not None:
+        size = (report.get("artifact") or {}).get("size_bytes")
+        value = size / 1e6 if size is not None else None
+        results.append(_result("size_mb", budgets.max_size_mb, value,
+                               value is not None and value <= budgets.max_size_mb,
+                               "" if value is not None else "no artifact size", "MB"))
+    if budgets.max_memory_mb is not None:
+        peak = (report.get("memory") or {}).get("peak_mb")
+        results.append(_result("memory_mb", budgets.max_memory_mb, peak,
+                               peak is not None and peak <= budgets.max_memory_mb,
+                               "" if peak is not None else "peak memory was not determined", "MB"))
+    if budgets.max_accuracy_drop is not None:
+        acc = report.get("accuracy") or {}
+        drop = acc.get("drop")
+        note = "" if drop is not None else (acc.get("note") or "accuracy was not evaluated on the artifact")
+        results.append(_result("accuracy_drop", budgets.max_accuracy_drop, drop,
+                               drop is not None and drop <= budgets.max_accuracy_drop, note))
+    return results

@@ -1,0 +1,109 @@
+"""The timing protocol: warm-up, then rounds of timed runs until the median is stable."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one artifact in milliseconds, with the noise of the measurement itself.
+
+    ``spread`` is the relative difference between the slowest and fastest round medians:
+    how much the median moved across rounds. A gate cannot decide a budget closer than that.
+    """
+
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    runs: int
+    rounds: int
+    spread: float
+    stable: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long to time: warm-up, rounds, and when the median counts as stable."""
+
+    warmup_s: float = 0.2
+    round_s: float = 0.25
+    min_rounds: int = 4
+    max_rounds: int = 16
+    min_runs_per_round: int = 3
+    tolerance: float = 0.03
+
+    @classmethod
+    def quick(cls) -> Protocol:
+        return cls(warmup_s=0.05, round_s=0.08, min_rounds=3, max_rounds=6)
+
+
+def _round(fn: Callable[[], object], seconds: float, min_runs: int) -> list[float]:
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < min_runs or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _warmup(fn: Callable[[], object], seconds: float) -> None:
+    deadline = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < deadline:
+        fn()
+
+
+def _stats(times: list[float], round_medians: list[float], tolerance: float) -> LatencyStats:
+    ordered = sorted(times)
+    median = statistics.median(ordered)
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    spread = (max(round_medians) - min(round_medians)) / median if median > 0 else 0.0
+    return LatencyStats(
+        median_ms=median, p90_ms=p90, min_ms=ordered[0], runs=len(times),
+        rounds=len(round_medians), spread=spread, stable=spread <= 2 * tolerance,
+    )
+
+
+def _settled(round_medians: list[float], tolerance: float) -> bool:
+    """True when the median of all rounds so far barely moves if the last round is dropped."""
+    if len(round_medians) < 3:
+        return False
+    now = statistics.median(round_medians)
+    before = statistics.median(round_medians[:-1])
+    return abs(now - before) <= tolerance * now
+
+
+def time_callable(fn: Callable[[], object], protocol: Protocol | None = None) -> LatencyStats:
+    """Returns latency statistics of ``fn()`` under the protocol."""
+    return time_side_by_side({"x": fn}, protocol)["x"]
+
+
+def time_side_by_side(
+    fns: dict[str, Callable[[], object]], protocol: Protocol | None = None
+) -> dict[str, LatencyStats]:
+    """Returns latency statistics for each callable, measured in interleaved rounds.
+
+    Interleaving means a burst of load on the machine hits every candidate alike, so the
+    ratios between them (speed-ups) hold even where absolute numbers drift.
+    """
+    p = protocol or Protocol()
+    for fn in fns.values():
+        _warmup(fn, p.warmup_s)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    medians: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(p.max_rounds):
+        for key, fn in fns.items():
+            batch = _round(fn, p.round_s, p.min_runs_per_round)
+            times[key].extend(batch)
+            medians[key].append(statistics.median(batch))
+        if i + 1 >= p.min_rounds and all(_settled(m, p.tolerance) for m in medians.values()):
+            break
+    return {k: _stats(times[k], medians[k], p.tolerance) for k in fns}

@@ -1,0 +1,114 @@
+"""The report: one schema for every device family, written as report.json and report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return str(value)
+
+
+def _ratio(after: float | None, before: float | None) -> str:
+    if not after or not before:
+        return "—"
+    return f"{after / before:.1%}"
+
+
+def render_markdown(report: dict) -> str:
+    """Returns the report as Markdown a person reads in a CI log or a pull request."""
+    s = report.get("strategy", {})
+    m = report.get("model", {})
+    a = report.get("artifact", {})
+    lat = report.get("latency", {})
+    acc = report.get("accuracy", {})
+    verdict = "PASSED" if report.get("passed") else "FAILED"
+    lines = [
+        f"# edgeprune build: {report.get('workload', 'model')} for {report.get('profile')} — {verdict}",
+        "",
+        f"Strategy **{s.get('kind')}** (sparsity {_fmt(s.get('sparsity'))}), quantization "
+        f"**{s.get('quantization')}**, format **{a.get('format')}** ({a.get('precision')}).",
+        "",
+    ]
+    if s.get("reasons"):
+        lines += ["Why:", *[f"- {r}" for r in s["reasons"]], ""]
+    lines += [
+        "| | before | after | ratio |", "|---|---|---|---|",
+        f"| parameters | {_fmt(m.get('params_before'))} | {_fmt(m.get('params_after'))} | {_ratio(m.get('params_after'), m.get('params_before'))} |",
+        f"| non-zero parameters | {_fmt(m.get('params_before'))} | {_fmt(m.get('nonzero_params_after'))} | {_ratio(m.get('nonzero_params_after'), m.get('params_before'))} |",
+        f"| MACs | {_fmt(m.get('macs_before'))} | {_fmt(m.get('macs_after'))} | {_ratio(m.get('macs_after'), m.get('macs_before'))} |",
+        "",
+    ]
+    verified = a.get("verified", {})
+    lines += [
+        f"Artifact: `{a.get('path')}`, {_fmt(a.get('size_bytes'))} bytes; verified "
+        f"{verified.get('method', '—')}: {'passed' if verified.get('passed') else 'FAILED'}"
+        + (f" (max abs diff {_fmt(verified.get('max_abs_diff'), 3)}, top-1 agreement {_fmt(verified.get('agreement'))})"
+           if verified.get("method") == "numeric" else "")
+        + ".",
+        "",
+    ]
+    if lat:
+        lines += [
+            f"Latency ({lat.get('source')}, {lat.get('device')}): median {_fmt(lat.get('median_ms'))} ms, "
+            f"p90 {_fmt(lat.get('p90_ms'))} ms over {_fmt(lat.get('runs'))} runs"
+            + (f", spread {lat['spread']:.1%}" if lat.get("spread") is not None else "")
+            + (f"; dense fp32 baseline {_fmt(lat.get('baseline_median_ms'))} ms, speed-up {_fmt(lat.get('speedup'), 3)}x"
+               if lat.get("baseline_median_ms") else "")
+            + ".",
+            "",
+        ]
+    if acc:
+        lines += [
+            f"{acc.get('metric', 'metric')}: dense {_fmt(acc.get('baseline'))}, built {_fmt(acc.get('pruned'))}, "
+            f"drop {_fmt(acc.get('drop'))}" + (f" ({acc['note']})" if acc.get("note") else "") + ".",
+            "",
+        ]
+    if report.get("budgets"):
+        lines += ["| budget | limit | value | met |", "|---|---|---|---|"]
+        for b in report["budgets"]:
+            lines.append(f"| {b['name']} | {_fmt(b['limit'])} | {_fmt(b['value'])} | "
+                         f"{'yes' if b['met'] else '**no**'}{' — ' + b['note'] if b.get('note') else ''} |")
+        lines.append("")
+    if report.get("notes"):
+        lines += ["Notes:", *[f"- {n}" for n in report["notes"]], ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, folder: Path) -> tuple[Path, Path]:
+    """Returns the paths of report.json and report.md written into the folder."""
+    json_path = folder / "report.json"
+    md_path = folder / "report.md"
+    json_path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    md_path.write_text(render_markdown(report))
+    return json_path, md_path
+
+
+def read_report(path: str | Path) -> dict:
+    """Returns a stored report.json (or the report.json inside a build folder)."""
+    from edgeprune.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"report not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"report {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or "budgets" not in data or "latency" not in data:
+        raise InputError(f"{path} is not an edgeprune report (no 'latency' or 'budgets')")
+    return data

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real digits workload, a CLI runner, and one shared dense build."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "examples" / "digits_cnn.py"
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs `edgeprune ARGS` in a fresh interpreter, as a user would, and returns the result."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env.pop("EDGEPRUNE_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "edgeprune.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or ROOT, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def digits_build(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, dict]:
+    """The dense digits build for x86-avx2, made once through the CLI: (process, folder, report)."""
+    out = tmp_path_factory.mktemp("builds") / "digits"
+    proc = run_cli("build", str(DIGITS), "--profile", "x86-avx2", "-o", str(out), "--json")
+    report = json.loads(proc.stdout) if proc.returncode in (0, 3) else {}
+    return proc, out, report

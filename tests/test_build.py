@@ -1,0 +1,129 @@
+import json
+from pathlib import Path
+
+import onnx
+
+from edgeprune.backends import onnx_runtime
+from edgeprune.report import read_report
+
+from conftest import DIGITS, ROOT, run_cli
+
+
+def test_dense_digits_build_writes_a_verified_onnx_and_a_measured_report(digits_build):
+    proc, out, report = digits_build
+    assert proc.returncode == 0, proc.stderr
+    assert report == read_report(out)
+    assert (out / "report.md").read_text().startswith("# edgeprune build: digits_cnn for x86-avx2")
+    art = report["artifact"]
+    assert art["format"] == "onnx" and Path(art["path"]) == out / "model.onnx"
+    onnx.checker.check_model(art["path"])
+    assert art["size_bytes"] == (out / "model.onnx").stat().st_size > 1_000_000
+    verified = art["verified"]
+    assert verified["method"] == "numeric" and verified["passed"]
+    assert verified["max_abs_diff"] < 1e-3 and verified["agreement"] == 1.0
+    lat = report["latency"]
+    assert lat["source"] == "measured" and lat["device"].startswith("local:")
+    assert lat["runs"] >= 10 and 0 < lat["median_ms"] <= lat["p90_ms"]
+    assert lat["speedup"] == 1.0  # a dense fp32 build is its own baseline
+    acc = report["accuracy"]
+    assert acc["evaluated_on"] == "artifact" and acc["baseline"] >= 0.97 and abs(acc["drop"]) < 0.005
+    m = report["model"]
+    assert m["params_before"] == m["params_after"] > 1_000_000 and m["macs_before"] > 100e6
+    assert report["passed"] is True and report["strategy"]["kind"] == "none"
+
+
+def test_artifact_accuracy_is_computed_by_the_artifact(digits_build):
+    _, out, report = digits_build
+    from examples_digits import accuracy_of_onnx
+
+    assert abs(accuracy_of_onnx(out / "model.onnx") - report["accuracy"]["pruned"]) < 1e-9
+
+
+def test_impossible_latency_budget_gives_exit_3_and_passed_false(tmp_path):
+    out = tmp_path / "tight"
+    proc = run_cli("build", str(DIGITS), "--profile", "x86-avx2", "-o", str(out), "--latency-budget-ms", "0.01",
+                   "--max-size-mb", "100", "--json")
+    assert proc.returncode == 3, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["passed"] is False
+    budgets = {b["name"]: b for b in report["budgets"]}
+    assert budgets["latency_median_ms"]["met"] is False and budgets["size_mb"]["met"] is True
+    assert read_report(out)["passed"] is False
+
+
+def test_target_file_builds_with_its_budgets(tmp_path):
+    target = tmp_path / "t.toml"
+    text = (ROOT / "targets" / "digits-x86.toml").read_text()
+    target.write_text(text.replace('"../examples/digits_cnn.py"', f'"{DIGITS}"'))
+    proc = run_cli("build", str(target), "-o", str(tmp_path / "o"), "--json")
+    assert proc.returncode in (0, 3), proc.stderr
+    report = json.loads(proc.stdout)
+    names = {b["name"] for b in report["budgets"]}
+    assert names == {"latency_median_ms", "size_mb", "accuracy_drop"}
+    assert report["latency"]["source"] == "measured"
+
+
+def test_a_failed_build_leaves_the_previous_good_build_untouched(tmp_path, digits_build):
+    _, good, _ = digits_build
+    out = tmp_path / "keep"
+    out.mkdir()
+    for f in good.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    broken = tmp_path / "broken.py"
+    broken.write_text(
+        f"import sys; sys.path.insert(0, {str(DIGITS.parent)!r})\n"
+        "import digits_cnn\n"
+        "def workload():\n"
+        "    w = digits_cnn.workload()\n"
+        "    def evaluate(predict):\n"
+        "        raise RuntimeError('evaluation crashed')\n"
+        "    w.evaluate = evaluate\n"
+        "    return w\n"
+    )
+    proc = run_cli("build", str(broken), "--profile", "x86-avx2", "-o", str(out))
+    assert proc.returncode == 1 and "evaluation crashed" in proc.stderr and "Traceback" not in proc.stderr
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_output_folder_that_is_not_a_build_is_refused(tmp_path):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    proc = run_cli("build", str(DIGITS), "--profile", "x86-avx2", "-o", str(precious))
+    assert proc.returncode == 2 and "holds no edgeprune build" in proc.stderr
+    assert (precious / "thesis.tex").read_text() == "do not delete"
+
+
+def test_bad_numbers_and_unknown_profiles_are_exit_2(tmp_path):
+    cases = [
+        (["--profile", "x86-avx2", "--latency-budget-ms", "-5"], "must be a positive number"),
+        (["--profile", "x86-avx2", "--latency-budget-ms", "fast"], "not a valid float"),
+        (["--profile", "nowhere"], "unknown profile"),
+        (["--profile", "x86-avx2", "--format", "coreml"], "does not run format"),
+    ]
+    for args, message in cases:
+        proc = run_cli("build", str(DIGITS), *args, "-o", str(tmp_path / "o"))
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_profile_that_is_not_this_machine_is_not_measured_here(tmp_path):
+    proc = run_cli("build", str(DIGITS), "--profile", "x86-avx512-vnni", "-o", str(tmp_path / "o"),
+                   "--latency-budget-ms", "1000", "--json")
+    report = json.loads(proc.stdout)
+    assert report["latency"]["source"] != "measured"
+    if report["latency"]["source"] == "unavailable":
+        # a budget the build cannot prove it meets is a failed budget
+        assert proc.returncode == 3 and report["budgets"][0]["met"] is False
+
+
+def test_onnx_predictor_matches_session_outputs(digits_build):
+    _, out, _ = digits_build
+    import torch
+
+    predict = onnx_runtime.predictor(out / "model.onnx")
+    x = torch.zeros(3, 1, 32, 32)
+    assert predict(x).shape == (3, 10)

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from edgeprune.gate import Budgets, check_budgets
+from edgeprune.measure.protocol import Protocol, time_side_by_side
+
+from conftest import run_cli
+
+MEASURED = {"source": "measured", "median_ms": 10.0, "p90_ms": 12.0, "spread": 0.02}
+
+
+def _report(latency, size=2_000_000, drop=0.004):
+    return {"latency": latency, "artifact": {"size_bytes": size, "verified": {"passed": True}},
+            "accuracy": {"drop": drop}, "budgets": []}
+
+
+def test_measured_latency_against_median_and_p90():
+    assert check_budgets(_report(MEASURED), Budgets(latency_ms=11))[0]["met"] is True
+    res = check_budgets(_report(MEASURED), Budgets(latency_ms=11, latency_stat="p90"))[0]
+    assert res["met"] is False and res["name"] == "latency_p90_ms" and res["value"] == 12.0
+
+
+def test_estimated_latency_must_clear_the_margin():
+    est = {**MEASURED, "source": "estimated", "spread": None}
+    # 10 ms estimated, budget 11 ms: inside the 20% margin, so it cannot pass
+    res = check_budgets(_report(est), Budgets(latency_ms=11))[0]
+    assert res["met"] is False and "estimated" in res["note"]
+    assert check_budgets(_report(est), Budgets(latency_ms=12.5))[0]["met"] is True
+    assert check_budgets(_report(est), Budgets(latency_ms=11, estimate_margin=0.05))[0]["met"] is True
+
+
+def test_noise_larger_than_the_distance_to_the_budget_is_undecided():
+    noisy = {**MEASURED, "spread": 0.15}
+    res = check_budgets(_report(noisy), Budgets(latency_ms=10.5))[0]
+    assert res["met"] is False and res["note"].startswith("undecided")
+    assert check_budgets(_report(noisy), Budgets(latency_ms=20))[0]["met"] is True
+
+
+def test_unproven_budgets_fail():
+    results = check_budgets({"latency": {"source": "unavailable", "note": "no device"}, "artifact": {},
+                             "accuracy": {}}, Budgets(latency_ms=100, max_memory_mb=10, max_accuracy_drop=0.1))
+    assert [r["met"] for r in results] == [False, False, False]
+
+
+@pytest.mark.parametrize("kwargs", [{"latency_ms": 0}, {"max_size_mb": -1}, {"latency_stat": "p50"},
+                                    {"estimate_margin": 1.5}, {"max_accuracy_drop": -0.1}])
+def test_invalid_budgets_are_input_errors(kwargs):
+    from edgeprune.errors import InputError
+
+    with pytest.raises(InputError):
+        Budgets(**kwargs)
+
+
+def test_check_regates_a_stored_report(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(_report(MEASURED, size=3_000_000)))
+    assert run_cli("check", str(path), "--latency-budget-ms", "20", "--max-size-mb", "5").returncode == 0
+    proc = run_cli("check", str(path), "--max-size-mb", "2", "--json")
+    assert proc.returncode == 3 and json.loads(proc.stdout)["budgets"][0]["met"] is False
+    assert run_cli("check", str(tmp_path / "missing.json")).returncode == 2
+
+
+def test_side_by_side_protocol_orders_a_slow_and_a_fast_callable():
+    import time
+
+    stats = time_side_by_side({"slow": lambda: time.sleep(0.004), "fast": lambda: time.sleep(0.001)},
+                              Protocol.quick())
+    assert stats["slow"].median_ms >= 4.0 and stats["fast"].median_ms >= 1.0
+    assert stats["slow"].median_ms > stats["fast"].median_ms
+    assert stats["slow"].runs >= 3 * stats["slow"].rounds and stats["slow"].p90_ms >= stats["slow"].median_ms

@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import tomllib
+
+from edgeprune.errors import InputError
+from edgeprune.profile import available_profiles, load_profile, load_profile_file
+
+from conftest import ROOT, run_cli
+
+SEVEN = {"jetson-orin-nano", "jetson-agx-orin", "iphone-15-pro", "x86-avx2", "x86-avx512-vnni", "a100", "rtx-3090"}
+
+
+def test_list_json_has_the_seven_builtin_profiles():
+    proc = run_cli("profiles", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    names = {row["name"] for row in json.loads(proc.stdout)}
+    assert SEVEN <= names
+
+
+@pytest.mark.parametrize("name", sorted(SEVEN))
+def test_every_builtin_profile_is_valid_and_cites_its_numbers(name):
+    profile = load_profile(name)
+    assert profile.name == name
+    raw = tomllib.loads((ROOT / "profiles" / f"{name}.toml").read_text())
+    for key in ("channel_multiple", "memory_bandwidth_gbs", "memory_gb"):
+        assert raw[key]["source"].strip()
+    for precision in profile.precisions:
+        assert profile.compute[precision].source.strip()
+    assert profile.efficiency.source.strip() and profile.sparsity.source.strip()
+
+
+def test_profiles_state_what_their_hardware_exploits():
+    assert load_profile("a100").sparsity.nm.min_channels == 256
+    assert load_profile("a100").peak_tops("fp16", sparse=True) == 2 * load_profile("a100").peak_tops("fp16")
+    assert load_profile("iphone-15-pro").sparsity.unstructured.min_sparsity == 0.75
+    assert load_profile("x86-avx2").sparsity.nm is None and load_profile("x86-avx2").int8_activation == "u8"
+    assert load_profile("x86-avx512-vnni").int8_activation == "s8"
+    assert load_profile("jetson-orin-nano").preferred_format == "tensorrt"
+
+
+def test_show_json_round_trips_the_file():
+    proc = run_cli("profiles", "show", "jetson-orin-nano", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["compute"]["int8"] == {"dense_tops": 20.0, "sparse_tops": 40.0,
+                                       "source": data["compute"]["int8"]["source"]}
+    assert data["memory_bandwidth_gbs"]["value"] == 68
+
+
+def _broken_copy(tmp_path, drop=None, replace=None):
+    text = (ROOT / "profiles" / "x86-avx2.toml").read_text()
+    if drop:
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(drop))
+    if replace:
+        text = text.replace(*replace)
+    path = tmp_path / "my-board.toml"
+    path.write_text(text.replace('name = "x86-avx2"', 'name = "my-board"'))
+    return path
+
+
+def test_broken_profile_names_file_and_field_with_exit_2(tmp_path):
+    path = _broken_copy(tmp_path, drop="memory_bandwidth_gbs")
+    proc = run_cli("profiles", "show", str(path))
+    assert proc.returncode == 2
+    assert "memory_bandwidth_gbs" in proc.stderr and "my-board.toml" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_wrong_type_and_unknown_field_are_named(tmp_path):
+    bad_type = _broken_copy(tmp_path, replace=("dense_tops = 0.384", 'dense_tops = "fast"'))
+    with pytest.raises(InputError, match=r"compute\.fp32\.dense_tops"):
+        load_profile_file(bad_type)
+    unknown = _broken_copy(tmp_path, replace=("cores = 4", "cores = 4\ncoers = 4"))
+    with pytest.raises(InputError, match="coers"):
+        load_profile_file(unknown)
+    not_toml = tmp_path / "broken.toml"
+    not_toml.write_text("name = [")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_profile_file(not_toml)
+
+
+def test_user_profiles_by_path_and_by_search_path(tmp_path, monkeypatch):
+    path = _broken_copy(tmp_path)  # a valid copy under another name
+    assert load_profile(str(path)).name == "my-board"
+    monkeypatch.setenv("EDGEPRUNE_PROFILE_PATH", str(tmp_path))
+    assert "my-board" in available_profiles()
+    assert load_profile("my-board").cores == 4
+    proc = run_cli("profiles", "list", "--json", env={"EDGEPRUNE_PROFILE_PATH": str(tmp_path)})
+    assert "my-board" in {row["name"] for row in json.loads(proc.stdout)}
+
+
+def test_unknown_profile_is_exit_2_listing_the_known_ones():
+    proc = run_cli("profiles", "show", "jetson-nano-9000")
+    assert proc.returncode == 2
+    assert "unknown profile" in proc.stderr and "x86-avx2" in proc.stderr
+
+
+def test_probe_writes_a_valid_profile_of_this_machine(tmp_path):
+    out = tmp_path / "here.toml"
+    proc = run_cli("profiles", "probe", "-o", str(out), "--name", "here", "--seconds", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    profile = load_profile_file(out)
+    assert profile.name == "here" and profile.cores >= 1
+    # A CPU does at least a GFLOP/s and moves at least 1 GB/s; anything less is a broken probe.
+    assert profile.compute["fp32"].dense_tops > 1e-3
+    assert profile.memory_bandwidth_gbs.value > 1
+    assert "int8" in profile.compute and profile.compute["int8"].dense_tops > 1e-3
+    assert "measured" in profile.compute["fp32"].source

@@ -1,0 +1,46 @@
+import pytest
+
+from edgeprune import InputError, Workload, load_workload
+
+from conftest import DIGITS, ROOT, run_cli
+
+
+def test_digits_workload_is_real_data_and_accurate():
+    w = load_workload(DIGITS)
+    assert w.example_inputs[0].shape == (1, 1, 32, 32)
+    assert w.metric == "accuracy" and w.higher_is_better
+    assert len(w.calibration) >= 8
+    assert w.evaluate(lambda x: w.model(x)) >= 0.97
+
+
+def test_spec_with_function_name(tmp_path):
+    f = tmp_path / "two.py"
+    f.write_text(
+        "import torch, edgeprune\n"
+        "def small():\n"
+        "    return edgeprune.Workload(model=torch.nn.Linear(4, 2), example_inputs=(torch.randn(1, 4),))\n"
+    )
+    assert isinstance(load_workload(f"{f}:small"), Workload)
+    with pytest.raises(InputError, match=r"no function workload\(\)"):
+        load_workload(f)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("raise RuntimeError('boom')", "failed to load: RuntimeError: boom"),
+    ("def workload():\n    return 42", "returned int, not an edgeprune.Workload"),
+    ("import torch, edgeprune\ndef workload():\n    return edgeprune.Workload(model=torch.nn.Linear(2, 2), example_inputs=())",
+     "example_inputs must be a non-empty tuple"),
+])
+def test_bad_workloads_are_one_line_input_errors(tmp_path, body, message):
+    f = tmp_path / "bad.py"
+    f.write_text(body + "\n")
+    with pytest.raises(InputError, match=message):
+        load_workload(f)
+
+
+def test_cli_reports_a_missing_workload_file_with_exit_2(tmp_path):
+    proc = run_cli("build", str(tmp_path / "nope.py"), "--profile", "x86-avx2", "-o", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "workload file not found" in proc.stderr
+    assert not (tmp_path / "o").exists()
+    assert ROOT.exists()
