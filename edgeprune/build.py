@@ -40,7 +40,7 @@ class BuildOptions:
     criterion: str | None = None
     nm: str = "2:4"
     recover: int = 0
-    quantize: str = "none"
+    quantize: str = "auto"
     format: str = "auto"
     device: str | None = None
     budgets: Budgets = field(default_factory=Budgets)
@@ -66,7 +66,7 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
         workload = load_workload(options.model)
         profile = load_profile(options.profile)
     plan = make_plan(workload, profile, options.strategy, options.sparsity, options.quantize,
-                     options.format, options.criterion, options.nm)
+                     options.format, options.criterion, options.nm, options.budgets)
     backend = get_backend(plan.format)
     request = LowerRequest(precision=plan.precision, profile=profile,
                            calibration=workload.calibration_batches(), sparsity=plan.kind,
@@ -88,11 +88,7 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "workload": workload.name,
         "profile": profile.name,
-        "strategy": {
-            "kind": plan.kind, "sparsity": plan.sparsity, "quantization": plan.quantization,
-            "criterion": plan.criterion, "nm": plan.to_dict()["nm"], "reasons": list(plan.reasons),
-            "details": prune_details,
-        },
+        "strategy": {**plan.strategy_section(), "details": {**plan.details, **prune_details}},
         "model": {
             "params_before": before["params"], "params_after": after["params"],
             "nonzero_params_after": after["nonzero_params"],
@@ -123,7 +119,7 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
 
 def _prune(workload: Workload, plan: Plan, profile: Profile) -> tuple[torch.nn.Module, dict]:
     """Returns the pruned model (a copy; the dense model stays the baseline) and its details."""
-    if plan.kind == "none":
+    if plan.kind == "none" or (plan.sparsity == 0.0 and plan.kind != "nm"):
         return workload.model, {}
     raise UnsupportedError(f"--strategy {plan.kind} is not available yet")
 

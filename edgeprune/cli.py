@@ -118,7 +118,8 @@ def _build_options(func):
         click.option("--criterion", help="Importance criterion (see the README)."),
         click.option("--nm", help="N:M pattern for --strategy nm (default 2:4)."),
         click.option("--recover", type=click.IntRange(min=0), help="Distillation steps after pruning."),
-        click.option("--quantize", type=click.Choice(["none", "fp16", "int8"]), help="Quantization (default none)."),
+        click.option("--quantize", type=click.Choice(["auto", "none", "fp16", "int8"]),
+                     help="Quantization (default auto: what the profile runs fastest, tried when a budget needs it)."),
         click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "coreml", "tensorrt"]),
                      help="Artifact format (default auto: the profile's preferred runtime)."),
         click.option("--latency-budget-ms", type=float, help="Latency budget in ms (on --latency-stat)."),
@@ -202,6 +203,43 @@ def build(model_or_target: str, as_json: bool, **given) -> None:
         err.print(f"build written to {options.output}/")
     if not report["passed"]:
         raise SystemExit(3)
+
+
+@cli.command("plan")
+@click.argument("model")
+@click.option("--profile", required=True, help="Profile name or path to a .toml profile.")
+@click.option("--strategy", type=click.Choice(["auto", "none", "structured", "unstructured", "nm", "hybrid"]),
+              default="auto", show_default=True)
+@click.option("--sparsity", type=float)
+@click.option("--quantize", type=click.Choice(["auto", "none", "fp16", "int8"]), default="auto", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "coreml", "tensorrt"]), default="auto",
+              show_default=True)
+@click.option("--nm", default="2:4", show_default=True)
+@click.option("--latency-budget-ms", type=float)
+@click.option("--max-size-mb", type=float)
+@click.option("--max-accuracy-drop", type=float)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan's strategy object as JSON.")
+def plan_cmd(model: str, profile: str, strategy: str, sparsity: float | None, quantize: str, fmt: str, nm: str,
+             latency_budget_ms: float | None, max_size_mb: float | None, max_accuracy_drop: float | None,
+             as_json: bool) -> None:
+    """Show what a build of MODEL for a profile would do, and why, without building."""
+    from edgeprune.gate import Budgets
+    from edgeprune.plan import make_plan
+    from edgeprune.profile import load_profile
+    from edgeprune.workload import load_workload
+
+    budgets = Budgets(latency_ms=latency_budget_ms, max_size_mb=max_size_mb, max_accuracy_drop=max_accuracy_drop)
+    p = make_plan(load_workload(model), load_profile(profile), strategy, sparsity, quantize, fmt, None, nm, budgets)
+    if as_json:
+        _emit_json({"profile": profile, "format": p.format, "precision": p.precision,
+                    "strategy": p.strategy_section(), "quantize_candidates": list(p.quantize_candidates)})
+        return
+    amount = f"searched in [{p.search[0]:g}, {p.search[1]:g}]" if p.search else f"{p.sparsity:g}"
+    out.print(f"strategy [bold]{p.kind}[/bold]" + (f" {p.nm[0]}:{p.nm[1]}" if p.nm else "")
+              + f", sparsity {amount}, format {p.format} ({p.precision}); quantization candidates: "
+              + ", ".join(p.quantize_candidates))
+    for reason in p.reasons:
+        out.print(f"  - {reason}")
 
 
 @cli.command()

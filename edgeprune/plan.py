@@ -1,20 +1,30 @@
-"""The plan: what the build will do to the model for a device, and why."""
+"""The plan: what the build will do to the model for a device, and why, in plain words."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 from edgeprune.errors import InputError
+from edgeprune.gate import Budgets
+from edgeprune.layers import Layer, inventory
 from edgeprune.profile import Profile
 from edgeprune.workload import Workload
 
 STRATEGIES = ("auto", "none", "structured", "unstructured", "nm", "hybrid")
-QUANTIZE = ("none", "fp16", "int8")
+QUANTIZE = ("auto", "none", "fp16", "int8")
+# 2:4 pays only when most of the arithmetic sits in layers a sparse kernel accelerates.
+NM_MIN_MAC_SHARE = 0.5
+# Above this share of parameters in embeddings, a transformer's size is its vocabulary.
+EMBEDDING_HEAVY_SHARE = 0.3
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Strategy, sparsity, quantization and format, with the reasons in plain words."""
+    """Strategy, sparsity, quantization and format, with the reasons in plain words.
+
+    ``sparsity`` is the amount to build with; ``search`` is the (low, high) range the
+    budget-driven search may move it in (None when the amount is fixed).
+    """
 
     kind: str
     sparsity: float
@@ -25,13 +35,23 @@ class Plan:
     nm: tuple[int, int] | None = None
     channel_multiple: int = 1
     reasons: tuple[str, ...] = ()
+    search: tuple[float, float] | None = None
+    quantize_candidates: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["reasons"] = list(self.reasons)
         out["nm"] = f"{self.nm[0]}:{self.nm[1]}" if self.nm else None
+        out["search"] = list(self.search) if self.search else None
+        out["quantize_candidates"] = list(self.quantize_candidates)
         return out
+
+    def strategy_section(self) -> dict:
+        """Returns the report's ``strategy`` object for this plan."""
+        d = self.to_dict()
+        keys = ("kind", "sparsity", "quantization", "criterion", "nm", "reasons", "search", "details")
+        return {k: d[k] for k in keys}
 
 
 def parse_nm(text: str) -> tuple[int, int]:
@@ -64,17 +84,87 @@ def resolve_format(fmt: str, profile: Profile) -> str:
     return fmt
 
 
+def recommended_quantization(profile: Profile, fmt: str) -> tuple[str, str]:
+    """Returns (precision, reason) the profile's hardware runs fastest, or ('none', reason)."""
+    if "int8" in profile.precisions and profile.family in ("x86", "arm", "custom") and fmt == "onnx":
+        fp32 = profile.peak_tops("fp32")
+        int8 = profile.peak_tops("int8")
+        kind = "U8 activations x S8 weights" if profile.int8_activation == "u8" else "S8 x S8"
+        return "int8", (f"int8 ({kind}) runs {int8 / fp32:.1f}x the fp32 peak on {profile.name} "
+                        f"({profile.compute['int8'].source})")
+    if "fp16" in profile.precisions and profile.family in ("jetson", "nvidia-gpu", "apple"):
+        fp32 = profile.compute.get("fp32")
+        if fp32 is None:
+            return "fp16", f"{profile.name} computes in fp16 ({profile.compute['fp16'].source})"
+        return "fp16", (f"fp16 tensor cores run {profile.peak_tops('fp16') / fp32.dense_tops:.0f}x the fp32 "
+                        f"rate on {profile.name} ({profile.compute['fp16'].source})")
+    return "none", f"{profile.name} gains nothing from a lower precision it lists"
+
+
+def choose_strategy(layers: list[Layer], profile: Profile, budgets: Budgets, fmt: str) -> tuple[str, list[str], dict]:
+    """Returns (kind, reasons, details): the pruning the device can turn into its goal."""
+    weighted = [l for l in layers if l.kind != "embedding"]
+    total_macs = sum(l.macs for l in weighted) or 1
+    total_params = sum(l.params for l in layers) or 1
+    embedding_share = sum(l.params for l in layers if l.kind == "embedding") / total_params
+    has_attention = any(l.kind == "attention" for l in layers) or embedding_share > 0
+    details: dict = {"layers": len(weighted), "embedding_param_share": round(embedding_share, 3)}
+    reasons: list[str] = []
+
+    nm = profile.sparsity.nm
+    if nm is not None:
+        eligible = [l for l in weighted if l.nm_eligible(nm.min_channels)]
+        share = sum(l.macs for l in eligible) / total_macs
+        details.update({"nm_eligible_layers": len(eligible), "nm_eligible_mac_share": round(share, 3)})
+        if share >= NM_MIN_MAC_SHARE:
+            reasons.append(f"{profile.name} runs {nm.pattern} sparsity on sparse tensor cores ({nm.source})")
+            reasons.append(f"{len(eligible)} of {len(weighted)} layers, {share:.0%} of the MACs, are at least "
+                           f"{nm.min_channels} channels wide and take {nm.pattern}; the other "
+                           f"{len(weighted) - len(eligible)} stay dense")
+            return "nm", reasons, details
+        reasons.append(f"{nm.pattern} would cover only {share:.0%} of the MACs: layers under "
+                       f"{nm.min_channels} channels gain nothing from sparse kernels")
+
+    if budgets.max_size_mb is not None and budgets.latency_ms is None and profile.sparsity.unstructured and fmt == "coreml":
+        reasons.append("the budget is on size, not speed: unstructured sparsity keeps the most accuracy per "
+                       "byte, and Core ML stores it as sparse weights")
+        return "unstructured", reasons, details
+
+    if has_attention and embedding_share >= EMBEDDING_HEAVY_SHARE:
+        reasons.append(f"embeddings hold {embedding_share:.0%} of the parameters: hybrid prunes MLP blocks "
+                       "structurally (speed) and embeddings/attention projections unstructured (size)")
+        return "hybrid", reasons, details
+
+    un = profile.sparsity.unstructured
+    if un is not None:
+        reasons.append(f"{profile.name} skips zeros only above {un.min_sparsity:.0%} unstructured sparsity "
+                       f"({un.source}); below that only fewer channels are faster")
+    elif nm is not None:
+        reasons.append("structured pruning instead: fewer channels are faster on any kernel")
+    else:
+        reasons.append(f"{profile.name} runs dense kernels ({profile.sparsity.source}): only fewer channels "
+                       "make it faster, so structured pruning")
+    return "structured", reasons, details
+
+
 def make_plan(
     workload: Workload,
     profile: Profile,
     strategy: str = "auto",
     sparsity: float | None = None,
-    quantize: str = "none",
+    quantize: str = "auto",
     fmt: str = "auto",
     criterion: str | None = None,
     nm: str = "2:4",
+    budgets: Budgets | None = None,
 ) -> Plan:
-    """Returns the plan for building a workload for a profile with the requested knobs."""
+    """Returns the plan for building a workload for a profile with the requested knobs.
+
+    With ``strategy='auto'`` the kind follows from the profile and the model's layers; the
+    amount follows from the budgets (a search range when there is a latency or size budget,
+    nothing to prune when there is none).
+    """
+    budgets = budgets or Budgets()
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}; strategies: {', '.join(STRATEGIES)}")
     if quantize not in QUANTIZE:
@@ -83,16 +173,43 @@ def make_plan(
         raise InputError(f"--sparsity must be in [0, 1), got {sparsity}")
     fmt = resolve_format(fmt, profile)
     reasons: list[str] = []
+    details: dict = {}
     kind = strategy
+    search: tuple[float, float] | None = None
+
+    recommended, why_quant = recommended_quantization(profile, fmt)
+    if precision_for(recommended, fmt) == precision_for("none", fmt):
+        recommended, why_quant = "none", f"{fmt} already computes in {precision_for('none', fmt)} on {profile.name}"
+    if quantize == "auto":
+        candidates = ("none",) if recommended == "none" else ("none", recommended)
+        quantize = "none"
+        reasons.append(f"quantization: {why_quant}" + ("; tried when pruning alone misses the budget"
+                                                       if len(candidates) > 1 else ""))
+    else:
+        candidates = (quantize,)
+
+    nm_pair = parse_nm(nm) if strategy in ("auto", "nm") else None
     if strategy == "auto":
-        kind = "none"
-        reasons.append("no pruning requested: --strategy auto with no budget to search leaves the model dense")
-    if kind in ("structured", "unstructured", "hybrid") and sparsity is None:
+        kind, why, details = choose_strategy(inventory(workload.model, workload.example_inputs), profile, budgets, fmt)
+        reasons += why
+        nm_pair = nm_pair if kind == "nm" else None
+        top = 1 - nm_pair[0] / nm_pair[1] if nm_pair else (0.8 if kind == "structured" else 0.9)
+        if sparsity is None:
+            if budgets.latency_ms is None and budgets.max_size_mb is None:
+                sparsity = 0.0
+                reasons.append("no latency or size budget: nothing to prune for, the model stays dense")
+            else:
+                search = (0.0, top)
+                reasons.append("the amount is searched: the least pruning that meets the budgets")
+    elif kind in ("structured", "unstructured", "hybrid") and sparsity is None:
         raise InputError(f"--strategy {kind} needs --sparsity S (the fraction to remove, in [0, 1))")
-    nm_pair = parse_nm(nm) if kind == "nm" else None
-    amount = 0.0 if kind == "none" else (1 - nm_pair[0] / nm_pair[1] if nm_pair else float(sparsity))
+    if kind == "nm" and strategy == "nm":
+        amount = 1 - nm_pair[0] / nm_pair[1]
+    else:
+        amount = float(sparsity or 0.0)
     return Plan(
         kind=kind, sparsity=amount, quantization=quantize, format=fmt,
         precision=precision_for(quantize, fmt), criterion=criterion, nm=nm_pair,
         channel_multiple=int(profile.channel_multiple.value), reasons=tuple(reasons),
+        search=search, quantize_candidates=candidates, details=details,
     )
