@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import tempfile
 import time
@@ -16,7 +17,7 @@ import torch
 from edgeprune import __version__
 from edgeprune.backends import Artifact, LowerRequest, get_backend
 from edgeprune.backends.onnx_export import export_onnx
-from edgeprune.errors import UnsupportedError
+from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.gate import Budgets, check_budgets
 from edgeprune.measure.local import host_mismatch, local_device, measure_onnx_files
 from edgeprune.output import check_output_folder, staged_output
@@ -76,10 +77,14 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
         raise UnsupportedError("--device (measuring through a remote agent) is not available yet")
 
     dense = workload.model
+    search_section = None
+    recover_steps = options.recover
+    if plan.search is not None:
+        plan, recover_steps, search_section = _search(workload, profile, plan, options, step)
     with step("count parameters and MACs"):
         before = model_stats(dense, workload.example_inputs)
     with step(f"prune ({plan.kind})"):
-        model, prune_details = _prune(workload, plan, profile)
+        model, prune_details = _prune(workload, plan, profile, recover_steps)
         after = model_stats(model, workload.example_inputs)
 
     report: dict = {
@@ -88,7 +93,7 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "workload": workload.name,
         "profile": profile.name,
-        "strategy": {**plan.strategy_section(), "details": {**plan.details, **prune_details}},
+        "strategy": _strategy_section(plan, prune_details, pruned=model is not dense),
         "model": {
             "params_before": before["params"], "params_after": after["params"],
             "nonzero_params_after": after["nonzero_params"],
@@ -96,6 +101,8 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
         },
         "notes": [],
     }
+    if search_section is not None:
+        report["search"] = search_section
     final = Path(options.output)
     with staged_output(final) as stage:
         with step(f"lower to {plan.format} ({plan.precision})"):
@@ -106,9 +113,9 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
         report["artifact"] = _artifact_section(artifact, final, stage, verification)
         report["notes"] += artifact.notes
         with step("measure latency"):
-            report["latency"] = _latency(workload, profile, plan, artifact, dense, options)
+            report["latency"] = _latency(workload, profile, plan, artifact, dense, options, model is dense)
         with step("evaluate accuracy on the artifact"):
-            report["accuracy"] = _accuracy(workload, predict, backend)
+            report["accuracy"] = _with_recovery(_accuracy(workload, predict, backend), prune_details)
         report["budgets"] = check_budgets(report, options.budgets)
         report["passed"] = verification.passed and all(b["met"] for b in report["budgets"])
         if not verification.passed:
@@ -117,11 +124,66 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
     return report
 
 
-def _prune(workload: Workload, plan: Plan, profile: Profile) -> tuple[torch.nn.Module, dict]:
+def _strategy_section(plan: Plan, prune_details: dict, pruned: bool) -> dict:
+    """Returns the report's strategy: what was applied ('none' if nothing was pruned) and why."""
+    section = plan.strategy_section()
+    section["details"] = {**plan.details, **prune_details}
+    if not pruned and plan.kind != "none":
+        section["details"]["device_strategy"] = plan.kind
+        section["kind"] = "none"
+    return section
+
+
+def _search(workload: Workload, profile: Profile, plan: Plan, options: BuildOptions,
+            step: Callable) -> tuple[Plan, int, dict]:
+    """Returns the plan of the least-pruned candidate meeting the budgets (or the nearest one)."""
+    from edgeprune.candidates import CandidateEvaluator
+    from edgeprune.search import search
+
+    evaluator = CandidateEvaluator(workload, profile, plan, options.budgets, options.criterion, options.threads)
+    with step(f"search {plan.kind} sparsity in [{plan.search[0]:g}, {plan.search[1]:g}] for the budgets"):
+        result = search(evaluator, options.recover or None)
+    best = result.chosen or (result.nearest(1) or [None])[0]
+    section = result.to_dict()
+    if best is None:
+        raise UnsupportedError("the search found no candidate that builds: " + "; ".join(
+            o.error or "" for o in result.tried)[:300])
+    chosen = evaluator.plan_for(best.candidate)
+    how = (f"search chose {best.candidate.label}: the least pruning that meets every budget"
+           if result.chosen else
+           f"no candidate meets every budget; building the nearest, {best.candidate.label} "
+           f"(misses {', '.join(best.misses)})")
+    if best.recovered_steps:
+        how += f", after {best.recovered_steps} recovery steps"
+    chosen = dataclasses.replace(chosen, reasons=(*plan.reasons, how))
+    return chosen, best.recovered_steps, section
+
+
+def _prune(workload: Workload, plan: Plan, profile: Profile, recover_steps: int = 0) -> tuple[torch.nn.Module, dict]:
     """Returns the pruned model (a copy; the dense model stays the baseline) and its details."""
     if plan.kind == "none" or (plan.sparsity == 0.0 and plan.kind != "nm"):
         return workload.model, {}
-    raise UnsupportedError(f"--strategy {plan.kind} is not available yet")
+    from edgeprune.prune import config_for, prune_, recover
+
+    nm = f"{plan.nm[0]}:{plan.nm[1]}" if plan.nm else None
+    config = config_for(plan.kind, None if plan.kind == "nm" else plan.sparsity, plan.criterion, nm, profile)
+    result = prune_(workload.model, config, workload.calibration, workload.example_inputs)
+    details = dict(result.details)
+    if recover_steps:
+        if not workload.finetune_data:
+            raise InputError("--recover needs Workload(finetune_data=...): the workload gives none")
+        before = _evaluate_torch(workload, result.model)
+        info = dict(recover(result.model, workload.model, workload.finetune_data, recover_steps, masks=result.masks))
+        info.update({"steps": recover_steps, "metric_before": before, "metric_after": _evaluate_torch(workload, result.model)})
+        details["recovery"] = info
+    return result.model, details
+
+
+def _evaluate_torch(workload: Workload, model: torch.nn.Module) -> float | None:
+    if workload.evaluate is None:
+        return None
+    with torch.no_grad():
+        return float(workload.evaluate(_torch_predict(model)))
 
 
 def _verify(model, predict, workload: Workload, plan: Plan, backend) -> Verification:
@@ -147,7 +209,7 @@ def _artifact_section(artifact: Artifact, final: Path, stage: Path, verification
 
 
 def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifact,
-             dense: torch.nn.Module, options: BuildOptions) -> dict:
+             dense: torch.nn.Module, options: BuildOptions, model_is_dense: bool) -> dict:
     """Returns the latency section: measured here when this machine is the device."""
     reason = host_mismatch(profile)
     if reason is None and artifact.measure_path is None:
@@ -156,7 +218,7 @@ def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifac
         return {"source": "unavailable", "device": profile.name,
                 "note": f"not measured: {reason}; attach the device with --device"}
     files = {"artifact": artifact.measure_path}
-    same_as_baseline = plan.kind == "none" and plan.precision == "fp32" and artifact.format == "onnx"
+    same_as_baseline = model_is_dense and plan.precision == "fp32" and artifact.format == "onnx"
     with tempfile.TemporaryDirectory(prefix="edgeprune-baseline-") as tmp:
         if not same_as_baseline:
             files["baseline"] = export_onnx(dense, tuple(workload.example_inputs), Path(tmp) / "dense.onnx")
@@ -192,6 +254,15 @@ def _accuracy(workload: Workload, predict, backend) -> dict:
         value = float(workload.evaluate(predict))
     section.update({"pruned": value, "drop": round(workload.drop(baseline, value), 6), "evaluated_on": "artifact"})
     return section
+
+
+def _with_recovery(accuracy: dict, details: dict) -> dict:
+    """Returns the accuracy section with the metric before and after recovery, when there was one."""
+    recovery = details.get("recovery")
+    if recovery:
+        accuracy = {**accuracy, "before_recovery": recovery.get("metric_before"),
+                    "after_recovery": recovery.get("metric_after")}
+    return accuracy
 
 
 def _torch_predict(model: torch.nn.Module):

@@ -103,18 +103,18 @@ def recommended_quantization(profile: Profile, fmt: str) -> tuple[str, str]:
 
 def choose_strategy(layers: list[Layer], profile: Profile, budgets: Budgets, fmt: str) -> tuple[str, list[str], dict]:
     """Returns (kind, reasons, details): the pruning the device can turn into its goal."""
-    weighted = [l for l in layers if l.kind != "embedding"]
-    total_macs = sum(l.macs for l in weighted) or 1
-    total_params = sum(l.params for l in layers) or 1
-    embedding_share = sum(l.params for l in layers if l.kind == "embedding") / total_params
-    has_attention = any(l.kind == "attention" for l in layers) or embedding_share > 0
+    weighted = [layer for layer in layers if layer.kind != "embedding"]
+    total_macs = sum(layer.macs for layer in weighted) or 1
+    total_params = sum(layer.params for layer in layers) or 1
+    embedding_share = sum(layer.params for layer in layers if layer.kind == "embedding") / total_params
+    has_attention = any(layer.kind == "attention" for layer in layers) or embedding_share > 0
     details: dict = {"layers": len(weighted), "embedding_param_share": round(embedding_share, 3)}
     reasons: list[str] = []
 
     nm = profile.sparsity.nm
     if nm is not None:
-        eligible = [l for l in weighted if l.nm_eligible(nm.min_channels)]
-        share = sum(l.macs for l in eligible) / total_macs
+        eligible = [layer for layer in weighted if layer.nm_eligible(nm.min_channels)]
+        share = sum(layer.macs for layer in eligible) / total_macs
         details.update({"nm_eligible_layers": len(eligible), "nm_eligible_mac_share": round(share, 3)})
         if share >= NM_MIN_MAC_SHARE:
             reasons.append(f"{profile.name} runs {nm.pattern} sparsity on sparse tensor cores ({nm.source})")

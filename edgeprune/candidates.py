@@ -1,0 +1,227 @@
+"""Candidates of a plan: prune, lower and time one (strategy, sparsity, quantization), cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from edgeprune import __version__
+from edgeprune.backends import LowerRequest, get_backend
+from edgeprune.gate import Budgets, check_budgets
+from edgeprune.measure.local import host_mismatch, measure_onnx_files
+from edgeprune.measure.protocol import Protocol
+from edgeprune.plan import Plan, precision_for
+from edgeprune.profile import Profile
+from edgeprune.stats import model_stats
+from edgeprune.workload import Workload
+
+CACHE_ENV = "EDGEPRUNE_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search space."""
+
+    kind: str
+    sparsity: float
+    quantize: str
+
+    @property
+    def label(self) -> str:
+        if self.kind == "none" or (self.sparsity == 0 and self.kind != "nm"):
+            base = "dense"
+        else:
+            base = f"{self.kind} {self.sparsity:.2f}"
+        return base + ("" if self.quantize == "none" else f" + {self.quantize}")
+
+
+@dataclass
+class Outcome:
+    """What a candidate costs and scores; ``misses`` names the budgets it fails."""
+
+    candidate: Candidate
+    latency_ms: float | None = None
+    latency_source: str | None = None
+    size_bytes: int | None = None
+    macs: int | None = None
+    nonzero_params: int | None = None
+    metric: float | None = None
+    drop: float | None = None
+    recovered_steps: int = 0
+    misses: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["candidate"] = {**asdict(self.candidate), "label": self.candidate.label}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Outcome:
+        data = dict(data)
+        cand = data.pop("candidate")
+        cand.pop("label", None)
+        return cls(candidate=Candidate(**cand), **data)
+
+
+def cache_dir() -> Path:
+    """Returns the folder candidate results are cached in (EDGEPRUNE_CACHE_DIR or ~/.cache)."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgeprune"
+    return Path(root) / "candidates"
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Returns a hash of the model's class and weights (what makes a cached result valid)."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+class CandidateEvaluator:
+    """Prunes, lowers, times and scores candidates of one plan; results are cached on disk.
+
+    Latency is measured on this machine when it is the profile's device, and estimated
+    otherwise (labelled so); accuracy is scored on the artifact where it runs here.
+    """
+
+    def __init__(self, workload: Workload, profile: Profile, plan: Plan, budgets: Budgets,
+                 criterion: str | None = None, threads: int | None = None, use_cache: bool = True) -> None:
+        self.workload = workload
+        self.profile = profile
+        self.plan = plan
+        self.budgets = budgets
+        self.criterion = criterion
+        self.threads = threads
+        self.use_cache = use_cache
+        self._baseline_metric: float | None = None
+        profile_text = profile.path.read_text() if profile.path else profile.model_dump_json()
+        self._key_base = json.dumps([__version__, model_fingerprint(workload.model), profile_text,
+                                     plan.format, criterion, plan.nm, host_mismatch(profile) is None])
+
+    # ------------------------------------------------------------------ cache
+    def _path(self, candidate: Candidate, stage: str) -> Path:
+        key = hashlib.sha256(json.dumps([self._key_base, asdict(candidate), stage]).encode()).hexdigest()[:32]
+        return cache_dir() / f"{key}.json"
+
+    def _load(self, candidate: Candidate, stage: str) -> Outcome | None:
+        path = self._path(candidate, stage)
+        if not self.use_cache or not path.exists():
+            return None
+        try:
+            return Outcome.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def _store(self, outcome: Outcome, stage: str) -> None:
+        if not self.use_cache:
+            return
+        path = self._path(outcome.candidate, stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(outcome.to_dict()))
+        tmp.replace(path)
+
+    # ------------------------------------------------------------------ stages
+    def plan_for(self, candidate: Candidate) -> Plan:
+        """Returns the plan with the candidate's kind, amount and quantization."""
+        return replace(self.plan, kind=candidate.kind, sparsity=candidate.sparsity, quantization=candidate.quantize,
+                       precision=precision_for(candidate.quantize, self.plan.format), search=None)
+
+    def prune(self, candidate: Candidate, recover_steps: int = 0) -> tuple[torch.nn.Module, dict]:
+        from edgeprune.build import _prune
+
+        return _prune(self.workload, self.plan_for(candidate), self.profile, recover_steps)
+
+    def cost(self, candidate: Candidate) -> Outcome:
+        """Returns the candidate's latency, size and MACs (cached)."""
+        cached = self._load(candidate, "cost")
+        if cached is not None:
+            return cached
+        outcome = Outcome(candidate)
+        try:
+            model, _ = self.prune(candidate)
+            stats = model_stats(model, self.workload.example_inputs)
+            outcome.macs, outcome.nonzero_params = stats["macs"], stats["nonzero_params"]
+            with tempfile.TemporaryDirectory(prefix="edgeprune-candidate-") as tmp:
+                artifact = self._lower(model, candidate, Path(tmp))
+                outcome.size_bytes = artifact.size_bytes
+                outcome.latency_ms, outcome.latency_source = self._latency(artifact)
+        except Exception as exc:  # a candidate that cannot be built is recorded, not fatal
+            outcome.error = f"{type(exc).__name__}: {exc}"[:300]
+        outcome.misses = self.misses(outcome, with_accuracy=False)
+        self._store(outcome, "cost")
+        return outcome
+
+    def score(self, candidate: Candidate, recover_steps: int = 0) -> Outcome:
+        """Returns the candidate's cost plus its metric measured on the artifact (cached)."""
+        stage = f"score-{recover_steps}"
+        cached = self._load(candidate, stage)
+        if cached is not None:
+            return cached
+        outcome = self.cost(candidate)
+        outcome = Outcome(**{**outcome.__dict__})
+        if outcome.error is None and self.workload.evaluate is not None:
+            try:
+                model, _ = self.prune(candidate, recover_steps)
+                with tempfile.TemporaryDirectory(prefix="edgeprune-candidate-") as tmp:
+                    artifact = self._lower(model, candidate, Path(tmp))
+                    predict = get_backend(self.plan.format).predictor(artifact)
+                    with torch.no_grad():
+                        if predict is None:
+                            from edgeprune.build import _torch_predict
+
+                            predict = _torch_predict(model)
+                        outcome.metric = float(self.workload.evaluate(predict))
+                outcome.drop = self.workload.drop(self.baseline_metric(), outcome.metric)
+                outcome.recovered_steps = recover_steps
+            except Exception as exc:
+                outcome.error = f"{type(exc).__name__}: {exc}"[:300]
+        outcome.misses = self.misses(outcome, with_accuracy=True)
+        self._store(outcome, stage)
+        return outcome
+
+    def baseline_metric(self) -> float:
+        if self._baseline_metric is None:
+            from edgeprune.build import _evaluate_torch
+
+            self._baseline_metric = _evaluate_torch(self.workload, self.workload.model)
+        return self._baseline_metric
+
+    def misses(self, outcome: Outcome, with_accuracy: bool) -> list[str]:
+        """Returns the names of the budgets the outcome does not meet (or cannot prove)."""
+        if outcome.error:
+            return ["build"]
+        budgets = self.budgets if with_accuracy else replace(self.budgets, max_accuracy_drop=None)
+        budgets = replace(budgets, max_memory_mb=None)
+        report = {
+            "latency": {"source": outcome.latency_source, f"{budgets.latency_stat}_ms": outcome.latency_ms,
+                        "spread": 0.0},
+            "artifact": {"size_bytes": outcome.size_bytes},
+            "accuracy": {"drop": outcome.drop},
+        }
+        return [r["name"] for r in check_budgets(report, budgets) if not r["met"]]
+
+    # ------------------------------------------------------------------ helpers
+    def _lower(self, model: torch.nn.Module, candidate: Candidate, folder: Path):
+        plan = self.plan_for(candidate)
+        backend = get_backend(plan.format)
+        request = LowerRequest(precision=plan.precision, profile=self.profile,
+                               calibration=self.workload.calibration_batches(), sparsity=plan.kind,
+                               nm=plan.nm or (2, 4))
+        backend.check(request)
+        return backend.lower(model, tuple(self.workload.example_inputs), request, folder)
+
+    def _latency(self, artifact) -> tuple[float | None, str]:
+        if host_mismatch(self.profile) is None and artifact.measure_path is not None:
+            stats = measure_onnx_files({"a": artifact.measure_path}, self.workload.example_inputs,
+                                       self.threads, Protocol.quick())["a"]
+            return (stats.p90_ms if self.budgets.latency_stat == "p90" else stats.median_ms), "measured"
+        return None, "unavailable"

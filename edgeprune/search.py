@@ -1,0 +1,106 @@
+"""Budget-driven search: the least pruning (and quantization) that meets every budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edgeprune.candidates import Candidate, CandidateEvaluator, Outcome
+
+STEP = 0.05
+DEFAULT_RECOVER_STEPS = 200
+
+
+@dataclass
+class SearchResult:
+    """The chosen candidate (None if none meets every budget) and every candidate tried."""
+
+    chosen: Outcome | None
+    tried: list[Outcome] = field(default_factory=list)
+
+    def nearest(self, count: int = 3) -> list[Outcome]:
+        """Returns the candidates that came closest: fewest budgets missed, then least pruned."""
+        usable = [o for o in self.tried if o.error is None] or self.tried
+        return sorted(usable, key=lambda o: (len(o.misses), o.candidate.sparsity))[:count]
+
+    def to_dict(self) -> dict:
+        return {
+            "chosen": self.chosen.candidate.label if self.chosen else None,
+            "candidates": [o.to_dict() for o in self.tried],
+            "nearest": [{"candidate": o.candidate.label, "misses": o.misses} for o in self.nearest()]
+            if self.chosen is None else [],
+        }
+
+
+def sparsity_grid(low: float, high: float, kind: str) -> list[float]:
+    """Returns the sparsities the search may pick, from least to most pruning."""
+    if kind == "nm":
+        return [0.0, high]
+    count = int(round((high - low) / STEP))
+    return [round(low + i * STEP, 4) for i in range(count + 1)]
+
+
+def _meets_cost(outcome: Outcome) -> bool:
+    return outcome.error is None and not (set(outcome.misses) - {"accuracy_drop"})
+
+
+def least_pruning(evaluator: CandidateEvaluator, kind: str, quantize: str, grid: list[float],
+                  tried: list[Outcome], progress: Callable[[str], None]) -> float | None:
+    """Returns the smallest sparsity on the grid whose latency and size meet the budgets.
+
+    Bisection: latency and size fall as sparsity rises, so the first passing grid point
+    is found in log2(len(grid)) candidate builds.
+    """
+    def passes(i: int) -> bool:
+        progress(f"candidate {Candidate(kind, grid[i], quantize).label}")
+        outcome = evaluator.cost(Candidate(kind, grid[i], quantize))
+        tried.append(outcome)
+        return _meets_cost(outcome)
+
+    if passes(0):
+        return grid[0]
+    if len(grid) == 1 or not passes(len(grid) - 1):
+        return None
+    lo, hi = 0, len(grid) - 1  # grid[lo] fails, grid[hi] passes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if passes(mid):
+            hi = mid
+        else:
+            lo = mid
+    return grid[hi]
+
+
+def search(evaluator: CandidateEvaluator, recover_steps: int | None = None,
+           progress: Callable[[str], None] = lambda _: None) -> SearchResult:
+    """Returns the least-pruned candidate of the evaluator's plan that meets every budget.
+
+    For each quantization candidate, bisection finds the least sparsity that meets the
+    latency and size budgets; the finalists are scored on accuracy, least pruned first,
+    with recovery by distillation when the workload has fine-tuning data.
+    """
+    plan = evaluator.plan
+    low, high = plan.search or (plan.sparsity, plan.sparsity)
+    grid = sparsity_grid(low, high, plan.kind)
+    tried: list[Outcome] = []
+    finalists: list[Candidate] = []
+    for quantize in plan.quantize_candidates:
+        amount = least_pruning(evaluator, plan.kind, quantize, grid, tried, progress)
+        if amount is not None:
+            finalists.append(Candidate(plan.kind, amount, quantize))
+    finalists.sort(key=lambda c: (c.sparsity, plan.quantize_candidates.index(c.quantize)))
+    can_recover = bool(evaluator.workload.finetune_data)
+    steps = recover_steps if recover_steps else (DEFAULT_RECOVER_STEPS if can_recover else 0)
+    for candidate in finalists:
+        progress(f"accuracy of {candidate.label}")
+        outcome = evaluator.score(candidate)
+        tried.append(outcome)
+        if not outcome.misses:
+            return SearchResult(outcome, tried)
+        if "accuracy_drop" in outcome.misses and steps and candidate.sparsity > 0:
+            progress(f"recover {candidate.label} ({steps} steps)")
+            outcome = evaluator.score(candidate, steps)
+            tried.append(outcome)
+            if not outcome.misses:
+                return SearchResult(outcome, tried)
+    return SearchResult(None, tried)
