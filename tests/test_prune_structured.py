@@ -25,7 +25,9 @@ from edgeprune.prune.groups import ChannelGroup, build_graph, coupled_groups
 from edgeprune.prune.heads import find_attention
 from edgeprune.prune.roles import layer_roles
 from edgeprune.stats import count_macs, count_params
-from tests.zoo import ZOO, calibration, resnet
+from tests.zoo import ZOO, calibration, resnet, single_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _zero_slice(member, idxs: list[int]) -> None:

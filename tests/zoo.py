@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -267,3 +268,13 @@ def calibration(example_inputs: Inputs, batches: int = 4, batch: int = 4, seed: 
                 items.append(torch.randn(shape, generator=gen))
         out.append(tuple(items))
     return out
+
+
+@pytest.fixture
+def single_thread():
+    """Runs a test on one intra-op thread: on a shared two-core machine, a second OpenMP
+    thread mostly spins waiting for a core, making runs several times slower and erratic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

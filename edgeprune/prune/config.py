@@ -199,6 +199,7 @@ def config_for(strategy: str, sparsity: float | None = None, criterion: str | No
     if strategy == "structured":
         return StructuredConfig(sparsity, criterion or "l2", channel_multiple=multiple)
     if strategy == "unstructured":
+        _check_choice("--criterion for unstructured", criterion or "magnitude", ("magnitude", "global_magnitude", "wanda"))
         if criterion == "global_magnitude":
             return UnstructuredConfig(sparsity, "magnitude", scope="global")
         return UnstructuredConfig(sparsity, criterion or "magnitude")

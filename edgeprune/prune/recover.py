@@ -29,7 +29,9 @@ def recover(student: nn.Module, teacher: nn.Module, finetune_data: Iterable[Sequ
     the fine-tuning inputs (logit matching), so any model and task work without labels.
     AdamW with a cosine-decayed learning rate; the data is cycled until ``steps`` optimizer
     steps are done. Masked-out weights (unstructured, N:M) get zero gradient and are zeroed
-    again after every step, so the sparsity pattern survives exactly.
+    again after every step, so the sparsity pattern survives exactly. The student stays in
+    eval mode: normalization statistics and dropout are frozen, because batch statistics of
+    a short run on small batches would pull it away from the teacher it is matching.
     """
     batches = [tuple(b) if not isinstance(b, torch.Tensor) else (b,) for b in (finetune_data or [])]
     if steps < 0:
@@ -47,7 +49,7 @@ def recover(student: nn.Module, teacher: nn.Module, finetune_data: Iterable[Sequ
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     losses = []
-    student.train()
+    student.eval()
     try:
         for step in range(steps):
             batch = batches[step % len(batches)]
@@ -60,7 +62,7 @@ def recover(student: nn.Module, teacher: nn.Module, finetune_data: Iterable[Sequ
             optimizer.step()
             schedule.step()
             apply_masks(student, masks)
-            losses.append(float(loss))
+            losses.append(loss.item())
     finally:
         student.eval()
         for p, flag in zip(params, flags, strict=True):
