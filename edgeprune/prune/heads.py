@@ -1,0 +1,68 @@
+"""Finding attention modules and their head counts, and updating them after heads are removed.
+
+A module counts as attention when it holds nn.Linear layers and an integer head-count
+attribute under one of the usual names (``num_heads``, ``n_head``, ...). Which of its linears
+are q/k/v and which is the output projection is read from the dependency graph, not from names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from edgeprune.prune.attention import ExplicitAttention
+
+HEAD_COUNT_NAMES = ("num_heads", "n_heads", "n_head", "num_attention_heads", "heads")
+# attributes holding the inner width (heads * head_dim) that a forward pass may reshape to
+INNER_WIDTH_NAMES = ("all_head_size", "inner_dim", "inner_size", "attn_dim")
+
+
+@dataclass(eq=False)
+class AttentionModule:
+    """An attention module, its head-count attribute and every module inside it."""
+
+    name: str
+    module: nn.Module
+    heads_attr: str
+    parts: frozenset[nn.Module]
+
+    @property
+    def num_heads(self) -> int:
+        return int(getattr(self.module, self.heads_attr))
+
+    def remove_heads(self, removed: list[int]) -> None:
+        """Updates the head count (and inner-width attributes) after ``removed`` heads are gone."""
+        old = self.num_heads
+        new = old - len(removed)
+        setattr(self.module, self.heads_attr, new)
+        if isinstance(self.module, ExplicitAttention):
+            gone = set(removed)
+            self.module.kept_heads = tuple(h for i, h in enumerate(self.module.kept_heads) if i not in gone)
+        per_head = getattr(self.module, "head_dim", None)
+        for attr in INNER_WIDTH_NAMES:
+            value = getattr(self.module, attr, None)
+            if isinstance(value, int) and isinstance(per_head, int) and value == old * per_head:
+                setattr(self.module, attr, new * per_head)
+
+
+def find_attention(model: nn.Module) -> list[AttentionModule]:
+    """Returns the attention modules of the model (innermost first when they nest)."""
+    found = []
+    for name, module in model.named_modules():
+        attr = next((a for a in HEAD_COUNT_NAMES if isinstance(getattr(module, a, None), int)
+                     and not isinstance(getattr(module, a), bool)), None)
+        if attr is None or isinstance(module, nn.MultiheadAttention):
+            continue
+        parts = frozenset(module.modules())
+        if any(isinstance(m, nn.Linear) for m in parts):
+            found.append(AttentionModule(name, module, attr, parts))
+    # an inner attention module owns its layers; an outer one (a block that also records
+    # its head count) only the rest
+    found.sort(key=lambda a: len(a.parts))
+    return found
+
+
+def attention_of(module, attention: list[AttentionModule]) -> AttentionModule | None:
+    """Returns the innermost attention module holding ``module``, or None."""
+    return next((a for a in attention if module in a.parts), None)

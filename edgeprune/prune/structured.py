@@ -1,0 +1,167 @@
+"""Structured pruning: remove whole channels, neurons and heads, leaving a smaller dense model."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeprune.errors import InputError, UnsupportedError
+from edgeprune.prune.allocation import Budget, allocate
+from edgeprune.prune.api import PruneResult, register_pruner
+from edgeprune.prune.attention import rewrite_multihead_attention
+from edgeprune.prune.calibration import input_norms, taylor_gradients
+from edgeprune.prune.config import StructuredConfig
+from edgeprune.prune.groups import ChannelGroup, build_graph, coupled_groups
+from edgeprune.prune.heads import AttentionModule, find_attention
+from edgeprune.prune.importance import scorer
+from edgeprune.prune.roles import layer_roles
+from edgeprune.prune.ties import restore_ties, tied_parameters
+
+Batch = tuple[torch.Tensor, ...]
+# layers that must keep their shape entirely, with the reason, chosen per call (hybrid uses it)
+Avoid = Callable[[nn.Module, list[AttentionModule]], dict[nn.Module, str]]
+
+
+class _BrokenForward(Exception):
+    pass
+
+
+@register_pruner(StructuredConfig)
+def _handle(model: nn.Module, config: StructuredConfig, calibration: list[Batch] | None,
+            example_inputs: Batch) -> PruneResult:
+    return prune_structured(model, config, calibration, example_inputs)
+
+
+def prune_structured(model: nn.Module, config: StructuredConfig, calibration: list[Batch] | None,
+                     example_inputs: Batch, avoid: Avoid | None = None) -> PruneResult:
+    """Returns the model with channels, neurons and heads removed, and what was removed.
+
+    nn.MultiheadAttention is first rewritten into ExplicitAttention so its heads can go.
+    If the pruned model no longer runs because a hand-written attention derives a width the
+    engine cannot see, pruning is redone with every head kept, and the details say why.
+    """
+    rewritten = rewrite_multihead_attention(model)
+    if config.criterion == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise InputError("criterion bn_scale needs BatchNorm layers, and the model has none; use l2 or taylor")
+    reference = _output_shapes(model, example_inputs)
+    backup = copy.deepcopy(model) if find_attention(model) else None
+    try:
+        details = _prune(model, config, calibration, example_inputs, avoid, keep_heads=None)
+        _check_forward(model, example_inputs, reference)
+    except _BrokenForward as err:
+        if backup is None:
+            raise UnsupportedError(f"structured pruning broke the model's forward pass: {err}") from None
+        model = backup
+        reason = f"heads kept: the model failed to run after head pruning ({err})"
+        details = _prune(model, config, calibration, example_inputs, avoid, keep_heads=reason)
+        try:
+            _check_forward(model, example_inputs, reference)
+        except _BrokenForward as err2:
+            raise UnsupportedError(f"structured pruning broke the model's forward pass: {err2}") from None
+    details["attention_rewritten"] = rewritten
+    return PruneResult(model=model, details=details)
+
+
+def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] | None,
+           example_inputs: Batch, avoid: Avoid | None, keep_heads: str | None) -> dict[str, Any]:
+    modules = dict(model.named_modules())
+    roles = layer_roles(model, example_inputs)
+    protected: dict[nn.Module, str] = {}
+    for name in config.ignore:
+        if name not in modules:
+            raise InputError(f"ignore names {name!r}, which is not a module of the model")
+        protected[modules[name]] = f"{name} is in ignore"
+    if config.protect_first_last:
+        for name in roles.first:
+            protected.setdefault(modules[name], f"first layer {name} is protected")
+    for name in roles.last:
+        protected.setdefault(modules[name], f"output layer {name} keeps the output width")
+    attention = find_attention(model)
+    avoided = avoid(model, attention) if avoid else {}
+    score = scorer(
+        config.criterion,
+        grads=taylor_gradients(model, calibration) if config.criterion == "taylor" else None,
+        norms=input_norms(model, calibration, _weight_layers(model)) if config.criterion == "wanda" else None,
+    )
+    ties = tied_parameters(model)
+    graph = build_graph(model, example_inputs)
+    groups = coupled_groups(graph, model, attention, protected, avoided)
+    if keep_heads:
+        for g in groups:
+            if g.is_heads:
+                g.skip = keep_heads
+    active = [g for g in groups if g.skip is None]
+    scored = [score(g) for g in active]
+    unit_scores = [g.unit_scores(s) for g, (s, _) in zip(active, scored, strict=True)]
+    budgets = [Budget(g.units, g.unit_size, s) for g, s in zip(active, unit_scores, strict=True)]
+    kept = allocate(budgets, config.sparsity, config.allocation, config.max_layer_sparsity, config.channel_multiple)
+
+    report = []
+    for g, (_, used), units_score, keep in zip(active, scored, unit_scores, kept, strict=True):
+        removed_units = sorted(torch.argsort(units_score, descending=True)[keep:].tolist())
+        entry = {**g.describe(), "channels_after": keep * g.unit_size, "criterion": used}
+        if g.is_heads:
+            entry.update(attention=g.attention.name, heads=g.units, heads_after=keep)
+        report.append(entry)
+        if not removed_units:
+            continue
+        idxs = sorted(c for u in removed_units for c in g.unit_channels(u))
+        _prune_group(graph, g, idxs)
+        if g.is_heads:
+            g.attention.remove_heads(removed_units)
+    restore_ties(ties)
+    before = sum(e["channels"] for e in report)
+    after = sum(e["channels_after"] for e in report)
+    return {
+        "kind": "structured",
+        "criterion": config.criterion,
+        "allocation": config.allocation,
+        "target_sparsity": config.sparsity,
+        "channel_multiple": config.channel_multiple,
+        "channels_before": before,
+        "channels_after": after,
+        "channel_sparsity": round(1 - after / before, 4) if before else 0.0,
+        "groups": report,
+        "kept_whole": [{"layers": g.names, "reason": g.skip} for g in groups if g.skip],
+        "first_layers": list(roles.first),
+        "last_layers": list(roles.last),
+    }
+
+
+def _prune_group(graph, group: ChannelGroup, idxs: list[int]) -> None:
+    pruning = graph.get_pruning_group(group.root, group.handler, idxs)
+    if not graph.check_pruning_group(pruning):
+        raise UnsupportedError(f"pruning {group.names[0]} would remove every channel of a coupled layer")
+    pruning.prune()
+
+
+def _weight_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+
+
+def _shapes(value) -> Any:
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (tuple, list)):
+        return [_shapes(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shapes(v) for k, v in value.items()}
+    return None
+
+
+def _output_shapes(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Any:
+    with torch.no_grad():
+        return _shapes(model(*example_inputs))
+
+
+def _check_forward(model: nn.Module, example_inputs: Sequence[torch.Tensor], reference: Any) -> None:
+    try:
+        shapes = _output_shapes(model, example_inputs)
+    except Exception as exc:  # any failure of the user's forward after pruning
+        raise _BrokenForward(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if shapes != reference:
+        raise _BrokenForward(f"output shape changed from {reference} to {shapes}")

@@ -1,0 +1,210 @@
+"""Structured pruning removes exactly the coupled slices it should, through every coupling.
+
+The strongest check is a planted one: zero, in the dense model, every weight that belongs
+to some chosen channels or heads (the producer's rows, the BatchNorm entries, every
+consumer's columns). Those channels then contribute nothing, and they score zero, so the
+engine must remove exactly them; the pruned model must then compute *the same function*
+as the planted dense model. A wrong index anywhere (a concat offset, a grouped-conv slice,
+a head) changes the output.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.errors import InputError
+from edgeprune.prune import StructuredConfig, prune_
+from edgeprune.prune.allocation import Budget, allocate
+from edgeprune.prune.attention import rewrite_multihead_attention
+from edgeprune.prune.groups import ChannelGroup, build_graph, coupled_groups
+from edgeprune.prune.heads import find_attention
+from edgeprune.prune.roles import layer_roles
+from edgeprune.stats import count_macs, count_params
+from tests.zoo import ZOO, calibration, resnet, single_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _zero_slice(member, idxs: list[int]) -> None:
+    module, kind = member.module, member.kind
+    idx = torch.tensor(idxs, dtype=torch.long)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.weight[idx] = 0
+        module.bias[idx] = 0
+    elif isinstance(module, nn.Linear):
+        if kind == "out":
+            module.weight[idx] = 0
+            if module.bias is not None:
+                module.bias[idx] = 0
+        else:
+            module.weight[:, idx] = 0
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        w = module.weight
+        out_axis = 1 if module.transposed else 0
+        depthwise = module.groups == module.in_channels == module.out_channels
+        if kind == "out" or depthwise:
+            assert module.groups == 1 or not module.transposed
+            w.index_fill_(out_axis, idx, 0)
+            if module.bias is not None:
+                module.bias[idx] = 0
+        elif module.transposed:
+            w[idx] = 0
+        else:
+            per_group_in = w.shape[1]
+            per_group_out = w.shape[0] // module.groups
+            for c in idxs:
+                g = c // per_group_in
+                w[g * per_group_out:(g + 1) * per_group_out, c % per_group_in] = 0
+    else:
+        raise AssertionError(f"cannot plant zeros in {type(module).__name__}")
+
+
+def plant(model: nn.Module, inputs, sparsity: float, protect_first_last: bool, seed: int = 0):
+    """Returns (planted copy, number of groups planted): random units of every prunable group zeroed."""
+    model = copy.deepcopy(model)
+    rewrite_multihead_attention(model)
+    modules = dict(model.named_modules())
+    roles = layer_roles(model, inputs)
+    protected = {modules[n]: "last" for n in roles.last}
+    if protect_first_last:
+        protected.update({modules[n]: "first" for n in roles.first})
+    groups: list[ChannelGroup] = [
+        g for g in coupled_groups(build_graph(model, inputs), model, find_attention(model), protected) if g.skip is None
+    ]
+    kept = allocate([Budget(g.units, g.unit_size, torch.ones(g.units)) for g in groups], sparsity, "uniform", 0.8, 1)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for g, keep in zip(groups, kept, strict=True):
+            assert not any(isinstance(m.module, (nn.LayerNorm, nn.Embedding, nn.Parameter)) for m in g.members), g.names
+            removed = torch.randperm(g.units, generator=gen)[: g.units - keep].tolist()
+            root_channels = {c for u in removed for c in g.unit_channels(u)}
+            for m in g.members:
+                _zero_slice(m, [i for i, r in zip(m.idxs, m.root_idxs, strict=True) if r in root_channels])
+    return model, len(groups)
+
+
+PLANTED = {  # transformers keep their residual stream (LayerNorm statistics would change)
+    "resnet": False, "mobilenet": False, "unet": False, "vit": True, "gpt": True,
+}
+
+
+@pytest.mark.parametrize("arch", list(ZOO))
+def test_pruning_planted_zero_channels_computes_the_same_function(arch):
+    model, inputs = ZOO[arch]()
+    planted, groups = plant(model, inputs, 0.5, PLANTED[arch])
+    assert groups >= 3
+    result = prune_(planted, StructuredConfig(0.5, "l2", protect_first_last=PLANTED[arch]), example_inputs=inputs)
+    # every planted group (heads included) was really narrowed, none kept whole as a fallback
+    assert len(result.details["groups"]) == groups
+    assert all(g["channels_after"] < g["channels"] for g in result.details["groups"])
+    assert count_params(result.model) < 0.75 * count_params(planted)
+    with torch.no_grad():
+        for batch in calibration(inputs, batches=2):
+            expected = planted(*batch)
+            assert torch.allclose(result.model(*batch), expected, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_sparsity_zero_changes_nothing():
+    model, inputs = resnet()
+    result = prune_(model, StructuredConfig(0.0), example_inputs=inputs)
+    assert count_params(result.model) == count_params(model)
+    with torch.no_grad():
+        assert torch.equal(result.model(*inputs), model(*inputs))
+
+
+@pytest.mark.parametrize("arch", ["resnet", "mobilenet"])
+def test_global_allocation_hits_the_target_and_respects_the_cap(arch):
+    model, inputs = ZOO[arch]()
+    result = prune_(model, StructuredConfig(0.6, allocation="global", max_layer_sparsity=0.75), example_inputs=inputs)
+    details = result.details
+    assert abs(details["channel_sparsity"] - 0.6) < 0.03
+    for g in details["groups"]:
+        assert g["channels_after"] >= math.ceil(0.25 * g["channels"])
+    # the global ranking really differs between groups, unlike uniform allocation
+    ratios = {round(g["channels_after"] / g["channels"], 2) for g in details["groups"]}
+    assert len(ratios) > 2
+    assert count_macs(result.model, inputs) < 0.6 * count_macs(model, inputs)
+
+
+def test_kept_channel_counts_are_multiples_of_the_channel_multiple():
+    model, inputs = resnet()
+    result = prune_(model, StructuredConfig(0.3, channel_multiple=8), example_inputs=inputs)
+    widths = [m.out_channels for m in result.model.modules() if isinstance(m, nn.Conv2d)]
+    original = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths != original
+    assert all(w % 8 == 0 for w, o in zip(widths, original, strict=True) if w != o)
+    assert all(g["channels_after"] % 8 == 0 for g in result.details["groups"])
+
+
+def test_first_last_protection_and_ignore():
+    model, inputs = resnet()
+    result = prune_(model, StructuredConfig(0.5, ignore=("layer3.0.conv1.0",)), example_inputs=inputs)
+    pruned = result.model
+    assert pruned.stem[0][0].out_channels == 16          # first layer protected
+    assert pruned.fc.out_features == 10                   # output width kept
+    assert pruned.layer3[0].conv1[0].out_channels == 64   # ignored
+    assert pruned.layer2[0].conv1[0].out_channels == 16
+    unprotected = prune_(model, StructuredConfig(0.5, protect_first_last=False), example_inputs=inputs).model
+    assert unprotected.stem[0][0].out_channels == 8
+    assert unprotected.fc.out_features == 10
+    with pytest.raises(InputError, match="not a module"):
+        prune_(model, StructuredConfig(0.5, ignore=("nope",)), example_inputs=inputs)
+
+
+def test_bn_scale_removes_the_smallest_gammas():
+    model, inputs = resnet()
+    bn = model.layer1[0].conv1[1]          # its group: conv1 rows, this BN, conv2 columns
+    result = prune_(model, StructuredConfig(0.5, "bn_scale"), example_inputs=inputs)
+    kept = result.model.layer1[0].conv1[1].weight.detach()
+    removed = sorted(set(bn.weight.detach().tolist()) - set(kept.tolist()))
+    assert len(kept) == 8 and len(removed) == 8
+    assert float(kept.min()) > max(removed)
+
+
+class DeadUnits(nn.Module):
+    """An MLP whose big hidden units never fire (their bias keeps ReLU at zero)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 4)
+        with torch.no_grad():
+            self.fc1.weight[:8] *= 5.0
+            self.fc1.bias[:8] = -100.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_wanda_scores_read_activations_and_taylor_reads_gradients():
+    model, inputs = DeadUnits().eval(), (torch.randn(1, 8),)
+    data = [(torch.randn(16, 8),) for _ in range(4)]
+    config = dict(protect_first_last=False)
+    wanda = prune_(model, StructuredConfig(0.5, "wanda", **config), data, inputs).model
+    l2 = prune_(model, StructuredConfig(0.5, "l2", **config), data, inputs).model
+    taylor = prune_(model, StructuredConfig(0.5, "taylor", **config), data, inputs).model
+    dead = model.fc1.bias[:8].detach()
+    assert not torch.isin(wanda.fc1.bias.detach(), dead).any()      # dead units removed
+    assert not torch.isin(taylor.fc1.bias.detach(), dead).any()     # they have no gradient either
+    assert torch.isin(l2.fc1.bias.detach(), dead).sum() >= 6        # big weights keep them under l2
+    with torch.no_grad():
+        x = data[0][0]
+        assert torch.allclose(wanda(x), model(x), atol=1e-5)        # dead units contributed nothing
+
+
+def test_criteria_that_need_calibration_refuse_to_run_without_it():
+    model, inputs = resnet()
+    for criterion in ("taylor", "wanda"):
+        with pytest.raises(InputError, match=f"{criterion} needs calibration"):
+            prune_(model, StructuredConfig(0.5, criterion), None, inputs)
+
+
+def test_bn_scale_needs_batchnorm():
+    with pytest.raises(InputError, match="BatchNorm"):
+        prune_(DeadUnits(), StructuredConfig(0.5, "bn_scale"), None, (torch.randn(1, 8),))
