@@ -242,6 +242,71 @@ def plan_cmd(model: str, profile: str, strategy: str, sparsity: float | None, qu
         out.print(f"  - {reason}")
 
 
+def _csv(kind: type, text: str, flag: str) -> list:
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{flag} must be a comma-separated list, got {text!r}") from None
+
+
+@cli.command("sweep")
+@click.argument("model")
+@click.option("--profile", required=True, help="Profile name or path to a .toml profile.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for sweep.json, sweep.md and pareto.png.")
+@click.option("--strategies", default="structured,unstructured,nm", show_default=True)
+@click.option("--sparsities", default="0.25,0.5,0.75", show_default=True)
+@click.option("--quantize", default="auto", show_default=True,
+              help="Comma-separated precisions, or auto: none plus what the profile runs fastest.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "coreml", "tensorrt"]), default="auto")
+@click.option("--criterion", default=None)
+@click.option("--no-cache", is_flag=True, help="Re-evaluate candidates even when cached.")
+@click.option("--json", "as_json", is_flag=True)
+def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsities: str, quantize: str, fmt: str,
+              criterion: str | None, no_cache: bool, as_json: bool) -> None:
+    """Evaluate strategies x sparsities x quantization; write the table and the Pareto plot."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeprune.candidates import CandidateEvaluator
+    from edgeprune.gate import Budgets
+    from edgeprune.plan import make_plan
+    from edgeprune.profile import load_profile
+    from edgeprune.sweep import grid, run_sweep, write_sweep
+    from edgeprune.workload import load_workload
+
+    kinds = _csv(str, strategies, "--strategies")
+    bad = [k for k in kinds if k not in ("structured", "unstructured", "nm", "hybrid")]
+    if bad:
+        raise InputError(f"--strategies: unknown strategy {bad[0]!r} (structured, unstructured, nm, hybrid)")
+    amounts = _csv(float, sparsities, "--sparsities")
+    if any(not 0 < a < 1 for a in amounts):
+        raise InputError("--sparsities must each be in (0, 1)")
+    workload = load_workload(model)
+    prof = load_profile(profile)
+    plan = make_plan(workload, prof, "none", None, "auto" if quantize == "auto" else "none", fmt, criterion)
+    precisions = list(plan.quantize_candidates) if quantize == "auto" else _csv(str, quantize, "--quantize")
+    bad = [q for q in precisions if q not in ("none", "fp16", "int8")]
+    if bad:
+        raise InputError(f"--quantize: unknown precision {bad[0]!r} (none, fp16, int8)")
+    evaluator = CandidateEvaluator(workload, prof, plan, Budgets(), criterion, use_cache=not no_cache)
+    candidates = grid(kinds, amounts, precisions)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False) as bar:
+        task = bar.add_task("sweep", total=len(candidates))
+
+        def advance(outcome) -> None:
+            bar.update(task, advance=1, description=f"sweep: {outcome.candidate.label}")
+
+        outcomes = run_sweep(evaluator, candidates, advance)
+    title = f"{workload.name} on {prof.name} ({plan.format})"
+    summary = write_sweep(outcomes, output, workload.metric, workload.higher_is_better, title)
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo((output / "sweep.md").read_text())
+        err.print(f"wrote {output}/sweep.json, sweep.md, pareto.png")
+
+
 @cli.command()
 @click.argument("report_path", type=click.Path(path_type=Path))
 @click.option("--latency-budget-ms", type=float)

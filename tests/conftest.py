@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "digits_cnn.py"
 
 
+CACHE = Path(tempfile.mkdtemp(prefix="edgeprune-test-cache-"))
+
+
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Runs `edgeprune ARGS` in a fresh interpreter, as a user would, and returns the result."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEPRUNE_CACHE_DIR": str(CACHE), **(env or {})}
     full_env.pop("EDGEPRUNE_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "edgeprune.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or ROOT, timeout=600)

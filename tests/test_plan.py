@@ -2,13 +2,14 @@ import json
 
 import pytest
 import torch
-from conftest import DIGITS, run_cli
 from torch import nn
 
 from edgeprune import InputError, Workload, load_workload
 from edgeprune.gate import Budgets
 from edgeprune.plan import make_plan, parse_nm
 from edgeprune.profile import load_profile
+
+from conftest import DIGITS, run_cli
 
 
 class Block(nn.Module):

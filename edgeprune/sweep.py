@@ -1,0 +1,127 @@
+"""The sweep: a grid of strategies x sparsities x quantization, its table and Pareto fronts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edgeprune.candidates import Candidate, CandidateEvaluator, Outcome
+
+
+def grid(strategies: Sequence[str], sparsities: Sequence[float], quantize: Sequence[str],
+         nm: tuple[int, int] = (2, 4)) -> list[Candidate]:
+    """Returns the sweep's candidates: the dense model first, then every combination."""
+    out = [Candidate("none", 0.0, q) for q in quantize]
+    for kind in strategies:
+        amounts = [1 - nm[0] / nm[1]] if kind == "nm" else list(sparsities)
+        out += [Candidate(kind, float(s), q) for s in amounts for q in quantize]
+    return out
+
+
+def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[bool]:
+    """Returns, per (cost, metric) point, whether no other point is cheaper and at least as good."""
+    flags = []
+    for i, (cost, metric) in enumerate(points):
+        dominated = False
+        for j, (c2, m2) in enumerate(points):
+            better = m2 >= metric if higher_is_better else m2 <= metric
+            strictly = c2 < cost or (m2 > metric if higher_is_better else m2 < metric)
+            if j != i and c2 <= cost and better and strictly:
+                dominated = True
+                break
+        flags.append(not dominated)
+    return flags
+
+
+def run_sweep(evaluator: CandidateEvaluator, candidates: list[Candidate],
+              advance: Callable[[Outcome], None] = lambda _: None) -> list[Outcome]:
+    """Returns every candidate scored (cached results are reused, so a rerun resumes)."""
+    outcomes = []
+    for candidate in candidates:
+        outcome = evaluator.score(candidate)
+        outcomes.append(outcome)
+        advance(outcome)
+    return outcomes
+
+
+def _front(outcomes: list[Outcome], cost: str, higher_is_better: bool) -> set[int]:
+    ok = [(i, o) for i, o in enumerate(outcomes)
+          if o.error is None and o.metric is not None and getattr(o, cost) is not None]
+    flags = pareto([(float(getattr(o, cost)), o.metric) for _, o in ok], higher_is_better)
+    return {i for (i, _), flag in zip(ok, flags, strict=True) if flag}
+
+
+def write_sweep(outcomes: list[Outcome], folder: Path, metric: str, higher_is_better: bool, title: str) -> dict:
+    """Returns the sweep summary after writing sweep.json, sweep.md and pareto.png into the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    by_latency = _front(outcomes, "latency_ms", higher_is_better)
+    by_size = _front(outcomes, "size_bytes", higher_is_better)
+    rows = []
+    for i, o in enumerate(outcomes):
+        rows.append({**o.to_dict(), "pareto_latency": i in by_latency, "pareto_size": i in by_size})
+    summary = {"title": title, "metric": metric, "higher_is_better": higher_is_better, "candidates": rows}
+    (folder / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (folder / "sweep.md").write_text(_markdown(rows, metric, title))
+    _plot(rows, folder / "pareto.png", metric, title)
+    return summary
+
+
+def _markdown(rows: list[dict], metric: str, title: str) -> str:
+    lines = [f"# Sweep: {title}", "",
+             f"| candidate | latency ms | source | size MB | MACs | {metric} | drop | Pareto (latency / size) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lat = f"{r['latency_ms']:.3f}" if r["latency_ms"] is not None else "—"
+        size = f"{r['size_bytes'] / 1e6:.2f}" if r["size_bytes"] else "—"
+        macs = f"{r['macs'] / 1e6:.1f}M" if r["macs"] else "—"
+        score = f"{r['metric']:.4f}" if r["metric"] is not None else (r["error"] or "—")
+        drop = f"{r['drop']:+.4f}" if r["drop"] is not None else "—"
+        front = " / ".join("★" if r[k] else "" for k in ("pareto_latency", "pareto_size"))
+        lines.append(f"| {r['candidate']['label']} | {lat} | {r['latency_source'] or '—'} | {size} | {macs} | "
+                     f"{score} | {drop} | {front} |")
+    lines += ["", "★ Pareto-optimal: no other candidate is both cheaper and at least as accurate.",
+              "Latency source: measured here, or estimated from the profile (roofline); never mixed silently.", ""]
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict], path: Path, metric: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    panels = (("latency_ms", "latency (ms)", "pareto_latency"), ("size_bytes", "size (MB)", "pareto_size"))
+    colors = {"none": "black", "structured": "tab:blue", "unstructured": "tab:orange", "nm": "tab:green",
+              "hybrid": "tab:purple"}
+    for ax, (key, label, front_key) in zip(axes, panels, strict=True):
+        pts = [r for r in rows if r[key] is not None and r["metric"] is not None]
+        for r in pts:
+            x = r[key] / 1e6 if key == "size_bytes" else r[key]
+            kind = r["candidate"]["kind"] if r["candidate"]["sparsity"] > 0 or r["candidate"]["kind"] == "nm" else "none"
+            marker = "o" if r["latency_source"] == "measured" or key == "size_bytes" else "^"
+            filled = r[front_key]
+            ax.scatter(x, r["metric"], marker=marker, s=70 if filled else 40,
+                       facecolors=colors.get(kind, "gray") if filled else "none",
+                       edgecolors=colors.get(kind, "gray"), linewidths=1.5, zorder=3)
+            q = r["candidate"]["quantize"]
+            ax.annotate(f"{r['candidate']['sparsity']:.2g}" + ("" if q == "none" else f" {q}"), (x, r["metric"]),
+                        fontsize=7, xytext=(4, 3), textcoords="offset points")
+        front = sorted((r[key] / 1e6 if key == "size_bytes" else r[key], r["metric"]) for r in pts if r[front_key])
+        if front:
+            ax.plot(*zip(*front, strict=True), color="gray", linestyle="--", linewidth=1, zorder=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=k) for k, c in colors.items()]
+    handles += [plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="gray", label="measured"),
+                plt.Line2D([], [], marker="^", linestyle="", markerfacecolor="none", color="gray", label="estimated"),
+                plt.Line2D([], [], marker="o", linestyle="", color="gray", label="Pareto-optimal (filled)")]
+    fig.legend(handles=handles, loc="lower center", ncol=8, fontsize=8, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
