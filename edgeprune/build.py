@@ -29,6 +29,9 @@ from edgeprune.verify import Verification, verify_numeric
 from edgeprune.workload import Workload, load_workload
 
 
+VERIFY_BATCHES = 4
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """Everything ``edgeprune build`` takes; each field is a CLI flag and a target-file key."""
@@ -140,8 +143,8 @@ def _search(workload: Workload, profile: Profile, plan: Plan, options: BuildOpti
     from edgeprune.candidates import CandidateEvaluator
     from edgeprune.search import search
 
-    evaluator = CandidateEvaluator(workload, profile, plan, options.budgets, options.criterion, options.threads)
-    with step(f"search {plan.kind} sparsity in [{plan.search[0]:g}, {plan.search[1]:g}] for the budgets"):
+    with (step(f"search {plan.kind} sparsity in [{plan.search[0]:g}, {plan.search[1]:g}] for the budgets"),
+          CandidateEvaluator(workload, profile, plan, options.budgets, options.criterion, options.threads) as evaluator):
         result = search(evaluator, options.recover or None)
     best = result.chosen or (result.nearest(1) or [None])[0]
     section = result.to_dict()
@@ -169,6 +172,10 @@ def _prune(workload: Workload, plan: Plan, profile: Profile, recover_steps: int 
     config = config_for(plan.kind, None if plan.kind == "nm" else plan.sparsity, plan.criterion, nm, profile)
     result = prune_(workload.model, config, workload.calibration, workload.example_inputs)
     details = dict(result.details)
+    if plan.kind in ("structured", "hybrid") and workload.calibration:
+        from edgeprune.prune.batchnorm import recalibrate_batchnorm
+
+        details["batchnorm_recalibrated"] = recalibrate_batchnorm(result.model, workload.calibration_batches())
     if recover_steps:
         if not workload.finetune_data:
             raise InputError("--recover needs Workload(finetune_data=...): the workload gives none")
@@ -189,7 +196,8 @@ def _evaluate_torch(workload: Workload, model: torch.nn.Module) -> float | None:
 def _verify(model, predict, workload: Workload, plan: Plan, backend) -> Verification:
     if predict is None:
         return Verification("structural", True, detail=backend.cannot_run_reason() or "")
-    return verify_numeric(model, predict, workload.calibration_batches(), plan.precision,
+    # a handful of real batches decides "same function"; the full metric is computed separately
+    return verify_numeric(model, predict, workload.calibration_batches()[:VERIFY_BATCHES], plan.precision,
                           classifier=workload.task == "classification")
 
 

@@ -102,6 +102,8 @@ class CandidateEvaluator:
         self.threads = threads
         self.use_cache = use_cache
         self._baseline_metric: float | None = None
+        self._artifacts: dict = {}
+        self._workdir = tempfile.TemporaryDirectory(prefix="edgeprune-candidates-")
         profile_text = profile.path.read_text() if profile.path else profile.model_dump_json()
         self._key_base = json.dumps([__version__, model_fingerprint(workload.model), profile_text,
                                      plan.format, criterion, plan.nm, host_mismatch(profile) is None])
@@ -140,6 +142,16 @@ class CandidateEvaluator:
 
         return _prune(self.workload, self.plan_for(candidate), self.profile, recover_steps)
 
+    def _built(self, candidate: Candidate, recover_steps: int = 0):
+        """Returns (pruned model, artifact) for the candidate, built once per evaluator."""
+        key = (candidate, recover_steps)
+        if key not in self._artifacts:
+            model, _ = self.prune(candidate, recover_steps)
+            folder = Path(self._workdir.name) / f"c{len(self._artifacts)}"
+            folder.mkdir()
+            self._artifacts[key] = (model, self._lower(model, candidate, folder))
+        return self._artifacts[key]
+
     def cost(self, candidate: Candidate) -> Outcome:
         """Returns the candidate's latency, size and MACs (cached)."""
         cached = self._load(candidate, "cost")
@@ -147,13 +159,11 @@ class CandidateEvaluator:
             return cached
         outcome = Outcome(candidate)
         try:
-            model, _ = self.prune(candidate)
+            model, artifact = self._built(candidate)
             stats = model_stats(model, self.workload.example_inputs)
             outcome.macs, outcome.nonzero_params = stats["macs"], stats["nonzero_params"]
-            with tempfile.TemporaryDirectory(prefix="edgeprune-candidate-") as tmp:
-                artifact = self._lower(model, candidate, Path(tmp))
-                outcome.size_bytes = artifact.size_bytes
-                outcome.latency_ms, outcome.latency_source = self._latency(artifact)
+            outcome.size_bytes = artifact.size_bytes
+            outcome.latency_ms, outcome.latency_source = self._latency(artifact)
         except Exception as exc:  # a candidate that cannot be built is recorded, not fatal
             outcome.error = f"{type(exc).__name__}: {exc}"[:300]
         outcome.misses = self.misses(outcome, with_accuracy=False)
@@ -161,25 +171,29 @@ class CandidateEvaluator:
         return outcome
 
     def score(self, candidate: Candidate, recover_steps: int = 0) -> Outcome:
-        """Returns the candidate's cost plus its metric measured on the artifact (cached)."""
+        """Returns the candidate's cost plus its metric measured on the artifact (cached).
+
+        With recovery, the recovered model is a different artifact: it is lowered and timed
+        again, so the outcome describes exactly what a build of it would ship.
+        """
         stage = f"score-{recover_steps}"
         cached = self._load(candidate, stage)
         if cached is not None:
             return cached
-        outcome = self.cost(candidate)
-        outcome = Outcome(**{**outcome.__dict__})
+        outcome = Outcome(**{**self.cost(candidate).__dict__})
         if outcome.error is None and self.workload.evaluate is not None:
             try:
-                model, _ = self.prune(candidate, recover_steps)
-                with tempfile.TemporaryDirectory(prefix="edgeprune-candidate-") as tmp:
-                    artifact = self._lower(model, candidate, Path(tmp))
-                    predict = get_backend(self.plan.format).predictor(artifact)
-                    with torch.no_grad():
-                        if predict is None:
-                            from edgeprune.build import _torch_predict
+                model, artifact = self._built(candidate, recover_steps)
+                if recover_steps:
+                    outcome.size_bytes = artifact.size_bytes
+                    outcome.latency_ms, outcome.latency_source = self._latency(artifact)
+                predict = get_backend(self.plan.format).predictor(artifact)
+                if predict is None:
+                    from edgeprune.build import _torch_predict
 
-                            predict = _torch_predict(model)
-                        outcome.metric = float(self.workload.evaluate(predict))
+                    predict = _torch_predict(model)
+                with torch.no_grad():
+                    outcome.metric = float(self.workload.evaluate(predict))
                 outcome.drop = self.workload.drop(self.baseline_metric(), outcome.metric)
                 outcome.recovered_steps = recover_steps
             except Exception as exc:
@@ -187,6 +201,17 @@ class CandidateEvaluator:
         outcome.misses = self.misses(outcome, with_accuracy=True)
         self._store(outcome, stage)
         return outcome
+
+    def close(self) -> None:
+        """Removes the candidates' artifacts from disk."""
+        self._artifacts.clear()
+        self._workdir.cleanup()
+
+    def __enter__(self) -> CandidateEvaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def baseline_metric(self) -> float:
         if self._baseline_metric is None:
@@ -222,6 +247,6 @@ class CandidateEvaluator:
     def _latency(self, artifact) -> tuple[float | None, str]:
         if host_mismatch(self.profile) is None and artifact.measure_path is not None:
             stats = measure_onnx_files({"a": artifact.measure_path}, self.workload.example_inputs,
-                                       self.threads, Protocol.quick())["a"]
+                                       self.threads, Protocol(warmup_s=0.1, round_s=0.1, min_rounds=5, max_rounds=12))["a"]
             return (stats.p90_ms if self.budgets.latency_stat == "p90" else stats.median_ms), "measured"
         return None, "unavailable"

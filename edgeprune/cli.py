@@ -288,10 +288,10 @@ def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsitie
     bad = [q for q in precisions if q not in ("none", "fp16", "int8")]
     if bad:
         raise InputError(f"--quantize: unknown precision {bad[0]!r} (none, fp16, int8)")
-    evaluator = CandidateEvaluator(workload, prof, plan, Budgets(), criterion, use_cache=not no_cache)
     candidates = grid(kinds, amounts, precisions)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=False) as bar:
+    with (CandidateEvaluator(workload, prof, plan, Budgets(), criterion, use_cache=not no_cache) as evaluator,
+          Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=False) as bar):
         task = bar.add_task("sweep", total=len(candidates))
 
         def advance(outcome) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from edgeprune.candidates import Candidate, CandidateEvaluator, Outcome
 
 STEP = 0.05
-DEFAULT_RECOVER_STEPS = 200
+DEFAULT_RECOVER_STEPS = 60
 
 
 @dataclass
