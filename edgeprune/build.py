@@ -49,6 +49,7 @@ class BuildOptions:
     device: str | None = None
     budgets: Budgets = field(default_factory=Budgets)
     threads: int | None = None
+    palettize: int | None = None
 
 
 Step = Callable[[str], "contextmanager"]
@@ -74,10 +75,14 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
     backend = get_backend(plan.format)
     request = LowerRequest(precision=plan.precision, profile=profile,
                            calibration=workload.calibration_batches(), sparsity=plan.kind,
-                           nm=plan.nm or (2, 4))
+                           nm=plan.nm or (2, 4), palettize=options.palettize)
     backend.check(request)
     if options.device:
         raise UnsupportedError("--device (measuring through a remote agent) is not available yet")
+    preflight = getattr(backend, "preflight", None)
+    if preflight is not None and plan.kind != "none":  # an unlowerable operator fails before pruning runs
+        with step(f"check {plan.format} can lower every operator"):
+            preflight(workload.model, tuple(workload.example_inputs), request)
 
     dense = workload.model
     search_section = None
@@ -112,13 +117,13 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
             artifact = backend.lower(model, tuple(workload.example_inputs), request, stage)
         with step("verify the artifact against PyTorch"):
             predict = backend.predictor(artifact)
-            verification = _verify(model, predict, workload, plan, backend)
+            verification = _verify(model, predict, workload, plan, backend, artifact, request)
         report["artifact"] = _artifact_section(artifact, final, stage, verification)
         report["notes"] += artifact.notes
         with step("measure latency"):
             report["latency"] = _latency(workload, profile, plan, artifact, dense, options, model is dense)
         with step("evaluate accuracy on the artifact"):
-            report["accuracy"] = _with_recovery(_accuracy(workload, predict, backend), prune_details)
+            report["accuracy"] = _with_recovery(_accuracy(workload, predict, backend, artifact), prune_details)
         report["budgets"] = check_budgets(report, options.budgets)
         report["passed"] = verification.passed and all(b["met"] for b in report["budgets"])
         if not verification.passed:
@@ -193,12 +198,17 @@ def _evaluate_torch(workload: Workload, model: torch.nn.Module) -> float | None:
         return float(workload.evaluate(_torch_predict(model)))
 
 
-def _verify(model, predict, workload: Workload, plan: Plan, backend) -> Verification:
+def _verify(model, predict, workload: Workload, plan: Plan, backend, artifact: Artifact,
+            request: LowerRequest) -> Verification:
     if predict is None:
-        return Verification("structural", True, detail=backend.cannot_run_reason() or "")
+        check = getattr(backend, "verify_structure", None)
+        if check is None:
+            return Verification("structural", True, detail=backend.cannot_run_reason() or "")
+        return check(artifact, model, request)
     # a handful of real batches decides "same function"; the full metric is computed separately
-    return verify_numeric(model, predict, workload.calibration_batches()[:VERIFY_BATCHES], plan.precision,
-                          classifier=workload.task == "classification")
+    return verify_numeric(model, predict, workload.calibration_batches()[:VERIFY_BATCHES],
+                          artifact.tolerance or plan.precision,
+                          classifier=workload.task == "classification", subject=artifact.evaluated_on)
 
 
 def _artifact_section(artifact: Artifact, final: Path, stage: Path, verification: Verification) -> dict:
@@ -219,6 +229,8 @@ def _artifact_section(artifact: Artifact, final: Path, stage: Path, verification
 def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifact,
              dense: torch.nn.Module, options: BuildOptions, model_is_dense: bool) -> dict:
     """Returns the latency section: measured here when this machine is the device."""
+    if artifact.latency is not None:  # the backend timed the artifact on its own runtime (an engine on this GPU)
+        return artifact.latency
     reason = host_mismatch(profile)
     if reason is None and artifact.measure_path is None:
         reason = f"{artifact.format} artifacts cannot run on this machine"
@@ -248,7 +260,7 @@ def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifac
     }
 
 
-def _accuracy(workload: Workload, predict, backend) -> dict:
+def _accuracy(workload: Workload, predict, backend, artifact: Artifact) -> dict:
     if workload.evaluate is None:
         return {"metric": workload.metric, "note": "the workload has no evaluate()"}
     with torch.no_grad():
@@ -260,7 +272,8 @@ def _accuracy(workload: Workload, predict, backend) -> dict:
         return section
     with torch.no_grad():
         value = float(workload.evaluate(predict))
-    section.update({"pruned": value, "drop": round(workload.drop(baseline, value), 6), "evaluated_on": "artifact"})
+    section.update({"pruned": value, "drop": round(workload.drop(baseline, value), 6),
+                    "evaluated_on": artifact.evaluated_on})
     return section
 
 

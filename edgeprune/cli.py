@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgeprune.errors import EdgepruneError, InputError
@@ -120,6 +121,8 @@ def _build_options(func):
         click.option("--recover", type=click.IntRange(min=0), help="Distillation steps after pruning."),
         click.option("--quantize", type=click.Choice(["auto", "none", "fp16", "int8"]),
                      help="Quantization (default auto: what the profile runs fastest, tried when a budget needs it)."),
+        click.option("--palettize", type=click.Choice(["4", "6", "8"]), callback=lambda _c, _p, v: int(v) if v else None,
+                     help="Core ML: store weights as a 2^BITS-entry lookup table."),
         click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "coreml", "tensorrt"]),
                      help="Artifact format (default auto: the profile's preferred runtime)."),
         click.option("--latency-budget-ms", type=float, help="Latency budget in ms (on --latency-stat)."),
@@ -348,6 +351,43 @@ def check(report_path: Path, as_json: bool, **limits) -> None:
         raise SystemExit(3)
 
 
+@cli.command("trt-build")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Engine cache folder (default $EDGEPRUNE_CACHE/tensorrt or ~/.cache/edgeprune/tensorrt).")
+@click.option("--force", is_flag=True, help="Rebuild even if the cache holds this engine.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def trt_build(bundle: Path, cache_dir: Path | None, force: bool, as_json: bool) -> None:
+    """Build the TensorRT engine of BUNDLE (a build's tensorrt/ folder) on this GPU.
+
+    The engine is cached under GPU name + TensorRT version + ONNX hash, verified against the
+    bundle's PyTorch reference outputs, timed, and the sparse tactics TensorRT chose are
+    reported. Needs tensorrt and a CUDA GPU (exit 2 with the reason otherwise).
+    """
+    from edgeprune.backends.trt_bundle import read_bundle
+    from edgeprune.backends.trt_engine import build_bundle, tensorrt_unavailable
+
+    folder, spec = read_bundle(bundle)
+    reason = tensorrt_unavailable()
+    if reason is not None:
+        raise InputError(f"cannot build the TensorRT engine here: {reason}; "
+                         f"build it on the device (or run {folder / 'build_engine.sh'} there)")
+    with _progress(f"build the TensorRT engine ({spec.precision})"):
+        result = build_bundle(folder, spec, cache_dir, force)
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(f"engine: {result['engine']} ({'from the cache' if result['cached'] else 'built'}, key {result['key']})")
+    out.print(result["sparsity"])
+    verified = result.get("verified", {})
+    out.print(f"verified against PyTorch: {'passed' if verified.get('passed') else 'FAILED'} "
+              f"(max abs diff {verified.get('max_abs_diff', '—')}, top-1 agreement {verified.get('agreement', '—')})")
+    if "latency" in result:
+        out.print(f"latency (measured, {result['latency']['device']}): median {result['latency']['median_ms']:.4g} ms")
+    if not verified.get("passed"):
+        raise SystemExit(3)
+
+
 def main() -> None:
     """Runs the CLI: one clear line and exit 2 for bad input, no tracebacks for user mistakes."""
     try:
@@ -362,7 +402,7 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except EdgepruneError as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # "[coreml]" is not markup
         sys.exit(exc.exit_code)
     except SystemExit:
         raise

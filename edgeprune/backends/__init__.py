@@ -1,6 +1,12 @@
-"""Backends: one module per runtime format (ONNX, Core ML, TensorRT), found by format name."""
+"""Backends: one module per runtime format (ONNX, Core ML, TensorRT), found by format name.
 
+Each module registers its format on import; optional dependencies (coremltools, tensorrt)
+are imported only when a backend of that format is used.
+"""
+
+from edgeprune.backends import coreml as _coreml  # noqa: F401  (registers the format)
 from edgeprune.backends import onnx as _onnx  # noqa: F401  (registers the format)
+from edgeprune.backends import tensorrt as _tensorrt  # noqa: F401  (registers the format)
 from edgeprune.backends.base import Artifact, Backend, LowerRequest, get_backend, known_formats
 
 __all__ = ["Artifact", "Backend", "LowerRequest", "get_backend", "known_formats"]

@@ -11,6 +11,7 @@ import torch
 
 from edgeprune.errors import UnsupportedError
 from edgeprune.profile import Profile
+from edgeprune.verify import Verification
 
 Inputs = tuple[torch.Tensor, ...]
 
@@ -20,7 +21,9 @@ class LowerRequest:
     """What the build asks a backend for.
 
     precision: fp32, fp16 or int8. sparsity: the pruning kind whose zeros the artifact
-    should store compactly (none, structured, unstructured, nm).
+    should store compactly (none, structured, unstructured, nm). palettize: weight bits of a
+    lookup-table (palettized) weight encoding, for formats that store one (Core ML).
+    options: backend-specific knobs, e.g. ``int8_mode`` ("static" or "dynamic") for ONNX.
     """
 
     precision: str
@@ -28,6 +31,7 @@ class LowerRequest:
     calibration: Sequence[Inputs] = ()
     sparsity: str = "none"
     nm: tuple[int, int] = (2, 4)
+    palettize: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -38,6 +42,11 @@ class Artifact:
     path: the file or package the device runs. measure_path: an ONNX file this machine can
     time when the artifact itself cannot run here (None if nothing can). notes: what a user
     should know (a fusion that did not happen, a check that could only be structural).
+    evaluated_on: what the backend's predictor runs, when that is not the artifact itself
+    (the TensorRT bundle's ONNX under ONNX Runtime when no GPU is here). tolerance: the
+    verification tolerance key when it is not the precision (4-bit palettized weights).
+    latency: a latency section the backend measured on its own runtime (a TensorRT engine
+    on this GPU), used instead of timing ``measure_path`` with ONNX Runtime.
     """
 
     format: str
@@ -47,6 +56,9 @@ class Artifact:
     measure_path: Path | None = None
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    evaluated_on: str = "artifact"
+    tolerance: str | None = None
+    latency: dict[str, Any] | None = None
 
     @property
     def size_bytes(self) -> int:
@@ -65,6 +77,12 @@ class Backend(Protocol):
     def check(self, request: LowerRequest) -> None:
         """Raises UnsupportedError if the request cannot be served, before any work starts."""
 
+    def preflight(self, model: torch.nn.Module, example_inputs: Inputs, request: LowerRequest) -> None:
+        """Raises UnsupportedError naming an operator the format cannot lower.
+
+        The build calls it before pruning, so a model the format cannot take fails in seconds.
+        """
+
     def lower(self, model: torch.nn.Module, example_inputs: Inputs, request: LowerRequest, out_dir: Path) -> Artifact:
         """Returns the artifact written into out_dir."""
 
@@ -73,6 +91,9 @@ class Backend(Protocol):
 
     def cannot_run_reason(self) -> str | None:
         """Returns why artifacts of this format cannot run on this machine, or None if they can."""
+
+    def verify_structure(self, artifact: Artifact, model: torch.nn.Module, request: LowerRequest) -> Verification:
+        """Returns what can be checked without running the artifact (spec, storage, bit widths)."""
 
 
 _BACKENDS: dict[str, Callable[[], Backend]] = {}
@@ -97,7 +118,24 @@ def get_backend(name: str) -> Backend:
 
 
 def known_formats() -> list[str]:
+    """Returns the registered format names."""
     return sorted(_BACKENDS)
+
+
+def check_palettize(backend: Backend, request: LowerRequest) -> None:
+    """Raises UnsupportedError when palettized weights are asked of a format that has none."""
+    if request.palettize is not None and "palettized" not in backend.sparsity_storage:
+        raise UnsupportedError(
+            f"format {backend.name} has no palettized (lookup-table) weights; --palettize is for --format coreml"
+        )
+
+
+def dense_storage_note(backend: Backend, request: LowerRequest) -> str | None:
+    """Returns a note when the format stores the plan's zeros as ordinary dense weights."""
+    if request.sparsity in ("none", "structured") or request.sparsity in backend.sparsity_storage:
+        return None
+    return (f"{backend.name} stores {request.sparsity} zeros as ordinary dense weights: "
+            "no size or speed gain from them in this format")
 
 
 def check_precision(backend: Backend, request: LowerRequest) -> None:

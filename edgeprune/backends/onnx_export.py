@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import re
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +15,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from edgeprune.backends.onnx_export_cache import EXPORTS, fingerprint
 from edgeprune.errors import UnsupportedError
 
 OPSET = 18
@@ -31,24 +35,58 @@ def export_onnx(
     """Returns ``path`` after writing the model there as one self-contained ONNX file.
 
     The torch.export-based exporter is tried first; if it cannot trace the model, the
-    TorchScript exporter is tried. If both fail, the error names the operator when the
-    exporters do, and is an UnsupportedError (exit 2), reported before any later stage.
+    TorchScript exporter is tried. If both fail, the error names the operators the exporters
+    could not convert, and is an UnsupportedError (exit 2), reported before any later stage.
     """
     path = Path(path)
     model = model.eval()
     inputs = tuple(example_inputs)
     names = input_names(len(inputs))
+    key = fingerprint(model, inputs, f"opset={OPSET}|dynamic_batch={dynamic_batch}")
+    if EXPORTS.get(key, path) is not None:
+        return path
     errors: list[str] = []
+    operators: list[str] = []
     for exporter in (_export_dynamo, _export_torchscript):
         try:
             with _quiet():
                 exporter(model, inputs, path, names, dynamic_batch)
             onnx.checker.check_model(str(path))
+            EXPORTS.put(key, path)
             return path
         except Exception as exc:  # exporters raise many types; collect and report them together
             errors.append(f"{exporter.__name__.removeprefix('_export_')}: {_first_line(exc)}")
+            operators += [op for op in unsupported_operators(exc) if op not in operators]
             path.unlink(missing_ok=True)
+    if operators:
+        raise UnsupportedError(
+            f"cannot export the model to ONNX: no ONNX conversion for operator {', '.join(operators)} "
+            f"(opset {OPSET}); replace it in the model or register a conversion"
+        )
     raise UnsupportedError("cannot export the model to ONNX: " + "; ".join(errors))
+
+
+# How the two exporters name an operator they cannot convert.
+_OPERATOR_PATTERNS = (
+    re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)'"),
+    re.compile(r"Exporting the operator '([\w:.]+)' to ONNX"),
+    re.compile(r"Unsupported FX nodes: \{'([\w.:]+)'"),
+)
+
+
+def unsupported_operators(exc: BaseException) -> list[str]:
+    """Returns the operator names an exporter's exception (or its causes) says it cannot convert."""
+    found: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for pattern in _OPERATOR_PATTERNS:
+            for name in pattern.findall(str(current)):
+                if name not in found:
+                    found.append(name)
+        current = current.__cause__ or current.__context__
+    return found
 
 
 def _export_dynamo(model, inputs, path, names, dynamic_batch) -> None:
@@ -73,11 +111,35 @@ def _export_torchscript(model, inputs, path, names, dynamic_batch) -> None:
 
 @contextlib.contextmanager
 def _quiet():
-    """Silences the exporters' progress prints and warnings (they are not the user's concern)."""
+    """Silences the exporters' progress prints and warnings (they are not the user's concern).
+
+    The TorchScript exporter logs the whole graph from C++ on failure, so stderr is
+    redirected at the file-descriptor level, not only sys.stderr.
+    """
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _stderr_to_devnull():
         warnings.simplefilter("ignore")
         yield
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stderr without a descriptor
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _first_line(exc: BaseException) -> str:

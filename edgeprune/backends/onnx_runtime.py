@@ -9,12 +9,20 @@ import numpy as np
 import torch
 
 
-def session(path: str | Path, threads: int | None = None, optimized_model_path: str | None = None):
-    """Returns an ONNX Runtime CPU session for the file, all graph optimizations on."""
+def session(path: str | Path, threads: int | None = None, optimized_model_path: str | None = None,
+            reference: bool = False):
+    """Returns an ONNX Runtime CPU session for the file, all graph optimizations on.
+
+    reference: Q/DQ pairs stay unfused, so int8 models compute the reference math (dequantize,
+    then fp32) instead of this CPU's integer kernels. That is how a model meant for another
+    runtime (TensorRT) is checked here.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if reference:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
@@ -37,9 +45,9 @@ def feeds(sess, inputs: Sequence[torch.Tensor | np.ndarray]) -> dict[str, np.nda
     return out
 
 
-def predictor(path: str | Path, threads: int | None = None):
+def predictor(path: str | Path, threads: int | None = None, reference: bool = False):
     """Returns ``predict(*inputs) -> torch.Tensor`` (first output, as float32) for the file."""
-    sess = session(path, threads)
+    sess = session(path, threads, reference=reference)
 
     def predict(*inputs: torch.Tensor) -> torch.Tensor:
         result = sess.run(None, feeds(sess, inputs))[0]
