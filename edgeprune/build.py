@@ -28,7 +28,6 @@ from edgeprune.stats import model_stats
 from edgeprune.verify import Verification, verify_numeric
 from edgeprune.workload import Workload, load_workload
 
-
 VERIFY_BATCHES = 4
 
 
