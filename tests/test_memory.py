@@ -74,3 +74,17 @@ def test_fp16_artifact_from_fp32_graph_halves_and_report_budget_reads_peak(tmp_p
     path.write_text(json.dumps(report))
     proc = run_cli("check", str(path), "--max-memory-mb", "0.5", "--json")
     assert proc.returncode == 3 and json.loads(proc.stdout)["budgets"][0]["value"] == report["memory"]["peak_mb"]
+
+
+def test_a_residual_branch_computed_later_in_graph_order_is_alive_at_the_add():
+    # ResNet's projection shortcut is exported after the main branch: the Add fused into the
+    # second conv must wait for it, with a, d and the output alive together.
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["a", "wb"], ["b"], kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["x", "wd"], ["d"], kernel_shape=[1, 1]),
+             helper.make_node("Add", ["b", "d"], ["y"])]
+    inits = [_w("wa", (32, 4, 1, 1)), _w("wb", (16, 32, 1, 1)), _w("wd", (16, 4, 1, 1))]
+    m = helper.make_model(helper.make_graph(nodes, "g", [_f32("x", [1, 4, 8, 8])], [_f32("y", None)], inits),
+                          opset_imports=OPSET)
+    x, a, d, y = 4 * 64 * 4, 32 * 64 * 4, 16 * 64 * 4, 16 * 64 * 4
+    assert peak_memory(m, [(1, 4, 8, 8)]).activations_peak_bytes == max(x + a, x + a + d, a + d + y) == a + d + y

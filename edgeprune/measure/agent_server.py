@@ -18,6 +18,7 @@ of its own, and loads only ONNX, Core ML packages and TensorRT engines (never pi
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import io
 import json
@@ -137,9 +138,10 @@ class Agent:
     def authorized(self, header: str | None) -> bool:
         """Returns whether an Authorization header carries the token (constant-time compare)."""
         scheme, _, given = (header or "").partition(" ")
-        expected = self.config.token.encode()
-        # compare_digest takes as long for a wrong token of any length as for a near miss.
-        ok = hmac.compare_digest(given.strip().encode(), expected)
+        # Hashing first gives compare_digest equal lengths: the time taken reveals neither
+        # how much of the token matched nor how long it is.
+        ok = hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(),
+                                 hashlib.sha256(self.config.token.encode()).digest())
         return ok and scheme.lower() == "bearer"
 
     def info(self) -> dict:
@@ -152,7 +154,7 @@ class Agent:
             "formats": {fmt: [r for r in rts if r in self.runtimes] for fmt, rts in _RUNTIMES.items()},
             "max_upload_bytes": self.config.max_upload_bytes,
             "queue_timeout_s": self.config.queue_timeout_s,
-            "threads": self.config.threads,
+            "threads": self.config.threads or this_host().cores,
         }
 
     def measure(self, body: bytes) -> dict:

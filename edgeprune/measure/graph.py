@@ -412,7 +412,7 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
             # Run the activation, BatchNorm, residual Add and output quantization in the epilogue.
             tail = node
             added = False
-            while (nxt := single_consumer(tail.output[0])) is not None:
+            while (nxt := single_consumer(tail.output[0])) is not None and id(nxt) not in owner:
                 if nxt.op_type in EPILOGUES and not (nxt.op_type == "Add" and added):
                     added = added or nxt.op_type == "Add"
                 elif nxt.op_type == "QuantizeLinear":
@@ -424,16 +424,22 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
         elif op != "QuantizeLinear":
             # A QDQ operator unit: int8 in, int8 out, no separate (de)quantize kernels.
             users = g.consumers.get(node.output[0], []) if node.output else []
-            if len(users) == 1 and users[0].op_type == "QuantizeLinear" and node.output[0] not in g.graph_outputs:
+            if (len(users) == 1 and users[0].op_type == "QuantizeLinear" and id(users[0]) not in owner
+                    and node.output[0] not in g.graph_outputs):
                 absorb(kernel, users[0])
         kernels.append(kernel)
 
     members: dict[int, list[onnx.NodeProto]] = {id(k): [] for k in kernels}
-    for n in g.nodes:
+    last: dict[int, int] = {}
+    for index, n in enumerate(g.nodes):
         if id(n) in owner:
             members[id(owner[id(n)])].append(n)
+            last[id(owner[id(n)])] = index
     for kernel in kernels:
         _fill_kernel(g, kernel, members[id(kernel)])
+    # A fused kernel runs once its last node's inputs exist (a residual Add may read a branch
+    # computed after the convolution it follows), so order kernels by their last node.
+    kernels.sort(key=lambda k: last[id(k)])
 
     tensor_bytes = {name: g.nbytes(name) for name in g.shapes}
     weight_names = {w for w in g.initializers} | {
