@@ -19,6 +19,7 @@ from edgeprune.backends import Artifact, LowerRequest, get_backend
 from edgeprune.backends.onnx_export import export_onnx
 from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.gate import Budgets, check_budgets
+from edgeprune.measure.agent_client import AgentClient, UploadModel, upload_format
 from edgeprune.measure.local import host_mismatch, local_device, measure_onnx_files
 from edgeprune.output import check_output_folder, staged_output
 from edgeprune.plan import Plan, make_plan
@@ -76,8 +77,8 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
                            calibration=workload.calibration_batches(), sparsity=plan.kind,
                            nm=plan.nm or (2, 4), palettize=options.palettize)
     backend.check(request)
-    if options.device:
-        raise UnsupportedError("--device (measuring through a remote agent) is not available yet")
+    # Reach the device before the long stages, so a wrong token or URL fails in a second.
+    agent = _connect_agent(options.device) if options.device else None
     preflight = getattr(backend, "preflight", None)
     if preflight is not None and plan.kind != "none":  # an unlowerable operator fails before pruning runs
         with step(f"check {plan.format} can lower every operator"):
@@ -119,8 +120,9 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
             verification = _verify(model, predict, workload, plan, backend, artifact, request)
         report["artifact"] = _artifact_section(artifact, final, stage, verification)
         report["notes"] += artifact.notes
-        with step("measure latency"):
-            report["latency"] = _latency(workload, profile, plan, artifact, dense, options, model is dense)
+        with step("measure latency" if agent or host_mismatch(profile) is None else "estimate latency"):
+            report["latency"], report["memory"] = _latency(workload, profile, plan, artifact, dense, model,
+                                                           options, agent)
         with step("evaluate accuracy on the artifact"):
             report["accuracy"] = _with_recovery(_accuracy(workload, predict, backend, artifact), prune_details)
         report["budgets"] = check_budgets(report, options.budgets)
@@ -225,25 +227,120 @@ def _artifact_section(artifact: Artifact, final: Path, stage: Path, verification
     }
 
 
-def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifact,
-             dense: torch.nn.Module, options: BuildOptions, model_is_dense: bool) -> dict:
-    """Returns the latency section: measured here when this machine is the device."""
-    if artifact.latency is not None:  # the backend timed the artifact on its own runtime (an engine on this GPU)
-        return artifact.latency
+def _connect_agent(url: str) -> AgentClient:
+    """Returns a client for the device agent at ``url`` after checking it answers to our token."""
+    client = AgentClient(url)
+    client.info()
+    return client
+
+
+def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifact, dense: torch.nn.Module,
+             model: torch.nn.Module, options: BuildOptions, agent: AgentClient | None = None) -> tuple[dict, dict]:
+    """Returns the latency and memory sections of the report.
+
+    Latency is measured on the device through its agent (``--device``), measured here when
+    this machine is the profile's device, and otherwise estimated from the profile with the
+    roofline estimator. The estimate is always in ``estimated_ms``, so its error shows
+    wherever a measurement exists.
+    """
+    shapes = [tuple(int(d) for d in t.shape) for t in workload.example_inputs]
     reason = host_mismatch(profile)
     if reason is None and artifact.measure_path is None:
         reason = f"{artifact.format} artifacts cannot run on this machine"
-    if reason is not None:
-        return {"source": "unavailable", "device": profile.name,
-                "note": f"not measured: {reason}; attach the device with --device"}
+    same_as_baseline = model is dense and plan.precision == "fp32" and artifact.format == "onnx"
+    with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
+        graph, precision = _estimate_graph(artifact, model, workload, Path(tmp))
+        baseline = graph if same_as_baseline else export_onnx(dense, tuple(workload.example_inputs),
+                                                              Path(tmp) / "dense.onnx")
+        estimate = _estimate(graph, baseline, shapes, profile, precision)
+        memory = _memory(graph, shapes, precision)
+        if artifact.latency is not None:  # the backend timed it on its own runtime (an engine on this GPU)
+            section = dict(artifact.latency)
+        elif agent is not None:
+            section = _measure_on_agent(agent, artifact, baseline, same_as_baseline, workload, options)
+        elif reason is None:
+            section = _measure_here(artifact, baseline, same_as_baseline, workload, options)
+        elif estimate.get("estimated_ms") is not None:  # no device: the estimate stands in, labelled
+            section = {
+                "source": "estimated",
+                "device": f"{profile.name}: {profile.description}",
+                "median_ms": estimate["estimated_ms"],
+                "p90_ms": estimate["estimated_ms"],
+                "baseline_median_ms": estimate["baseline_estimated_ms"],
+                "speedup": round(estimate["baseline_estimated_ms"] / estimate["estimated_ms"], 4)
+                if estimate["estimated_ms"] > 0 else None,
+                "note": f"estimated from profile {profile.name}, not measured: {reason}; "
+                        "measure on the device with --device http://HOST:PORT (edgeprune agent serve)",
+            }
+        else:
+            return {"source": "unavailable", "device": profile.name, "inputs": shapes, **estimate,
+                    "note": f"not measured: {reason}; attach the device with --device"}, memory
+    section["inputs"] = [list(s) for s in shapes]
+    section.update(estimate)
+    if section["source"] == "measured" and estimate.get("estimated_ms"):
+        section["estimate_error"] = round(estimate["estimated_ms"] / section["median_ms"] - 1, 4)
+    return section, memory
+
+
+def _estimate_graph(artifact: Artifact, model: torch.nn.Module, workload: Workload, tmp: Path) -> tuple[Path, str | None]:
+    """Returns the ONNX graph to estimate the artifact from, and the precision to re-type it to.
+
+    An ONNX artifact is its own graph. A TensorRT or Core ML artifact is estimated from its
+    ONNX graph (or the pruned model exported here) at the artifact's precision.
+    """
+    candidates = [artifact.measure_path, artifact.path, *artifact.files]
+    onnx_file = next((p for p in candidates if p is not None and Path(p).suffix == ".onnx" and Path(p).is_file()), None)
+    precision = None if artifact.format == "onnx" else artifact.precision
+    if onnx_file is None:
+        onnx_file = export_onnx(model, tuple(workload.example_inputs), tmp / "pruned.onnx")
+    return Path(onnx_file), precision
+
+
+def _baseline_precision(profile: Profile) -> str:
+    """Returns the precision the dense baseline runs at on a device: fp32, or its widest."""
+    for p in ("fp32", "fp16", "int8"):
+        if p in profile.precisions:
+            return p
+    return "fp32"
+
+
+def _estimate(graph: Path, baseline: Path, shapes: list[tuple[int, ...]], profile: Profile,
+              precision: str | None) -> dict:
+    """Returns estimated_ms for the artifact and its dense baseline on the profile, with details."""
+    from edgeprune.measure.estimate import estimate_onnx
+
+    try:
+        mine = estimate_onnx(graph, shapes, profile, precision)
+        base_precision = _baseline_precision(profile)
+        base = estimate_onnx(baseline, shapes, profile, None if base_precision == "fp32" else base_precision)
+    except Exception as exc:  # an operator the estimator cannot follow must not fail the build
+        return {"estimated_ms": None, "estimate": {"note": f"no estimate: {type(exc).__name__}: {exc}"[:300]}}
+    return {
+        "estimated_ms": round(mine.ms, 4),
+        "baseline_estimated_ms": round(base.ms, 4),
+        "estimate": {**mine.summary(), "baseline_precision": base_precision},
+    }
+
+
+def _memory(graph: Path, shapes: list[tuple[int, ...]], precision: str | None) -> dict:
+    """Returns the report's memory section: peak weights + activations of one inference."""
+    from edgeprune.measure.memory import peak_memory
+
+    try:
+        return peak_memory(graph, shapes, precision).to_dict()
+    except Exception as exc:  # the memory budget then fails as "not determined"
+        return {"source": "unavailable", "note": f"no memory estimate: {type(exc).__name__}: {exc}"[:300]}
+
+
+def _measure_here(artifact: Artifact, baseline: Path, same_as_baseline: bool, workload: Workload,
+                  options: BuildOptions) -> dict:
+    """Returns the latency measured on this machine, side by side with the dense baseline."""
     files = {"artifact": artifact.measure_path}
-    same_as_baseline = model_is_dense and plan.precision == "fp32" and artifact.format == "onnx"
-    with tempfile.TemporaryDirectory(prefix="edgeprune-baseline-") as tmp:
-        if not same_as_baseline:
-            files["baseline"] = export_onnx(dense, tuple(workload.example_inputs), Path(tmp) / "dense.onnx")
-        start = time.perf_counter()
-        stats = measure_onnx_files(files, workload.example_inputs, options.threads)
-        seconds = time.perf_counter() - start
+    if not same_as_baseline:
+        files["baseline"] = baseline
+    start = time.perf_counter()
+    stats = measure_onnx_files(files, workload.example_inputs, options.threads)
+    seconds = time.perf_counter() - start
     mine = stats["artifact"]
     base = stats.get("baseline", mine)
     return {
@@ -256,6 +353,49 @@ def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifac
         "baseline_median_ms": round(base.median_ms, 4),
         "speedup": round(base.median_ms / mine.median_ms, 4),
         "seconds": round(seconds, 2),
+    }
+
+
+def _device_upload(artifact: Artifact) -> UploadModel:
+    """Returns what the device runs for an artifact: the file, its format and runtime."""
+    path = Path(artifact.path)
+    if artifact.format == "tensorrt":
+        if path.suffix in (".engine", ".plan", ".trt"):
+            return UploadModel("artifact", "engine", path, "tensorrt", artifact.precision)
+        onnx_file = next((Path(p) for p in [path, artifact.measure_path, *artifact.files]
+                          if p is not None and Path(p).suffix == ".onnx"), None)
+        if onnx_file is None:
+            raise UnsupportedError("the TensorRT artifact has neither an engine nor an ONNX file to send to the device")
+        # The engine is built on the device: engines do not move between GPUs or versions.
+        return UploadModel("artifact", "onnx", onnx_file, "tensorrt", artifact.precision)
+    return UploadModel("artifact", upload_format(path), path, None, artifact.precision)
+
+
+def _measure_on_agent(agent: AgentClient, artifact: Artifact, baseline: Path, same_as_baseline: bool,
+                      workload: Workload, options: BuildOptions) -> dict:
+    """Returns the latency measured on the remote device, side by side with the dense baseline."""
+    upload = _device_upload(artifact)
+    models = [upload]
+    if not same_as_baseline:
+        runtime = "tensorrt" if upload.runtime == "tensorrt" else "onnxruntime"
+        models.append(UploadModel("baseline", "onnx", baseline, runtime, "fp32"))
+    inputs = [t.detach().cpu().numpy() for t in workload.example_inputs]
+    reply = agent.measure(models, inputs, options.threads)
+    mine = reply["results"]["artifact"]
+    base = reply["results"].get("baseline", mine)
+    stats = {k: round(v, 4) if isinstance(v, float) else v for k, v in mine.items() if k != "runtime"}
+    return {
+        "source": "measured",
+        "device": reply["device"],
+        "agent": reply["agent"],
+        "runtime": mine.get("runtime"),
+        "threads": reply.get("threads"),
+        "batch": int(workload.example_inputs[0].shape[0]),
+        **stats,
+        "baseline_median_ms": round(float(base["median_ms"]), 4),
+        "baseline_runtime": base.get("runtime"),
+        "speedup": round(float(base["median_ms"]) / float(mine["median_ms"]), 4),
+        "seconds": reply.get("seconds"),
     }
 
 

@@ -1,0 +1,512 @@
+"""The device agent: an HTTP server on the device that times uploaded artifacts.
+
+Protocol (version 1), every request but /v1/health carrying ``Authorization: Bearer TOKEN``:
+
+- ``GET /v1/health``: ``{"ok": true}``, for liveness checks; says nothing about the device.
+- ``GET /v1/info``: device description, runtimes and versions, formats, limits.
+- ``POST /v1/measure``: a zip archive (``Content-Length`` required) holding ``manifest.json``,
+  the models it names, and the inputs as ``.npy`` files. The reply is the latency
+  statistics of every model, timed side by side on this device, and the device description.
+
+Limits: a wrong or missing token is 401 (compared in constant time); a body over the upload
+limit is 413; a malformed, truncated or unsupported upload is 400; a model the runtime
+cannot run is 422; a measurement that waited longer than the queue timeout is 503. One
+measurement runs at a time so measurements do not disturb each other. Names inside the
+archive are only looked up, never used as paths: the agent writes what it runs under names
+of its own, and loads only ONNX, Core ML packages and TensorRT engines (never pickles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune import __version__
+from edgeprune.errors import InputError
+from edgeprune.host import this_host
+from edgeprune.measure import runtimes
+from edgeprune.measure.protocol import Protocol, time_side_by_side
+
+TOKEN_ENV = "EDGEPRUNE_AGENT_TOKEN"
+MIN_TOKEN_LENGTH = 16
+API = "/v1"
+MAX_MODELS = 4
+MAX_INPUTS = 16
+MAX_MEMBERS = 64
+# The files a Core ML package holds; anything else in an uploaded package is refused.
+MLPACKAGE_FILES = ("Manifest.json", "Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin")
+_ROLE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_RUNTIMES = {"onnx": ("onnxruntime", "tensorrt"), "mlpackage": ("coreml",), "engine": ("tensorrt",)}
+_PROTOCOL_BOUNDS = {"warmup_s": (0.0, 10.0), "round_s": (0.01, 5.0), "min_rounds": (1, 50),
+                    "max_rounds": (1, 100), "min_runs_per_round": (1, 1000), "tolerance": (0.001, 0.5)}
+
+
+class RequestError(Exception):
+    """A request the agent refuses, with the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How the agent runs: its secret, limits and the device it describes."""
+
+    token: str
+    max_upload_bytes: int = 512 * 1024 * 1024
+    queue_timeout_s: float = 600.0
+    read_timeout_s: float = 60.0
+    threads: int | None = None
+    name: str | None = None
+    max_pending: int = 8
+
+    def __post_init__(self) -> None:
+        if len(self.token) < MIN_TOKEN_LENGTH:
+            raise InputError(f"the agent token must be at least {MIN_TOKEN_LENGTH} characters; "
+                             f"set {TOKEN_ENV} to a long random secret on both sides")
+
+
+def token_from_env() -> str:
+    """Returns the shared secret from EDGEPRUNE_AGENT_TOKEN; InputError if it is not set."""
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise InputError(f"{TOKEN_ENV} is not set: set it to the same shared secret on the device and on "
+                         "the machine that builds (e.g. `export EDGEPRUNE_AGENT_TOKEN=$(openssl rand -hex 24)`)")
+    return token
+
+
+@dataclass(frozen=True)
+class _Model:
+    role: str
+    format: str
+    runtime: str
+    precision: str
+    files: dict[str, bytes]  # our own relative name -> bytes
+
+
+@dataclass(frozen=True)
+class _Job:
+    models: list[_Model]
+    inputs: list[np.ndarray]
+    threads: int | None
+    protocol: Protocol
+
+
+class Agent:
+    """The agent's state: configuration, the measurement lock, counters, last activity."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.device = runtimes.device_description(config.name)
+        self.runtimes = runtimes.available_runtimes()
+        self._measure_lock = threading.Lock()
+        self.pending = threading.BoundedSemaphore(config.max_pending)
+        self._count_lock = threading.Lock()
+        self.in_flight = 0
+        self.last_activity = time.monotonic()
+        self.measurements = 0
+
+    def touch(self, delta: int) -> None:
+        """Counts a request in (+1) or out (-1); the idle timer runs only with none in flight."""
+        with self._count_lock:
+            self.in_flight += delta
+            self.last_activity = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Returns seconds since the last request ended, 0 while one is in flight."""
+        with self._count_lock:
+            return 0.0 if self.in_flight else time.monotonic() - self.last_activity
+
+    # ------------------------------------------------------------------ requests
+    def authorized(self, header: str | None) -> bool:
+        """Returns whether an Authorization header carries the token (constant-time compare)."""
+        scheme, _, given = (header or "").partition(" ")
+        # Hashing first gives compare_digest equal lengths: the time taken reveals neither
+        # how much of the token matched nor how long it is.
+        ok = hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(),
+                                 hashlib.sha256(self.config.token.encode()).digest())
+        return ok and scheme.lower() == "bearer"
+
+    def info(self) -> dict:
+        """Returns what a client needs to know before uploading."""
+        return {
+            "agent": f"edgeprune {__version__}",
+            "protocol": 1,
+            "device": self.device,
+            "runtimes": self.runtimes,
+            "formats": {fmt: [r for r in rts if r in self.runtimes] for fmt, rts in _RUNTIMES.items()},
+            "max_upload_bytes": self.config.max_upload_bytes,
+            "queue_timeout_s": self.config.queue_timeout_s,
+            "threads": self.config.threads or this_host().cores,
+        }
+
+    def measure(self, body: bytes) -> dict:
+        """Returns the latency statistics of the models in an uploaded archive."""
+        job = parse_upload(body, self.config.max_upload_bytes)
+        waited = time.monotonic()
+        if not self._measure_lock.acquire(timeout=self.config.queue_timeout_s):
+            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
+                               f"the device is busy: another measurement held it for over {self.config.queue_timeout_s:g} s",
+                               {"Retry-After": "30"})
+        try:
+            queued = time.monotonic() - waited
+            started = time.time()
+            result = self._run(job)
+            self.measurements += 1
+            return {**result, "queued_s": round(queued, 3), "started": started, "finished": time.time()}
+        finally:
+            self._measure_lock.release()
+
+    def _run(self, job: _Job) -> dict:
+        threads = job.threads or self.config.threads or this_host().cores
+        with tempfile.TemporaryDirectory(prefix="edgeprune-agent-") as tmp:
+            loaded: dict[str, runtimes.Loaded] = {}
+            for i, model in enumerate(job.models):
+                path = _write_model(Path(tmp) / f"m{i}", model)
+                if model.runtime not in self.runtimes:
+                    raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY,
+                                       f"runtime {model.runtime} is not available on this device "
+                                       f"(available: {', '.join(self.runtimes)})")
+                try:
+                    loaded[model.role] = runtimes.load(path, model.format, model.runtime, job.inputs, threads,
+                                                       model.precision)
+                except runtimes.BadArtifact as exc:
+                    raise RequestError(HTTPStatus.BAD_REQUEST, f"{model.role}: {exc}") from None
+                except runtimes.RuntimeFailure as exc:
+                    raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{model.role}: {exc}") from None
+            start = time.perf_counter()
+            stats = time_side_by_side({role: m.run for role, m in loaded.items()}, job.protocol)
+            seconds = time.perf_counter() - start
+        return {
+            "device": self.device,
+            "threads": threads,
+            "seconds": round(seconds, 3),
+            "results": {role: {**stats[role].to_dict(), "runtime": loaded[role].runtime} for role in loaded},
+        }
+
+
+def _write_model(folder: Path, model: _Model) -> Path:
+    """Returns the path of the model written under the agent's own names."""
+    folder.mkdir()
+    if model.format == "mlpackage":
+        root = folder / "model.mlpackage"
+        for rel, data in model.files.items():
+            target = root / rel  # rel is one of MLPACKAGE_FILES, never a client's string
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return root
+    path = folder / ("model.onnx" if model.format == "onnx" else "model.engine")
+    path.write_bytes(model.files["model"])
+    return path
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, budget: list[int]) -> bytes:
+    """Returns one archive member, refusing members that inflate past the remaining budget."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"the archive has no member named in the manifest ({name[:80]!r})") from None
+    if info.file_size > budget[0]:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the upload unpacks past the agent's size limit")
+    with zf.open(info) as f:
+        # Read one byte past the declared size: a lying header must not inflate unchecked.
+        data = f.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "an archive member is larger than its header says")
+    budget[0] -= len(data)
+    return data
+
+
+def _protocol(spec: object) -> Protocol:
+    if spec is None:
+        return Protocol()
+    if not isinstance(spec, dict) or set(spec) - set(_PROTOCOL_BOUNDS):
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"manifest 'protocol' takes only {', '.join(_PROTOCOL_BOUNDS)}")
+    values = {}
+    for key, value in spec.items():
+        lo, hi = _PROTOCOL_BOUNDS[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"manifest protocol.{key} must be a number in [{lo}, {hi}]")
+        values[key] = type(lo)(value) if isinstance(lo, int) else float(value)
+    return Protocol(**values)
+
+
+def parse_upload(body: bytes, max_unpacked: int) -> _Job:
+    """Returns the job an upload describes; RequestError (400/413) for anything malformed."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(body))
+        members = zf.infolist()
+        # Members inflate no further than their declared sizes, so bounding those bounds the work.
+        if len(members) > MAX_MEMBERS or sum(m.file_size for m in members) > max_unpacked:
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"the upload unpacks past the agent's limit ({max_unpacked} bytes, {MAX_MEMBERS} files)")
+        if zf.testzip() is not None:  # checks every member's CRC: a corrupted upload fails here
+            raise zipfile.BadZipFile("a member's checksum does not match")
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, OSError, RuntimeError) as exc:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"the upload is not a valid zip archive ({type(exc).__name__})") from None
+    budget = [max_unpacked]
+    with zf:
+        try:
+            manifest = json.loads(_read_member(zf, "manifest.json", budget))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "manifest.json is not valid JSON") from None
+        if not isinstance(manifest, dict) or manifest.get("version") != 1:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "manifest.json must be an object with \"version\": 1")
+        specs = manifest.get("models")
+        if not isinstance(specs, list) or not 1 <= len(specs) <= MAX_MODELS:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"manifest 'models' must list 1 to {MAX_MODELS} models")
+        models = [_parse_model(zf, spec, budget) for spec in specs]
+        if len({m.role for m in models}) != len(models):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "manifest model roles must be unique")
+        names = manifest.get("inputs")
+        if not isinstance(names, list) or not 1 <= len(names) <= MAX_INPUTS or not all(isinstance(n, str) for n in names):
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"manifest 'inputs' must list 1 to {MAX_INPUTS} .npy members")
+        inputs = [_load_npy(_read_member(zf, n, budget)) for n in names]
+    threads = manifest.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
+        raise RequestError(HTTPStatus.BAD_REQUEST, "manifest 'threads' must be an integer from 1 to 1024 or null")
+    return _Job(models=models, inputs=inputs, threads=threads, protocol=_protocol(manifest.get("protocol")))
+
+
+def _parse_model(zf: zipfile.ZipFile, spec: object, budget: list[int]) -> _Model:
+    if not isinstance(spec, dict):
+        raise RequestError(HTTPStatus.BAD_REQUEST, "each manifest model must be an object")
+    role, fmt, member = spec.get("role"), spec.get("format"), spec.get("member")
+    if not isinstance(role, str) or not _ROLE.match(role):
+        raise RequestError(HTTPStatus.BAD_REQUEST, "a model role must be 1-32 lowercase letters, digits, '-' or '_'")
+    if fmt not in runtimes.FORMATS:
+        raise RequestError(HTTPStatus.BAD_REQUEST,
+                           f"{role}: format {str(fmt)[:40]!r} is not accepted; the agent runs "
+                           f"{', '.join(runtimes.FORMATS)} files only (never pickled models)")
+    runtime = spec.get("runtime") or _RUNTIMES[fmt][0]
+    if runtime not in _RUNTIMES[fmt]:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: format {fmt} runs with {' or '.join(_RUNTIMES[fmt])}")
+    precision = spec.get("precision") or "fp32"
+    if precision not in ("fp32", "fp16", "int8"):
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: precision must be fp32, fp16 or int8")
+    if not isinstance(member, str) or not member:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: 'member' must name an archive member")
+    if fmt == "mlpackage":
+        prefix = member.rstrip("/") + "/"
+        files = {}
+        for info in zf.infolist():
+            if info.is_dir() or not info.filename.startswith(prefix):
+                continue
+            rel = info.filename[len(prefix):]
+            if rel not in MLPACKAGE_FILES:
+                raise RequestError(HTTPStatus.BAD_REQUEST,
+                                   f"{role}: unexpected file in the Core ML package (allowed: {', '.join(MLPACKAGE_FILES)})")
+            # The key is our constant, not the client's string.
+            files[MLPACKAGE_FILES[MLPACKAGE_FILES.index(rel)]] = _read_member(zf, info.filename, budget)
+        if MLPACKAGE_FILES[0] not in files:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: the Core ML package has no Manifest.json")
+        return _Model(role, fmt, runtime, precision, files)
+    data = _read_member(zf, member, budget)
+    if fmt == "onnx":
+        try:
+            runtimes.check_onnx_bytes(data)
+        except runtimes.BadArtifact as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: {exc}") from None
+    return _Model(role, fmt, runtime, precision, {"model": data})
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"an input is not a valid .npy array ({type(exc).__name__})") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+        raise RequestError(HTTPStatus.BAD_REQUEST, "inputs must be numeric .npy arrays")
+    return array
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = f"edgeprune-agent/{__version__}"
+    protocol_version = "HTTP/1.1"
+    agent: Agent  # set on the subclass the server builds
+
+    def setup(self) -> None:
+        # A client that stops sending mid-upload must not hold a thread forever.
+        self.timeout = self.agent.config.read_timeout_s
+        super().setup()
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+        sys.stderr.write(f"edgeprune agent: {self.address_string()} {format % args}\n")
+
+    def _reply(self, status: int, payload: dict, headers: dict[str, str] | None = None, close: bool = False) -> None:
+        body = (json.dumps(payload) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client went away; nothing to tell it
+            self.close_connection = True
+
+    def _error(self, exc: RequestError, close: bool = False) -> None:
+        self._reply(exc.status, {"error": str(exc), "status": exc.status}, exc.headers, close)
+
+    def _authorize(self) -> bool:
+        if self.agent.authorized(self.headers.get("Authorization")):
+            return True
+        if self.command == "POST":
+            self._drain(self._length() or 0, 1 << 20)  # a little, so a small upload sees the 401
+        self._error(RequestError(HTTPStatus.UNAUTHORIZED, f"missing or wrong token (set {TOKEN_ENV})",
+                                 {"WWW-Authenticate": 'Bearer realm="edgeprune-agent"'}), close=True)
+        return False
+
+    def _length(self) -> int | None:
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return None
+        return length if length >= 0 else None
+
+    def do_GET(self) -> None:  # noqa: N802 (the base class's name)
+        self.agent.touch(+1)
+        try:
+            self._get()
+        finally:
+            self.agent.touch(-1)
+
+    def _get(self) -> None:
+        if self.path == f"{API}/health":
+            self._reply(HTTPStatus.OK, {"ok": True})
+        elif self.path == f"{API}/info":
+            if self._authorize():
+                self._reply(HTTPStatus.OK, self.agent.info())
+        else:
+            self._error(RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint; see {API}/info"))
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.agent.touch(+1)
+        try:
+            self._post()
+        finally:
+            self.agent.touch(-1)
+
+    def _post(self) -> None:
+        if self.path != f"{API}/measure":
+            self._error(RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint; POST {API}/measure"), close=True)
+            return
+        if not self._authorize():
+            return
+        if not self.agent.pending.acquire(blocking=False):
+            self._error(RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "too many requests waiting; retry later",
+                                     {"Retry-After": "30"}), close=True)
+            return
+        try:
+            body = self._body()
+            if body is None:
+                return
+            result = self.agent.measure(body)
+            self._reply(HTTPStatus.OK, result)
+        except RequestError as exc:
+            self._error(exc, close=True)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception as exc:  # keep serving whatever an upload did to one request
+            self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR,
+                                     f"internal error: {type(exc).__name__}: {str(exc)[:200]}"), close=True)
+        finally:
+            self.agent.pending.release()
+
+    def _body(self) -> bytes | None:
+        """Returns the request body, or None after answering 411/413/400 for a bad one."""
+        limit = self.agent.config.max_upload_bytes
+        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length") is None:
+            self._error(RequestError(HTTPStatus.LENGTH_REQUIRED, "send the upload with a Content-Length"), close=True)
+            return None
+        length = self._length()
+        if length is None:
+            self._error(RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number"), close=True)
+            return None
+        if length > limit:
+            self._drain(length, limit)
+            self._error(RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                     f"upload of {length} bytes is over this agent's limit of {limit} bytes "
+                                     "(agent serve --max-upload-mb)"), close=True)
+            return None
+        chunks, left = [], length
+        while left:
+            chunk = self.rfile.read(min(left, 1 << 20))
+            if not chunk:
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"the upload was truncated ({length - left} of {length} bytes)")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _drain(self, length: int, limit: int) -> None:
+        """Reads and drops a refused body (up to a bound) so the client can read the 413."""
+        left = min(length, 4 * limit + (8 << 20))
+        try:
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    return
+                left -= len(chunk)
+        except (ConnectionError, TimeoutError):
+            return
+
+
+class AgentServer(ThreadingHTTPServer):
+    """The HTTP server of one agent; ``serve(idle_exit_s)`` runs it."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, agent: Agent) -> None:
+        handler = type("Handler", (_Handler,), {"agent": agent})
+        self.agent = agent
+        super().__init__((host, port), handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def serve(self, idle_exit_s: float = 0.0) -> None:
+        """Serves until interrupted, or until no request came for ``idle_exit_s`` (if > 0)."""
+        if idle_exit_s > 0:
+            def watch() -> None:
+                while True:
+                    time.sleep(min(1.0, idle_exit_s / 4))
+                    if self.agent.idle_for() > idle_exit_s:
+                        self.shutdown()
+                        return
+
+            threading.Thread(target=watch, daemon=True).start()
+        try:
+            self.serve_forever(poll_interval=0.2)
+        finally:
+            self.server_close()
+
+
+def make_server(host: str, port: int, config: AgentConfig) -> AgentServer:
+    """Returns a bound (not yet serving) agent server; InputError if the address is unusable."""
+    try:
+        return AgentServer(host, port, Agent(config))
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -1,0 +1,143 @@
+"""``edgeprune bench``: the latency of an existing artifact, here or on a device through its agent."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.errors import InputError
+from edgeprune.measure.agent_client import AgentClient, UploadModel, upload_format
+from edgeprune.measure.protocol import Protocol
+from edgeprune.profile import Profile
+
+_NUMPY = {1: np.float32, 10: np.float16, 11: np.float64, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 9: np.bool_}
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Returns a shape from '1x3x224x224' (or '1,3,224,224'); InputError if it is not one."""
+    parts = text.replace(",", "x").lower().split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--input-shape must look like 1x3x224x224, got {text!r}") from None
+    if not shape or any(d < 1 for d in shape):
+        raise InputError(f"--input-shape dimensions must be positive, got {text!r}")
+    return shape
+
+
+def resolve_artifact(path: Path) -> tuple[Path, list[list[int]] | None, str | None]:
+    """Returns (artifact path, input shapes if a build recorded them, artifact precision).
+
+    ``path`` is an artifact (.onnx, .mlpackage, .engine) or a build folder holding report.json.
+    """
+    if not path.exists():
+        raise InputError(f"artifact not found: {path}")
+    report_file = path / "report.json"
+    if path.is_dir() and path.suffix != ".mlpackage":
+        if not report_file.is_file():
+            raise InputError(f"{path} is neither an artifact nor a build folder (no report.json)")
+        try:
+            report = json.loads(report_file.read_text())
+            recorded = Path(report["artifact"]["path"])
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            raise InputError(f"{report_file} is not an edgeprune report") from None
+        # The folder may have moved since the build: look inside it first.
+        artifact = path / recorded.name if (path / recorded.name).exists() else recorded
+        if not artifact.exists():
+            raise InputError(f"the build's artifact {recorded.name} is not in {path}")
+        return artifact, (report.get("latency") or {}).get("inputs"), report["artifact"].get("precision")
+    return path, None, None
+
+
+def make_inputs(artifact: Path, shapes: Sequence[Sequence[int]] | None) -> list[np.ndarray]:
+    """Returns random inputs of the artifact's input types at the given (or declared) shapes.
+
+    Floats are drawn from a normal distribution; integers are zeros, a valid token or index.
+    """
+    declared: list[tuple[list, type]] = []
+    if artifact.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(artifact), load_external_data=False)
+        inits = {i.name for i in model.graph.initializer}
+        for inp in model.graph.input:
+            if inp.name in inits:
+                continue
+            t = inp.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            declared.append((dims, _NUMPY.get(t.elem_type, np.float32)))
+    if shapes is None:
+        if not declared:
+            raise InputError(f"give the input shapes of {artifact.name} with --input-shape (e.g. 1x3x224x224)")
+        shapes = []
+        for i, (dims, _) in enumerate(declared):
+            # A symbolic batch dimension becomes batch 1; any other unknown needs the user.
+            dims = [1 if (d is None and j == 0) else d for j, d in enumerate(dims)]
+            if any(d is None for d in dims):
+                raise InputError(f"input {i} of {artifact.name} has dynamic dimensions: give --input-shape")
+            shapes.append(dims)
+    if declared and len(shapes) != len(declared):
+        raise InputError(f"{artifact.name} takes {len(declared)} inputs, {len(shapes)} --input-shape given")
+    rng = np.random.default_rng(0)
+    arrays = []
+    for i, shape in enumerate(shapes):
+        dtype = declared[i][1] if declared else np.float32
+        if np.issubdtype(dtype, np.floating):
+            arrays.append(rng.standard_normal(tuple(shape)).astype(dtype))
+        else:
+            arrays.append(np.zeros(tuple(shape), dtype=dtype))
+    return arrays
+
+
+def bench(artifact: Path, device: str | None = None, profile: Profile | None = None,
+          input_shapes: Sequence[Sequence[int]] | None = None, baseline: Path | None = None,
+          threads: int | None = None, protocol: Protocol | None = None) -> dict:
+    """Returns the latency section for an artifact, measured here or on the device at ``device``."""
+    path, recorded, precision = resolve_artifact(Path(artifact))
+    inputs = make_inputs(path, input_shapes or recorded)
+    fmt = upload_format(path)
+    if baseline is not None and (not baseline.is_file() or baseline.suffix != ".onnx"):
+        raise InputError(f"--baseline must be an .onnx file, got {baseline}")
+    section: dict
+    if device:
+        client = AgentClient(device)
+        models = [UploadModel("artifact", fmt, path, None, precision or "fp32")]
+        if baseline is not None:
+            models.append(UploadModel("baseline", "onnx", baseline, None, "fp32"))
+        reply = client.measure(models, inputs, threads, protocol)
+        stats = reply["results"]
+        section = {"source": "measured", "device": reply["device"], "agent": reply["agent"],
+                   "runtime": stats["artifact"].get("runtime"), "threads": reply.get("threads")}
+    else:
+        if fmt != "onnx":
+            raise InputError(f"{path.name} cannot run on this machine: measure it on the device with --device URL")
+        from edgeprune.measure.local import local_device, measure_onnx_files
+
+        files = {"artifact": path, **({"baseline": baseline} if baseline is not None else {})}
+        timed = measure_onnx_files(files, inputs, threads, protocol)
+        stats = {k: v.to_dict() for k, v in timed.items()}
+        section = {"source": "measured", "device": local_device(), "runtime": "onnxruntime", "threads": threads}
+    mine = stats["artifact"]
+    section.update({k: round(v, 4) if isinstance(v, float) else v for k, v in mine.items() if k != "runtime"})
+    if "baseline" in stats:
+        section["baseline_median_ms"] = round(float(stats["baseline"]["median_ms"]), 4)
+        section["speedup"] = round(section["baseline_median_ms"] / float(mine["median_ms"]), 4)
+    section["artifact"] = str(path)
+    section["inputs"] = [list(a.shape) for a in inputs]
+    if profile is not None:
+        section.update(_estimate_for(path, inputs, profile, section))
+    return section
+
+
+def _estimate_for(path: Path, inputs: Sequence[np.ndarray], profile: Profile, section: dict) -> dict:
+    """Returns estimated_ms (and the estimate's error) on the profile for an ONNX artifact."""
+    if path.suffix != ".onnx":
+        return {"estimate": {"note": "the estimator reads ONNX graphs; this artifact is not one"}}
+    from edgeprune.measure.estimate import estimate_onnx
+
+    est = estimate_onnx(path, [a.shape for a in inputs], profile)
+    return {"estimated_ms": round(est.ms, 4), "estimate": est.summary(),
+            "estimate_error": round(est.ms / section["median_ms"] - 1, 4)}

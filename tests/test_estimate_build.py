@@ -1,0 +1,63 @@
+"""Builds for devices that are not this machine report an estimate, and the gate distrusts it."""
+
+import json
+
+import pytest
+
+from edgeprune.backends import Artifact
+from edgeprune.build import BuildOptions, _latency, build
+from edgeprune.gate import Budgets, check_budgets
+from edgeprune.measure.estimate import estimate_onnx
+from edgeprune.measure.memory import peak_memory
+from edgeprune.plan import Plan
+from edgeprune.profile import load_profile
+from edgeprune.workload import load_workload
+
+from conftest import ROOT, run_cli
+
+TINY = ROOT / "tests" / "tiny_workload.py"
+
+
+def test_jetson_build_reports_an_estimate_and_a_budget_inside_the_margin_fails(tmp_path):
+    out = tmp_path / "jetson"
+    report = build(BuildOptions(model=str(TINY), profile="jetson-orin-nano", format="onnx", output=out,
+                                budgets=Budgets(latency_ms=1000.0, max_memory_mb=100.0)))
+    lat = report["latency"]
+    assert lat["source"] == "estimated" and lat["device"].startswith("jetson-orin-nano")
+    assert "runs" not in lat and "spread" not in lat  # nothing was timed
+    est = lat["estimated_ms"]
+    assert lat["median_ms"] == lat["p90_ms"] == est > 0
+    assert lat["estimate"]["profile"] == "jetson-orin-nano" and lat["estimate"]["kernels"] >= 4
+    assert lat["baseline_median_ms"] == lat["baseline_estimated_ms"] == est and lat["speedup"] == 1.0
+    # the report's number is the estimator's on the lowered artifact
+    assert est == round(estimate_onnx(out / "model.onnx", [(1, 3, 32, 32)], load_profile("jetson-orin-nano")).ms, 4)
+    assert report["memory"]["peak_mb"] == round(peak_memory(out / "model.onnx", [(1, 3, 32, 32)]).peak_bytes / 1e6, 4)
+    assert report["passed"] is True
+
+    inside = check_budgets(report, Budgets(latency_ms=est * 1.1))[0]  # estimate x 1.2 > budget
+    assert inside["met"] is False and "estimated, not measured" in inside["note"]
+    assert check_budgets(report, Budgets(latency_ms=est * 1.3))[0]["met"] is True
+    proc = run_cli("check", str(out), "--latency-budget-ms", f"{est * 1.1:.6f}", "--json")
+    assert proc.returncode == 3 and json.loads(proc.stdout)["budgets"][0]["met"] is False
+
+
+def test_iphone_coreml_artifact_is_estimated_at_its_precision(tmp_path):
+    from edgeprune.backends.onnx_export import export_onnx
+
+    workload = load_workload(str(TINY))
+    package = tmp_path / "model.mlpackage"
+    package.mkdir()
+    artifact = Artifact(format="coreml", precision="fp16", path=package)
+    plan = Plan(kind="none", sparsity=0.0, quantization="none", format="coreml", precision="fp16")
+    iphone = load_profile("iphone-15-pro")
+    options = BuildOptions(model=str(TINY), profile="iphone-15-pro", output=tmp_path / "o")
+    lat, memory = _latency(workload, iphone, plan, artifact, workload.model, workload.model, options)
+    assert lat["source"] == "estimated" and lat["device"].startswith("iphone-15-pro")
+    assert "not measured" in lat["note"] and "--device" in lat["note"]
+    onnx_file = export_onnx(workload.model, workload.example_inputs, tmp_path / "same.onnx")
+    fp16 = estimate_onnx(onnx_file, [(1, 3, 32, 32)], iphone, precision="fp16")
+    fp32 = estimate_onnx(onnx_file, [(1, 3, 32, 32)], iphone)
+    assert lat["estimated_ms"] == round(fp16.ms, 4) and fp16.bytes == pytest.approx(fp32.bytes / 2)
+    # the iPhone runs no fp32: the dense baseline is estimated at fp16 too
+    assert lat["estimate"]["baseline_precision"] == "fp16" and lat["speedup"] == 1.0
+    assert memory["peak_mb"] == round(peak_memory(onnx_file, [(1, 3, 32, 32)]).peak_bytes / 2 / 1e6, 4)
