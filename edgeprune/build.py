@@ -88,7 +88,7 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
     search_section = None
     recover_steps = options.recover
     if plan.search is not None:
-        plan, recover_steps, search_section = _search(workload, profile, plan, options, step)
+        plan, recover_steps, search_section = _search(workload, profile, plan, options, step, agent)
     with step("count parameters and MACs"):
         before = model_stats(dense, workload.example_inputs)
     with step(f"prune ({plan.kind})"):
@@ -144,13 +144,14 @@ def _strategy_section(plan: Plan, prune_details: dict, pruned: bool) -> dict:
 
 
 def _search(workload: Workload, profile: Profile, plan: Plan, options: BuildOptions,
-            step: Callable) -> tuple[Plan, int, dict]:
+            step: Callable, agent: AgentClient | None = None) -> tuple[Plan, int, dict]:
     """Returns the plan of the least-pruned candidate meeting the budgets (or the nearest one)."""
     from edgeprune.candidates import CandidateEvaluator
     from edgeprune.search import search
 
     with (step(f"search {plan.kind} sparsity in [{plan.search[0]:g}, {plan.search[1]:g}] for the budgets"),
-          CandidateEvaluator(workload, profile, plan, options.budgets, options.criterion, options.threads) as evaluator):
+          CandidateEvaluator(workload, profile, plan, options.budgets, options.criterion, options.threads,
+                             agent=agent) as evaluator):
         result = search(evaluator, options.recover or None)
     best = result.chosen or (result.nearest(1) or [None])[0]
     section = result.to_dict()

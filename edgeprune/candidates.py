@@ -93,7 +93,8 @@ class CandidateEvaluator:
     """
 
     def __init__(self, workload: Workload, profile: Profile, plan: Plan, budgets: Budgets,
-                 criterion: str | None = None, threads: int | None = None, use_cache: bool = True) -> None:
+                 criterion: str | None = None, threads: int | None = None, use_cache: bool = True,
+                 agent=None) -> None:
         self.workload = workload
         self.profile = profile
         self.plan = plan
@@ -101,12 +102,14 @@ class CandidateEvaluator:
         self.criterion = criterion
         self.threads = threads
         self.use_cache = use_cache
+        self.agent = agent
         self._baseline_metric: float | None = None
         self._artifacts: dict = {}
         self._workdir = tempfile.TemporaryDirectory(prefix="edgeprune-candidates-")
         profile_text = profile.path.read_text() if profile.path else profile.model_dump_json()
         self._key_base = json.dumps([__version__, model_fingerprint(workload.model), profile_text,
-                                     plan.format, criterion, plan.nm, host_mismatch(profile) is None])
+                                     plan.format, criterion, plan.nm, host_mismatch(profile) is None,
+                                     agent.url if agent is not None else None])
 
     # ------------------------------------------------------------------ cache
     def _path(self, candidate: Candidate, stage: str) -> Path:
@@ -163,7 +166,7 @@ class CandidateEvaluator:
             stats = model_stats(model, self.workload.example_inputs)
             outcome.macs, outcome.nonzero_params = stats["macs"], stats["nonzero_params"]
             outcome.size_bytes = artifact.size_bytes
-            outcome.latency_ms, outcome.latency_source = self._latency(artifact)
+            outcome.latency_ms, outcome.latency_source = self._latency(artifact, model)
         except Exception as exc:  # a candidate that cannot be built is recorded, not fatal
             outcome.error = f"{type(exc).__name__}: {exc}"[:300]
         outcome.misses = self.misses(outcome, with_accuracy=False)
@@ -186,7 +189,7 @@ class CandidateEvaluator:
                 model, artifact = self._built(candidate, recover_steps)
                 if recover_steps:
                     outcome.size_bytes = artifact.size_bytes
-                    outcome.latency_ms, outcome.latency_source = self._latency(artifact)
+                    outcome.latency_ms, outcome.latency_source = self._latency(artifact, model)
                 predict = get_backend(self.plan.format).predictor(artifact)
                 if predict is None:
                     from edgeprune.build import _torch_predict
@@ -244,9 +247,23 @@ class CandidateEvaluator:
         backend.check(request)
         return backend.lower(model, tuple(self.workload.example_inputs), request, folder)
 
-    def _latency(self, artifact) -> tuple[float | None, str]:
+    def _latency(self, artifact, model: torch.nn.Module) -> tuple[float | None, str]:
+        """Returns the candidate's latency: on the agent, here when this is the device, else estimated."""
+        stat = "p90_ms" if self.budgets.latency_stat == "p90" else "median_ms"
+        if self.agent is not None:
+            from edgeprune.build import _device_upload
+
+            reply = self.agent.measure([_device_upload(artifact)],
+                                       [t.detach().cpu().numpy() for t in self.workload.example_inputs], self.threads)
+            return float(reply["results"]["artifact"][stat]), "measured"
         if host_mismatch(self.profile) is None and artifact.measure_path is not None:
-            stats = measure_onnx_files({"a": artifact.measure_path}, self.workload.example_inputs,
-                                       self.threads, Protocol(warmup_s=0.1, round_s=0.1, min_rounds=5, max_rounds=12))["a"]
-            return (stats.p90_ms if self.budgets.latency_stat == "p90" else stats.median_ms), "measured"
-        return None, "unavailable"
+            stats = measure_onnx_files({"a": artifact.measure_path}, self.workload.example_inputs, self.threads,
+                                       Protocol(warmup_s=0.1, round_s=0.1, min_rounds=5, max_rounds=12))["a"]
+            return getattr(stats, stat), "measured"
+        from edgeprune.build import _estimate_graph
+        from edgeprune.measure.estimate import estimate_onnx
+
+        shapes = [tuple(int(d) for d in t.shape) for t in self.workload.example_inputs]
+        with tempfile.TemporaryDirectory(prefix="edgeprune-estimate-") as tmp:
+            graph, precision = _estimate_graph(artifact, model, self.workload, Path(tmp))
+            return float(estimate_onnx(graph, shapes, self.profile, precision).ms), "estimated"
