@@ -167,15 +167,16 @@ def machine() -> str:
 
 
 def table(rows: list[dict], recover_steps: int) -> str:
-    head = ("| model | variant | MACs | params | non-zero | ONNX MB | median ms | p90 ms | vs dense | accuracy |"
-            + (f" after {recover_steps} recovery steps |" if recover_steps else ""))
+    """Returns the results as a Markdown table (ratios to each model's dense row)."""
+    head = ("| model | variant | MACs | params | non-zero | ONNX MB | median ms | p90 ms | speed-up | 1/MACs | accuracy |"
+            + (f" after recovery ({recover_steps} steps) |" if recover_steps else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     dense = {r["model"]: r["median_ms"] for r in rows if r["variant"] == "dense"}
     for r in rows:
-        acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "n/a (random weights)"
+        acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "n/a"
         line = (f"| {r['model']} | {r['variant']} | {r['macs']:.2f} | {r['params']:.2f} | {r['nonzero']:.2f} | "
                 f"{r['size_mb']:.1f} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
-                f"{dense[r['model']] / r['median_ms']:.2f}x | {acc} |")
+                f"{dense[r['model']] / r['median_ms']:.2f}x | {1 / r['macs']:.2f}x | {acc} |")
         if recover_steps:
             line += f" {r['recovered']:.3f} |" if "recovered" in r else " |"
         lines.append(line)
@@ -231,12 +232,12 @@ def main() -> None:
     body = f"""{SECTION}
 
 Measured by `python benchmarks/prune_strategies.py` on {machine()}, ONNX Runtime
-CPU execution provider with {args.threads} intra-op thread(s), batch 1, {args.warmup} warm-up runs then
+CPU execution provider with {args.threads} intra-op thread{'s' if args.threads > 1 else ''}, batch 1, {args.warmup} warm-up runs then
 the median of {args.runs} runs per variant, all variants timed round-robin in one process (load average {load:.1f} when the run
 started: the machine was shared, so compare rows with each other, not with other machines).
 MACs, parameters and non-zero parameters are ratios to the dense model. Accuracy is the
 digits test split (450 images) through the exported ONNX file; the ResNet-18-shaped model
-has random weights and is timed only. Pruning used the default criteria (L2 for structured,
+has random weights and is timed only (accuracy n/a). Pruning used the default criteria (L2 for structured,
 magnitude for unstructured and 2:4) with the first and last layers protected; structured
 widths were rounded to multiples of 8, the x86-avx2 profile's channel multiple.
 
@@ -244,12 +245,16 @@ widths were rounded to multiples of 8, the x86-avx2 profile's channel multiple.
 
 What the numbers show:
 
-- Structured pruning makes a smaller dense model, and latency falls roughly with MACs.
+- Structured pruning makes a smaller dense model, and latency falls roughly with MACs
+  (compare the speed-up with 1/MACs). The most heavily pruned variants fall furthest short
+  of 1/MACs: costs that do not shrink with width (per-operator dispatch, pooling, reading the
+  input, the stem) weigh more once the convolutions are small. A single row can also be off by
+  the load of the shared machine (see how far p90 lies from the median).
 - Unstructured and 2:4 sparsity leave MACs, latency and the ONNX file size where they
   were: ONNX Runtime's CPU kernels are dense, so zeros are multiplied like any other
   weight, and ONNX stores initializers densely. Their gains need a runtime with sparse
   kernels (2:4 on sparse tensor cores through TensorRT; unstructured sparsity compressed
-  in Core ML on the Neural Engine), or a compressed file format; on this CPU they only cost accuracy.
+  in Core ML on the Neural Engine), or a compressed file format; on this CPU they bring no speed.
 - Without recovery, accuracy drops quickly with structured sparsity and with 80% unstructured
   sparsity. The last column is after `edgeprune.prune.recover`: BatchNorm statistics re-estimated
   on the training images, then {args.recover} distillation steps of 32 images toward the dense
