@@ -180,7 +180,7 @@ def _prune(workload: Workload, plan: Plan, profile: Profile, recover_steps: int 
     result = prune_(workload.model, config, workload.calibration, workload.example_inputs)
     details = dict(result.details)
     if plan.kind in ("structured", "hybrid") and workload.calibration:
-        from edgeprune.prune.batchnorm import recalibrate_batchnorm
+        from edgeprune.prune.recover import recalibrate_batchnorm
 
         details["batchnorm_recalibrated"] = recalibrate_batchnorm(result.model, workload.calibration_batches())
     if recover_steps:

@@ -60,7 +60,7 @@ def test_vit_heads_are_pruned_whole_and_the_module_stays_consistent():
     assert attn.num_heads == 2 and attn.head_dim == 16 and len(attn.kept_heads) == 2
     assert attn.q_proj.out_features == attn.k_proj.out_features == attn.v_proj.out_features == 32
     assert attn.out_proj.in_features == 32 and attn.out_proj.out_features == 64
-    assert result.details["attention_rewritten"] == ["blocks.0.attn", "blocks.1.attn", "blocks.2.attn"]
+    assert result.details["attention_rewritten"] == ["blocks.0.attn", "blocks.1.attn"]
     # a per-head mask written for the original four heads still applies to the kept two
     assert attn.kept_heads != (0, 1)  # so that picking the first rows would be caught
     x = torch.randn(1, 17, 64)
@@ -125,3 +125,11 @@ class BiasKV(nn.Module):
 def test_multihead_attention_with_bias_kv_is_refused_clearly():
     with pytest.raises(UnsupportedError, match="add_bias_kv"):
         prune_(BiasKV().eval(), StructuredConfig(0.5), example_inputs=(torch.randn(1, 4, 16),))
+
+
+def test_ignoring_an_attention_module_keeps_all_its_heads():
+    model, inputs = vit()
+    result = prune_(model, StructuredConfig(0.5, ignore=("blocks.1.attn",)), example_inputs=inputs)
+    assert result.model.blocks[1].attn.num_heads == 4
+    assert result.model.blocks[0].attn.num_heads == 2
+    assert result.model.blocks[1].fc1.out_features == 128

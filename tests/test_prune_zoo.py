@@ -3,6 +3,7 @@ ONNX Runtime computes what the pruned PyTorch model computes."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,7 @@ def test_pruned_model_exports_and_matches_onnx_runtime(arch, strategy, tmp_path)
         expected = result.model(*inputs)
         dense = model(*inputs)
     assert expected.shape == dense.shape
+    assert json.loads(json.dumps(result.details))["config"]
     path = export_onnx(result.model, inputs, tmp_path / f"{arch}-{strategy}.onnx")
     assert _close(predictor(path)(*inputs), expected) < 1e-4
 

@@ -138,7 +138,7 @@ class ViTBlock(nn.Module):
 class ViTish(nn.Module):
     """Patch embedding, class token, learned positions, nn.MultiheadAttention blocks, linear head."""
 
-    def __init__(self, image: int = 32, patch: int = 8, dim: int = 64, depth: int = 3,
+    def __init__(self, image: int = 32, patch: int = 8, dim: int = 64, depth: int = 2,
                  heads: int = 4, mlp: int = 256, classes: int = 10) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)

@@ -6,8 +6,12 @@ Every validation error is an InputError with one line a CLI can print as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edgeprune.errors import InputError
+
+if TYPE_CHECKING:
+    from edgeprune.profile import Profile
 
 STRUCTURED_CRITERIA = ("l2", "l1", "bn_scale", "taylor", "wanda")
 WEIGHT_CRITERIA = ("magnitude", "wanda")
@@ -64,6 +68,8 @@ class StructuredConfig:
         if int(self.channel_multiple) != self.channel_multiple or self.channel_multiple < 1:
             raise InputError(f"channel_multiple must be a positive integer, got {self.channel_multiple!r}")
         object.__setattr__(self, "channel_multiple", int(self.channel_multiple))
+        if isinstance(self.ignore, str) or not all(isinstance(n, str) for n in self.ignore):
+            raise InputError(f"ignore must be a list of module names, got {self.ignore!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
 
 
@@ -167,7 +173,7 @@ def parse_nm(text: str) -> tuple[int, int]:
 
 
 def config_for(strategy: str, sparsity: float | None = None, criterion: str | None = None,
-               nm: str | None = None, profile=None) -> PruneConfig | None:
+               nm: str | None = None, profile: Profile | None = None) -> PruneConfig | None:
     """Returns the config for build options (None for strategy ``none``).
 
     The profile supplies the channel multiple (structured, hybrid) and the smallest layer

@@ -74,7 +74,9 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
     for name in config.ignore:
         if name not in modules:
             raise InputError(f"ignore names {name!r}, which is not a module of the model")
-        protected[modules[name]] = f"{name} is in ignore"
+        # a block or attention module named in ignore keeps the outputs of everything inside it
+        for inner in modules[name].modules():
+            protected[inner] = f"{name} is in ignore"
     if config.protect_first_last:
         for name in roles.first:
             protected.setdefault(modules[name], f"first layer {name} is protected")
@@ -88,8 +90,12 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
         norms=input_norms(model, calibration, _weight_layers(model)) if config.criterion == "wanda" else None,
     )
     ties = tied_parameters(model)
-    graph = build_graph(model, example_inputs)
-    groups = coupled_groups(graph, model, attention, protected, avoided)
+    try:
+        graph = build_graph(model, example_inputs)
+        groups = coupled_groups(graph, model, attention, protected, avoided)
+    except Exception as exc:  # the tracer fails in many ways on models it cannot follow
+        raise UnsupportedError(f"cannot trace the model's channel dependencies for structured pruning: "
+                               f"{type(exc).__name__}: {_first_line(exc)}") from exc
     if keep_heads:
         for g in groups:
             if g.is_heads:
@@ -133,10 +139,21 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
 
 
 def _prune_group(graph, group: ChannelGroup, idxs: list[int]) -> None:
-    pruning = graph.get_pruning_group(group.root, group.handler, idxs)
-    if not graph.check_pruning_group(pruning):
+    try:
+        pruning = graph.get_pruning_group(group.root, group.handler, idxs)
+        ok = graph.check_pruning_group(pruning)
+        if ok:
+            pruning.prune()
+    except Exception as exc:  # a layer type or coupling the pruning functions cannot handle
+        raise UnsupportedError(f"cannot prune the group of {', '.join(group.names[:3])}: "
+                               f"{type(exc).__name__}: {_first_line(exc)}; name a layer in ignore") from exc
+    if not ok:
         raise UnsupportedError(f"pruning {group.names[0]} would remove every channel of a coupled layer")
-    pruning.prune()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 def _weight_layers(model: nn.Module) -> list[nn.Module]:
@@ -162,6 +179,6 @@ def _check_forward(model: nn.Module, example_inputs: Sequence[torch.Tensor], ref
     try:
         shapes = _output_shapes(model, example_inputs)
     except Exception as exc:  # any failure of the user's forward after pruning
-        raise _BrokenForward(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise _BrokenForward(f"{type(exc).__name__}: {_first_line(exc)}") from exc
     if shapes != reference:
         raise _BrokenForward(f"output shape changed from {reference} to {shapes}")
