@@ -356,7 +356,7 @@ def check(report_path: Path, as_json: bool, **limits) -> None:
 @cli.command("trt-build")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Engine cache folder (default $EDGEPRUNE_CACHE/tensorrt or ~/.cache/edgeprune/tensorrt).")
+              help="Engine cache folder (default $EDGEPRUNE_CACHE_DIR/tensorrt or ~/.cache/edgeprune/tensorrt).")
 @click.option("--force", is_flag=True, help="Rebuild even if the cache holds this engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def trt_build(bundle: Path, cache_dir: Path | None, force: bool, as_json: bool) -> None:

@@ -24,7 +24,7 @@ from edgeprune.backends.trt_bundle import TIMING_CACHE, BundleSpec
 from edgeprune.errors import EdgepruneError, UnsupportedError
 from edgeprune.verify import TOLERANCE
 
-CACHE_ENV = "EDGEPRUNE_CACHE"
+CACHE_ENV = "EDGEPRUNE_CACHE_DIR"
 _SPARSE_LINES = {
     "eligible": re.compile(r"Layers eligible for sparse math:\s*(.*)$"),
     "picked": re.compile(r"picked sparse implementation for layers:\s*(.*)$"),
@@ -59,7 +59,7 @@ def gpu_name() -> str | None:
 
 
 def cache_root() -> Path:
-    """Returns the engine cache folder ($EDGEPRUNE_CACHE/tensorrt or ~/.cache/edgeprune/tensorrt)."""
+    """Returns the engine cache folder ($EDGEPRUNE_CACHE_DIR/tensorrt or ~/.cache/edgeprune/tensorrt)."""
     base = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgeprune"
     return Path(base) / "tensorrt"
 
