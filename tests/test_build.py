@@ -42,7 +42,7 @@ def test_artifact_accuracy_is_computed_by_the_artifact(digits_build):
 def test_impossible_latency_budget_gives_exit_3_and_passed_false(tmp_path):
     out = tmp_path / "tight"
     proc = run_cli("build", str(DIGITS), "--profile", "x86-avx2", "-o", str(out), "--latency-budget-ms", "0.01",
-                   "--max-size-mb", "100", "--json")
+                   "--max-size-mb", "100", "--strategy", "none", "--json")
     assert proc.returncode == 3, proc.stderr
     report = json.loads(proc.stdout)
     assert report["passed"] is False
@@ -112,12 +112,13 @@ def test_bad_numbers_and_unknown_profiles_are_exit_2(tmp_path):
 
 def test_profile_that_is_not_this_machine_is_not_measured_here(tmp_path):
     proc = run_cli("build", str(DIGITS), "--profile", "x86-avx512-vnni", "-o", str(tmp_path / "o"),
-                   "--latency-budget-ms", "1000", "--json")
+                   "--latency-budget-ms", "1000", "--strategy", "none", "--json")
     report = json.loads(proc.stdout)
-    assert report["latency"]["source"] != "measured"
-    if report["latency"]["source"] == "unavailable":
-        # a budget the build cannot prove it meets is a failed budget
-        assert proc.returncode == 3 and report["budgets"][0]["met"] is False
+    lat = report["latency"]
+    # this CPU has no AVX-512/VNNI: timing it here would misreport the device, so it is estimated
+    assert lat["source"] == "estimated" and "avx512" in lat["note"]
+    assert lat["median_ms"] == lat["estimated_ms"] > 0
+    assert proc.returncode == 0 and report["budgets"][0]["met"] is True
 
 
 def test_onnx_predictor_matches_session_outputs(digits_build):

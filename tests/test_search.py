@@ -5,25 +5,23 @@ import json
 from conftest import DIGITS, run_cli
 
 
-def test_budget_of_60_percent_of_dense_latency_is_met_and_explained(tmp_path, digits_build):
-    _, _, dense = digits_build
-    budget = round(0.6 * dense["latency"]["median_ms"], 3)
-    out = tmp_path / "fast"
-    proc = run_cli("build", str(DIGITS), "--profile", "x86-avx2", "-o", str(out), "--latency-budget-ms", str(budget),
-                   "--max-accuracy-drop", "0.02", "--json")
+def test_search_finds_the_least_pruning_that_meets_a_size_budget(tmp_path):
+    # Size is deterministic, so this pins the search itself; the latency-budget build
+    # (60% of dense latency) is a benchmark: benchmarks/budget_search.py, docs/benchmarks.md.
+    out = tmp_path / "small"
+    proc = run_cli("build", str(DIGITS), "--profile", "x86-avx2", "-o", str(out), "--max-size-mb", "2.0",
+                   "--quantize", "none", "--max-accuracy-drop", "0.02", "--json")
     report = json.loads(proc.stdout)
     assert proc.returncode == 0, (proc.stderr, report.get("budgets"), report.get("search"))
-    assert report["passed"] and all(b["met"] for b in report["budgets"])
-    lat = report["latency"]
-    assert lat["source"] == "measured" and lat["median_ms"] <= budget
-    assert lat["speedup"] > 1.4  # measured side by side with the dense fp32 model
-    assert report["accuracy"]["drop"] <= 0.02 and report["accuracy"]["evaluated_on"] == "artifact"
-    search = report["search"]
-    assert search["chosen"] and len(search["candidates"]) >= 2
+    assert report["passed"] and report["artifact"]["size_bytes"] <= 2.0e6
+    assert report["strategy"]["kind"] == "structured" and report["accuracy"]["drop"] <= 0.02
+    chosen = report["strategy"]["sparsity"]
+    sizes = {c["candidate"]["sparsity"]: c["size_bytes"] for c in report["search"]["candidates"]}
+    assert sizes[chosen] <= 2.0e6
+    # the next grid point down was tried and is too large: the choice is the least pruning
+    assert round(chosen - 0.05, 4) in sizes and sizes[round(chosen - 0.05, 4)] > 2.0e6
     assert any(r.startswith("search chose") for r in report["strategy"]["reasons"])
-    # the chosen candidate is the least pruned that met the cost budgets among those tried
-    chosen = [c for c in search["candidates"] if c["candidate"]["label"] == search["chosen"]][-1]
-    assert chosen["misses"] == []
+    assert report["model"]["params_after"] < 0.5 * report["model"]["params_before"]
 
 
 def test_a_budget_no_candidate_meets_gives_exit_3_with_the_nearest(tmp_path):
