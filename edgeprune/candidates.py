@@ -122,9 +122,12 @@ class CandidateEvaluator:
         if not self.use_cache or not path.exists():
             return None
         try:
-            return Outcome.from_dict(json.loads(path.read_text()))
+            outcome = Outcome.from_dict(json.loads(path.read_text()))
         except (ValueError, TypeError, KeyError):
             return None
+        # the cache holds costs and scores; which budgets they miss depends on this build's budgets
+        outcome.misses = self.misses(outcome, with_accuracy=stage != "cost")
+        return outcome
 
     def _store(self, outcome: Outcome, stage: str) -> None:
         if not self.use_cache:
