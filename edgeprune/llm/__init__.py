@@ -1,0 +1,25 @@
+"""Pruning decoder language models from Hugging Face transformers (the ``edgeprune[llm]`` extra).
+
+Block-by-block calibration; unstructured and N:M sparsity by magnitude, Wanda or SparseGPT;
+FASP-style width pruning with least-squares restoration; perplexity workloads; pruned models
+saved as directories that ``AutoModelForCausalLM.from_pretrained`` loads. transformers is
+imported only when a function here needs it.
+"""
+
+from edgeprune.llm.logits import CausalLMLogits
+from edgeprune.llm.prune import CRITERIA, METHODS, LLMPruneResult, prune_causal_lm
+from edgeprune.llm.save import load_causal_lm, reload_max_abs_diff, save_pretrained
+from edgeprune.llm.workload import causal_lm_workload, perplexity
+
+__all__ = [
+    "CRITERIA",
+    "METHODS",
+    "CausalLMLogits",
+    "LLMPruneResult",
+    "causal_lm_workload",
+    "load_causal_lm",
+    "perplexity",
+    "prune_causal_lm",
+    "reload_max_abs_diff",
+    "save_pretrained",
+]

@@ -1,0 +1,27 @@
+"""Access to the optional Hugging Face transformers dependency (the ``edgeprune[llm]`` extra)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from edgeprune.errors import InputError
+
+
+def transformers() -> ModuleType:
+    """Returns the transformers module, or raises InputError naming the extra to install."""
+    try:
+        import transformers as module
+    except ImportError as exc:
+        raise InputError(
+            "LLM pruning needs Hugging Face transformers: pip install edgeprune[llm]"
+        ) from exc
+    return module
+
+
+def is_causal_lm(model: object) -> bool:
+    """Returns whether ``model`` is a transformers model with a language-modelling head."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return False
+    return isinstance(model, PreTrainedModel) and model.get_output_embeddings() is not None

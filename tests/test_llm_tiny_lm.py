@@ -1,0 +1,78 @@
+"""Pruning quality on a real (small) language model: the LLaMA-architecture LM of examples/tiny_lm.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from edgeprune import load_workload  # noqa: E402
+from edgeprune.llm import causal_lm_workload, prune_causal_lm, reload_max_abs_diff, save_pretrained  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_lm.py"
+WEIGHTS = EXAMPLE.with_name("weights") / "tiny_lm"
+
+pytestmark = pytest.mark.skipif(not (WEIGHTS / "config.json").exists(), reason="tiny LM weights not shipped")
+
+
+@pytest.fixture(scope="module")
+def workload():
+    # the example's workload, scored on 48 of its held-out windows to keep the tests quick
+    return causal_lm_workload(WEIGHTS, seq_len=128, samples=32, eval_samples=48)
+
+
+@pytest.fixture(scope="module")
+def dense_ppl(workload):
+    return workload.evaluate(workload.model)
+
+
+def ppl_after(workload, method, sparsity, **kwargs) -> float:
+    result = prune_causal_lm(workload.model, method, sparsity, workload.calibration, **kwargs)
+    return workload.evaluate(result.model)
+
+
+def test_the_example_file_is_a_causal_lm_workload():
+    example = load_workload(EXAMPLE)
+    assert example.task == "causal-lm" and example.metric == "perplexity" and not example.higher_is_better
+    assert example.example_inputs[0].shape == (1, 128)
+    assert len(example.calibration) == 32
+    assert example.extras["eval_tokens"] > 10_000
+
+
+def test_the_tiny_lm_is_a_trained_language_model(dense_ppl):
+    # a uniform guess over the 1024 tokens scores 1024
+    assert dense_ppl < 80
+
+
+def test_wanda_raises_perplexity_less_than_magnitude_at_50_percent(workload, dense_ppl):
+    wanda = ppl_after(workload, "unstructured", 0.5, criterion="wanda")
+    magnitude = ppl_after(workload, "unstructured", 0.5, criterion="magnitude")
+    assert dense_ppl < wanda < magnitude
+    # measured: Wanda's rise is about half of magnitude's (docs/benchmarks.md)
+    assert wanda - dense_ppl < 0.75 * (magnitude - dense_ppl)
+
+
+def test_least_squares_restoration_lowers_structured_perplexity(workload, dense_ppl):
+    restored = ppl_after(workload, "structured", 0.2, restore=True)
+    plain = ppl_after(workload, "structured", 0.2, restore=False)
+    assert dense_ppl < restored < plain
+
+
+def test_the_pruned_directory_reloads_with_its_tokenizer(workload, tmp_path):
+    result = prune_causal_lm(workload.model, "structured", 0.3, workload.calibration)
+    save_pretrained(result.model, tmp_path, tokenizer=workload.extras["tokenizer"])
+    assert reload_max_abs_diff(result.model, tmp_path, workload.example_inputs[0]) < 1e-4
+    reloaded = causal_lm_workload(tmp_path, seq_len=128, samples=2, eval_samples=4)
+    assert reloaded.evaluate(reloaded.model) == pytest.approx(reloaded.evaluate(result.model), rel=1e-5)
+
+
+def test_a_text_file_gives_calibration_and_held_out_windows(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("".join(f"The value of x{i} is computed by the function f.\n" for i in range(400)))
+    workload = causal_lm_workload(WEIGHTS, text=text, seq_len=32, samples=4, eval_samples=6)
+    assert [batch[0].shape for batch in workload.calibration] == [(1, 32)] * 4
+    assert workload.extras["eval_tokens"] == 6 * 32
+    assert workload.extras["text"] == str(text)
+    assert 1.0 < workload.evaluate(workload.model) < 1e4
