@@ -119,6 +119,9 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
             predict = backend.predictor(artifact)
             verification = _verify(model, predict, workload, plan, backend, artifact, request)
         report["artifact"] = _artifact_section(artifact, final, stage, verification)
+        if workload.task == "causal-lm":
+            with step("save the pruned model as a Hugging Face directory"):
+                report["artifact"]["hf_model"] = _save_causal_lm(model, workload, stage, final)
         report["notes"] += artifact.notes
         with step("measure latency" if agent or host_mismatch(profile) is None else "estimate latency"):
             report["latency"], report["memory"] = _latency(workload, profile, plan, artifact, dense, model,
@@ -173,6 +176,8 @@ def _prune(workload: Workload, plan: Plan, profile: Profile, recover_steps: int 
     """Returns the pruned model (a copy; the dense model stays the baseline) and its details."""
     if plan.kind == "none" or (plan.sparsity == 0.0 and plan.kind != "nm"):
         return workload.model, {}
+    if workload.task == "causal-lm":
+        return _prune_causal_lm(workload, plan, profile, recover_steps)
     from edgeprune.prune import config_for, prune_, recover
 
     nm = f"{plan.nm[0]}:{plan.nm[1]}" if plan.nm else None
@@ -191,6 +196,53 @@ def _prune(workload: Workload, plan: Plan, profile: Profile, recover_steps: int 
         info.update({"steps": recover_steps, "metric_before": before, "metric_after": _evaluate_torch(workload, result.model)})
         details["recovery"] = info
     return result.model, details
+
+
+def _prune_causal_lm(workload: Workload, plan: Plan, profile: Profile, recover_steps: int) -> tuple[torch.nn.Module, dict]:
+    """Returns a causal LM pruned block by block (edgeprune.llm) and its details.
+
+    Unstructured and N:M score with Wanda unless --criterion says otherwise (magnitude or
+    sparsegpt); structured removes FFN neurons and whole key/value head groups, widths rounded
+    to the profile's channel multiple, and restores the next projection by least squares.
+    """
+    from edgeprune.llm import prune_causal_lm
+    from edgeprune.prune import recover
+
+    if plan.kind == "hybrid":
+        raise InputError("causal LMs take --strategy unstructured, nm or structured (hybrid is for CNNs and "
+                         "vision transformers)")
+    criterion = plan.criterion or "wanda"
+    if criterion not in ("magnitude", "wanda", "sparsegpt"):
+        raise InputError(f"causal-LM pruning scores with magnitude, wanda or sparsegpt, got --criterion {criterion}")
+    result = prune_causal_lm(workload.model, plan.kind, plan.sparsity, workload.calibration, criterion=criterion,
+                             nm=plan.nm or (2, 4), multiple=int(profile.channel_multiple.value) if plan.kind == "structured" else 1)
+    details = dict(result.details)
+    if recover_steps:
+        if not workload.finetune_data:
+            raise InputError("--recover needs Workload(finetune_data=...): the workload gives none")
+        masks = ({name: p != 0 for name, p in result.model.named_parameters() if p.dim() == 2}
+                 if plan.kind in ("unstructured", "nm") else None)
+        before = _evaluate_torch(workload, result.model)
+        info = dict(recover(result.model, workload.model, workload.finetune_data, recover_steps, masks=masks))
+        info.update({"steps": recover_steps, "metric_before": before, "metric_after": _evaluate_torch(workload, result.model)})
+        details["recovery"] = info
+    return result.model, details
+
+
+def _save_causal_lm(model: torch.nn.Module, workload: Workload, stage: Path, final: Path) -> dict:
+    """Returns the report entry of the pruned LM saved to ``hf/``, after reloading it to check.
+
+    The directory holds the config with the pruned widths, safetensors weights and the
+    tokenizer, so ``AutoModelForCausalLM.from_pretrained`` rebuilds the pruned model.
+    """
+    from edgeprune.llm import reload_max_abs_diff, save_pretrained
+
+    folder = save_pretrained(model, stage / "hf", workload.extras.get("tokenizer"))
+    diff = reload_max_abs_diff(model, folder, workload.example_inputs[0])
+    if diff > 1e-4:
+        raise UnsupportedError(f"the saved Hugging Face model does not reload to the pruned one (max logit "
+                               f"difference {diff:.3g})")
+    return {"path": str(final / "hf"), "reload_max_abs_diff": diff}
 
 
 def _evaluate_torch(workload: Workload, model: torch.nn.Module) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ pytest.importorskip("transformers")
 
 from edgeprune import load_workload  # noqa: E402
 from edgeprune.llm import causal_lm_workload, prune_causal_lm, reload_max_abs_diff, save_pretrained  # noqa: E402
+
+from conftest import run_cli  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_lm.py"
 WEIGHTS = EXAMPLE.with_name("weights") / "tiny_lm"
@@ -76,3 +79,31 @@ def test_a_text_file_gives_calibration_and_held_out_windows(tmp_path):
     assert workload.extras["eval_tokens"] == 6 * 32
     assert workload.extras["text"] == str(text)
     assert 1.0 < workload.evaluate(workload.model) < 1e4
+
+
+def test_edgeprune_build_prunes_the_tiny_lm_and_ships_a_loadable_hugging_face_directory(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "tiny-lm"
+    proc = run_cli("build", str(EXAMPLE), "--profile", "x86-avx2", "--strategy", "structured", "--sparsity", "0.2",
+                   "--quantize", "none", "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["passed"] and report["artifact"]["verified"]["passed"]
+    assert report["model"]["params_after"] < 0.9 * report["model"]["params_before"]
+    details = report["strategy"]["details"]
+    assert details["ffn_width"]["after"] < details["ffn_width"]["before"] and details["ffn_width"]["after"] % 8 == 0
+    accuracy = report["accuracy"]
+    assert accuracy["metric"] == "perplexity" and accuracy["pruned"] > accuracy["baseline"]
+    hf = report["artifact"]["hf_model"]
+    assert hf["reload_max_abs_diff"] < 1e-4 and (out / "hf" / "tokenizer.json").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out / "hf"))
+    assert reloaded.config.intermediate_size == details["ffn_width"]["after"]
+    assert sum(p.numel() for p in reloaded.parameters()) == report["model"]["params_after"]
+
+
+def test_hybrid_is_refused_for_a_causal_lm_with_exit_2(tmp_path):
+    proc = run_cli("build", str(EXAMPLE), "--profile", "x86-avx2", "--strategy", "hybrid", "--sparsity", "0.3",
+                   "-o", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "hybrid" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -114,30 +114,32 @@ def _export_torchscript(model, inputs, path, names, dynamic_batch) -> None:
 def _quiet():
     """Silences the exporters' progress prints and warnings (they are not the user's concern).
 
-    The TorchScript exporter logs the whole graph from C++ on failure, so stderr is
-    redirected at the file-descriptor level, not only sys.stderr.
+    The TorchScript exporter prints the whole graph from C++ when it fails (to stdout), so
+    both standard streams are redirected at the file-descriptor level, not only sys.std*.
     """
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _stderr_to_devnull():
+    stdout, stderr = sys.stdout, sys.stderr
+    with (warnings.catch_warnings(), _fd_to_devnull(stdout), _fd_to_devnull(stderr),
+          contextlib.redirect_stdout(io.StringIO())):
         warnings.simplefilter("ignore")
         yield
 
 
 @contextlib.contextmanager
-def _stderr_to_devnull():
+def _fd_to_devnull(stream):
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # a captured stderr without a descriptor
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream without a descriptor
         yield
         return
-    sys.stderr.flush()
+    stream.flush()
     saved = os.dup(fd)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, fd)
         yield
     finally:
-        sys.stderr.flush()
+        stream.flush()
         os.dup2(saved, fd)
         os.close(saved)
         os.close(devnull)

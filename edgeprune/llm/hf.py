@@ -15,6 +15,9 @@ def transformers() -> ModuleType:
         raise InputError(
             "LLM pruning needs Hugging Face transformers: pip install edgeprune[llm]"
         ) from exc
+    # progress bars of loading and saving shards would interleave with the build's own steps
+    module.utils.logging.disable_progress_bar()
+    module.utils.logging.set_verbosity_error()
     return module
 
 
