@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +25,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import cnn_variants  # noqa: E402
+from writeup import machine, write_section  # noqa: E402
 
 from edgeprune.measure.estimate import estimate_onnx  # noqa: E402
 from edgeprune.measure.local import measure_onnx_files  # noqa: E402
@@ -38,16 +37,20 @@ BOUND = 0.35
 MODELS = {"digits": "digits CNN (32x32, 64/128/256 channels)", "resnet": "ResNet-18-shaped CNN (224x224)"}
 
 
-def machine() -> str:
-    """Returns the CPU model and core count as lscpu states them."""
+def cpu_busy_seconds() -> float | None:
+    """Returns the seconds all CPUs of the machine have been busy since boot (from /proc/stat)."""
     try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        model = fields.get("Model name", "").strip()
-        cpus = fields.get("CPU(s)", "").strip()
-    except (OSError, subprocess.CalledProcessError, ValueError):
-        model, cpus = platform.processor(), str(os.cpu_count())
-    return f"{model}, {cpus} CPUs ({platform.system()} {platform.machine()})"
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """Returns the CPU seconds this process and its finished children have used."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def run(threads: int | None, seconds: float, profile_path: Path | None, workdir: Path) -> tuple[list[dict], dict]:
@@ -69,7 +72,8 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
     return rows, {"profile": profile, "path": profile_path}
 
 
-def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], took: float, command: str) -> str:
+def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], took: float, command: str,
+           others: float | None) -> str:
     """Returns the Markdown section."""
     p = probed["profile"]
     e = p.efficiency
@@ -77,7 +81,9 @@ def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], 
     lines = [
         SECTION, "",
         f"Machine: {machine()}; ONNX Runtime CPU provider, {threads} thread(s), batch 1. "
-        f"Load average before / after: {load[0]} / {load[1]}; {took:.0f} s in all.",
+        f"Load average before / after: {load[0]} / {load[1]}"
+        + (f"; other processes kept {others:.0%} of the CPUs busy during the run" if others is not None else "")
+        + f"; {took:.0f} s in all.",
         "",
         f"Probed profile (`edgeprune profiles probe`): fp32 {p.compute['fp32'].dense_tops * 1e3:.1f} GFLOP/s, "
         f"int8 {p.compute['int8'].dense_tops * 1e3:.1f} GOP/s, {p.memory_bandwidth_gbs.value:.1f} GB/s; "
@@ -106,19 +112,6 @@ def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], 
     return "\n".join(lines)
 
 
-def write_section(doc: Path, section: str) -> None:
-    """Replaces (or appends) this benchmark's section of the doc, leaving the others alone."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
@@ -132,14 +125,18 @@ def main() -> None:
     threads = args.threads or this_host().cores
     command = "python benchmarks/estimator_error.py" + (f" --threads {args.threads}" if args.threads else "")
     before = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "n/a"
-    start = time.perf_counter()
+    start, busy0, own0 = time.perf_counter(), cpu_busy_seconds(), own_cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
         rows, probed = run(args.threads, args.seconds, args.profile, Path(tmp))
+        took, busy1, own1 = time.perf_counter() - start, cpu_busy_seconds(), own_cpu_seconds()
         after = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "n/a"
-        section = render(rows, probed, threads, (before, after), time.perf_counter() - start, command)
+        # Busy CPU time that was not ours: how much other load the measurements shared the machine with.
+        others = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / (
+            took * (os.cpu_count() or 1))
+        section = render(rows, probed, threads, (before, after), took, command, others)
     print(section)
     if not args.no_write:
-        write_section(args.doc, section)
+        write_section(SECTION, section, args.doc)
         print(f"wrote the section into {args.doc}", file=sys.stderr)
 
 

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +25,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from writeup import machine, write_section  # noqa: E402
 
 import edgeprune  # noqa: E402
 from edgeprune.backends import LowerRequest, get_backend  # noqa: E402
@@ -52,17 +52,6 @@ def magnitude_prune(model: torch.nn.Module, sparsity: float) -> torch.nn.Module:
                 threshold = m.weight.abs().flatten().kthvalue(int(m.weight.numel() * sparsity)).values
                 m.weight.mul_(m.weight.abs() > threshold)
     return pruned.eval()
-
-
-def machine() -> str:
-    """Returns the CPU model name and core count as lscpu reports them."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    name = re.search(r"^Model name:\s*(.+)$", text, re.M)
-    cpus = re.search(r"^CPU\(s\):\s*(\d+)$", text, re.M)
-    return f"{name.group(1).strip() if name else platform.machine()}, {cpus.group(1) if cpus else '?'} cores"
 
 
 def run(quick: bool) -> list[dict]:
@@ -140,7 +129,7 @@ def render(rows: list[dict], command: str) -> str:
     trt = tensorrt_unavailable()
     lines = [
         SECTION, "",
-        f"Machine: {machine()} ({platform.system()} {platform.machine()}); torch {torch.__version__}, "
+        f"Machine: {machine()}; torch {torch.__version__}, "
         f"ONNX Runtime {onnxruntime.__version__}, coremltools {coremltools.__version__}. "
         f"Measured {dt.date.today().isoformat()} with `{command}`.", "",
         f"The dense PyTorch model scores {baseline:.4f} on the 450 test digits. Latency is the median at batch 1 "
@@ -179,25 +168,13 @@ def render(rows: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replaces (or appends) the section in docs/benchmarks.md, leaving the rest untouched."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", current)
-    else:
-        updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
-    DOC.write_text(updated.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter latency protocol")
     args = parser.parse_args()
     command = "python benchmarks/formats.py" + (" --quick" if args.quick else "")
     section = render(run(args.quick), command)
-    write_section(section)
+    write_section(SECTION, section)
     print(section)
 
 

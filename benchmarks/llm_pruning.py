@@ -24,6 +24,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from writeup import machine, write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## LLM pruning"
@@ -49,18 +52,6 @@ OPT_RUNS = [
     ("SparseGPT 50%", "unstructured", 0.5, {"criterion": "sparsegpt"}),
     ("structured 20%, least squares", "structured", 0.2, {"restore": True}),
 ]
-
-
-def machine() -> str:
-    """Returns the CPU model and core count (lscpu), for the record."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def tiny_lm_table() -> list[str]:
@@ -178,20 +169,6 @@ NOTES = [
 ]
 
 
-def write_section(lines: list[str]) -> None:
-    """Replaces (or appends) the LLM pruning section of docs/benchmarks.md."""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    body = "\n".join([SECTION, "", *lines]).rstrip() + "\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip() + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-opt", action="store_true", help="only the tiny-LM perplexity table")
@@ -204,7 +181,7 @@ def main() -> None:
         return
     load = os.getloadavg()[0]
     lines = [
-        f"Machine: {machine()}; load average {load:.1f} when the run started (the machine is shared).",
+        f"Machine: {machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads); load average {load:.1f} when the run started (the machine is shared).",
         "Written by `python benchmarks/llm_pruning.py`.",
         "",
         "### Perplexity on the tiny LM",
@@ -213,7 +190,7 @@ def main() -> None:
     ]
     if not args.skip_opt:
         lines += ["", "### Pruning time and memory, OPT-125M shape", "", *opt_table(args.sequences, args.seq_len)]
-    write_section([*lines, "", *NOTES])
+    write_section(SECTION, "\n".join([SECTION, "", *lines, "", *NOTES]))
     print(f"wrote {DOC}")
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from writeup import machine, write_section  # noqa: E402
 
 from edgeprune.backends.onnx_export import export_onnx  # noqa: E402
 from edgeprune.backends.onnx_runtime import feeds, predictor, session  # noqa: E402
@@ -151,21 +152,6 @@ def bench_model(label: str, model: nn.Module, example: tuple[torch.Tensor, ...],
     return rows
 
 
-def machine() -> str:
-    """Returns the CPU model and core count as lscpu states them."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        model = info.get("Model name", "").strip()
-        cores = info.get("CPU(s)", "").strip()
-        flags = info.get("Flags", "")
-        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-        virt = info.get("Hypervisor vendor", "").strip()
-        return f"{model}, {cores} cores ({isa}{', ' + virt + ' VM' if virt else ''})"
-    except (OSError, subprocess.CalledProcessError):
-        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
 def table(rows: list[dict], recover_steps: int) -> str:
     """Returns the results as a Markdown table (ratios to each model's dense row)."""
     head = ("| model | variant | MACs | params | non-zero | ONNX MB | median ms | p90 ms | speed-up | 1/MACs | accuracy |"
@@ -181,19 +167,6 @@ def table(rows: list[dict], recover_steps: int) -> str:
             line += f" {r['recovered']:.3f} |" if "recovered" in r else " |"
         lines.append(line)
     return "\n".join(lines)
-
-
-def write_docs(path: Path, body: str) -> None:
-    """Replaces (or appends) this benchmark's section of the docs file."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip() + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end:] if end >= 0 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip() + "\n")
 
 
 def main() -> None:
@@ -263,7 +236,7 @@ What the numbers show:
 Run time: {time.time() - started:.0f} s.
 """
     if not args.no_docs:
-        write_docs(args.docs, body)
+        write_section(SECTION, body, args.docs)
         print(f"wrote {args.docs}")
 
 

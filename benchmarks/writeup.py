@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import subprocess
@@ -11,14 +12,18 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def machine() -> str:
-    """Returns the CPU model name and core count as lscpu reports them."""
+    """Returns the CPU model, core count, vector ISA and hypervisor as lscpu reports them."""
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    name = re.search(r"^Model name:\s*(.+)$", text, re.M)
-    cpus = re.search(r"^CPU\(s\):\s*(\d+)$", text, re.M)
-    return f"{name.group(1).strip() if name else platform.machine()}, {cpus.group(1) if cpus else '?'} cores"
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    model = info.get("Model name", platform.machine()).strip()
+    cores = info.get("CPU(s)", str(os.cpu_count())).strip()
+    flags = info.get("Flags", "")
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    virt = info.get("Hypervisor vendor", "").strip()
+    return f"{model}, {cores} cores ({isa}{', ' + virt + ' VM' if virt else ''}; {platform.system()} {platform.machine()})"
 
 
 def write_section(heading: str, text: str, doc: Path = DOC) -> None:

@@ -72,6 +72,8 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
         profile = load_profile(options.profile)
     plan = make_plan(workload, profile, options.strategy, options.sparsity, options.quantize,
                      options.format, options.criterion, options.nm, options.budgets)
+    if workload.task == "causal-lm":
+        _check_causal_lm_plan(plan)
     backend = get_backend(plan.format)
     request = LowerRequest(precision=plan.precision, profile=profile,
                            calibration=workload.calibration_batches(), sparsity=plan.kind,
@@ -198,6 +200,17 @@ def _prune(workload: Workload, plan: Plan, profile: Profile, recover_steps: int 
     return result.model, details
 
 
+def _check_causal_lm_plan(plan: Plan) -> None:
+    """Raises InputError for a strategy or criterion the causal-LM pruner does not take."""
+    if plan.kind == "hybrid":
+        raise InputError("causal LMs take --strategy unstructured, nm or structured (hybrid is for CNNs and "
+                         "vision transformers)")
+    if (plan.criterion or "wanda") not in ("magnitude", "wanda", "sparsegpt"):
+        raise InputError(f"causal-LM pruning scores with magnitude, wanda or sparsegpt, got --criterion {plan.criterion}")
+    if plan.kind == "structured" and plan.criterion == "sparsegpt":
+        raise InputError("structured causal-LM pruning scores with magnitude or wanda (restoration is its weight update)")
+
+
 def _prune_causal_lm(workload: Workload, plan: Plan, profile: Profile, recover_steps: int) -> tuple[torch.nn.Module, dict]:
     """Returns a causal LM pruned block by block (edgeprune.llm) and its details.
 
@@ -208,12 +221,8 @@ def _prune_causal_lm(workload: Workload, plan: Plan, profile: Profile, recover_s
     from edgeprune.llm import prune_causal_lm
     from edgeprune.prune import recover
 
-    if plan.kind == "hybrid":
-        raise InputError("causal LMs take --strategy unstructured, nm or structured (hybrid is for CNNs and "
-                         "vision transformers)")
+    _check_causal_lm_plan(plan)
     criterion = plan.criterion or "wanda"
-    if criterion not in ("magnitude", "wanda", "sparsegpt"):
-        raise InputError(f"causal-LM pruning scores with magnitude, wanda or sparsegpt, got --criterion {criterion}")
     result = prune_causal_lm(workload.model, plan.kind, plan.sparsity, workload.calibration, criterion=criterion,
                              nm=plan.nm or (2, 4), multiple=int(profile.channel_multiple.value) if plan.kind == "structured" else 1)
     details = dict(result.details)

@@ -105,6 +105,12 @@ def profiles_probe(output: Path, name: str | None, seconds: float, threads: int 
     with _progress("probe peaks, bandwidth and the estimator's efficiency"):
         data = probe_host(name=name, seconds=seconds, threads=threads)
     write_profile(data, output)
+    from edgeprune.probe import busy_load
+
+    load = busy_load()
+    if load is not None and load > 0.5:
+        err.print(f"[yellow]warning:[/yellow] the machine was busy (load {load:.1f} per core): the calibrated "
+                  "efficiency factors include that load; probe again when it is quiet")
     err.print(f"wrote {output} ({data['name']}: fp32 {data['compute']['fp32']['dense_tops'] * 1e3:.1f} GFLOP/s, "
               f"int8 {data['compute']['int8']['dense_tops'] * 1e3:.1f} GOP/s, "
               f"{data['memory_bandwidth_gbs']['value']:.1f} GB/s; efficiency compute "

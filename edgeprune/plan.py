@@ -192,6 +192,10 @@ def make_plan(
     if strategy == "auto":
         kind, why, details = choose_strategy(inventory(workload.model, workload.example_inputs), profile, budgets, fmt)
         reasons += why
+        if kind == "hybrid" and workload.task == "causal-lm":
+            kind = "structured"
+            reasons.append("a causal LM keeps its embeddings and LM head dense, so the block widths are pruned "
+                           "instead (structured)")
         nm_pair = nm_pair if kind == "nm" else None
         top = 1 - nm_pair[0] / nm_pair[1] if nm_pair else (0.8 if kind == "structured" else 0.9)
         if sparsity is None:

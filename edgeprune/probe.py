@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import time
@@ -249,8 +250,22 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         f"{len(CALIBRATION_CNN)}-layer 3x3-conv CNN at batch 1 ({gflops:.2f} GFLOP, {CALIBRATION_INPUT[2]}x"
         f"{CALIBRATION_INPUT[3]} input) equals its {'fastest run' if statistic == 'min' else 'median'} under the build timing protocol ({measured}"
         f"{'; geometric mean kept' if len(factors) > 1 else ''}); bandwidth {data['efficiency']['bandwidth']:g} = "
-        f"{gemv:.1f} GB/s of a batch-1 MatMul over a 64 MiB weight / {copy_gbs:.1f} GB/s copy")
+        f"{gemv:.1f} GB/s of a batch-1 MatMul over a 64 MiB weight / {copy_gbs:.1f} GB/s copy"
+        f"{_load_note()}")
     return data
+
+
+def busy_load() -> float | None:
+    """Returns the 1-minute load average per core of this machine, or None where unknown."""
+    try:
+        return os.getloadavg()[0] / this_host().cores
+    except (OSError, AttributeError):
+        return None
+
+
+def _load_note() -> str:
+    load = busy_load()
+    return "" if load is None else f"; load average {load * this_host().cores:.1f} on {this_host().cores} cores while probing"
 
 
 def _memory_gb() -> float:
