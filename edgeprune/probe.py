@@ -113,11 +113,14 @@ def layer_overhead_us(seconds: float, layers: int = 64, threads: int | None = No
 # The representative network the compute efficiency is calibrated on: a batch-1 CNN backbone
 # of 3x3 convolutions (16 to 256 channels, 64x64 down to 8x8), each followed by a ReLU.
 CALIBRATION_CNN = ((16, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1))
-CALIBRATION_INPUT = (1, 16, 64, 64)
+# Two input sizes: at 64x64 every activation fits the caches, at 192x192 the first layers'
+# do not; convolutions run at visibly different efficiency in the two regimes, and models
+# span both (a 32x32 digits CNN, a 224x224 ResNet).
+CALIBRATION_INPUTS = ((1, 16, 64, 64), (1, 16, 192, 192))
 
 
-def calibration_cnn() -> onnx.ModelProto:
-    """Returns the calibration CNN as an fp32 ONNX model with fixed random weights."""
+def calibration_cnn(shape: tuple[int, ...] = CALIBRATION_INPUTS[0]) -> onnx.ModelProto:
+    """Returns the calibration CNN for an input shape as an fp32 ONNX model with fixed random weights."""
     rng = np.random.default_rng(0)
     nodes, inits, x = [], [], "x"
     for i, (cin, cout, stride) in enumerate(CALIBRATION_CNN):
@@ -129,7 +132,7 @@ def calibration_cnn() -> onnx.ModelProto:
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
     graph = helper.make_graph(nodes, "calibration_cnn",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(CALIBRATION_INPUT))],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -143,12 +146,12 @@ class _CalibrationReader:
         return None if batch is None else {"x": batch}
 
 
-def _quantize_int8(fp32: Path, out: Path, int8_activation: str) -> Path:
+def _quantize_int8(fp32: Path, out: Path, int8_activation: str, shape: tuple[int, ...]) -> Path:
     """Returns a static QDQ int8 copy of a model (the int8 format ONNX Runtime runs fastest)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     rng = np.random.default_rng(1)
-    batches = [rng.standard_normal(CALIBRATION_INPUT).astype(np.float32) for _ in range(4)]
+    batches = [rng.standard_normal(shape).astype(np.float32) for _ in range(4)]
     quantize_static(str(fp32), str(out), _CalibrationReader(batches), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8 if int8_activation == "u8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8, per_channel=True)
@@ -223,33 +226,37 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
                                         "source": data["memory_bandwidth_gbs"]["source"]
                                         + f"; raised to the {gemv:.1f} GB/s a batch-1 MatMul streamed its weights at"}
     data["efficiency"] = {**data["efficiency"], "bandwidth": round(max(bandwidth, 0.01), 4)}
-    models, runs = {}, {}
+    models, runs, graphs = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "cnn.onnx"
-        onnx.save(calibration_cnn(), fp32)
-        models["fp32"] = fp32
-        if "int8" in data["compute"]:
-            models["int8"] = _quantize_int8(fp32, Path(tmp) / "cnn-int8.onnx", data["int8_activation"])
-        feed = {"x": np.random.default_rng(2).standard_normal(CALIBRATION_INPUT).astype(np.float32)}
+        for shape in CALIBRATION_INPUTS:
+            size = f"{shape[2]}x{shape[3]}"
+            fp32 = Path(tmp) / f"cnn-{size}.onnx"
+            onnx.save(calibration_cnn(shape), fp32)
+            models[("fp32", shape)] = fp32
+            if "int8" in data["compute"]:
+                models[("int8", shape)] = _quantize_int8(fp32, Path(tmp) / f"cnn-{size}-int8.onnx",
+                                                         data["int8_activation"], shape)
         for key, path in models.items():
+            feed = {"x": np.random.default_rng(2).standard_normal(key[1]).astype(np.float32)}
             sess = onnx_runtime.session(path, threads)
-            runs[key] = (lambda s=sess: s.run(None, feed))
-        graphs = {key: lowered_graph(path, [CALIBRATION_INPUT]) for key, path in models.items()}
+            runs[key] = (lambda s=sess, f=feed: s.run(None, f))
+            graphs[key] = lowered_graph(path, [key[1]])
     rounds = max(4, int(seconds * 8))
     stats = time_side_by_side(runs, Protocol(warmup_s=seconds / 4, round_s=seconds / 4, min_rounds=rounds,
                                              max_rounds=2 * rounds))
     measured_ms = {key: stats[key].min_ms if statistic == "min" else stats[key].median_ms for key in stats}
     factors = {key: _solve_efficiency(graphs[key], data, measured_ms[key], "compute") for key in graphs}
-    compute = factors["fp32"] if len(factors) == 1 else round(float(np.sqrt(factors["fp32"] * factors["int8"])), 4)
+    # one factor for every precision and size: the geometric mean, the factor whose worst
+    # relative error over the calibration runs is smallest when they differ by a constant ratio
+    compute = round(float(np.exp(np.mean(np.log(list(factors.values()))))), 4)
     data["efficiency"]["compute"] = compute
-    gflops = graphs["fp32"].flops / 1e9
-    measured = ", ".join(f"{k} {measured_ms[k]:.3g} ms (spread {stats[k].spread:.0%}) -> {v:.3g}"
-                         for k, v in factors.items())
+    measured = ", ".join(f"{k[0]} {k[1][2]}x{k[1][3]} ({graphs[k].flops / 1e9:.2f} GFLOP) {measured_ms[k]:.3g} ms "
+                         f"(spread {stats[k].spread:.0%}) -> {v:.3g}" for k, v in factors.items())
     data["efficiency"]["source"] = (
-        f"{data['efficiency']['source'].replace(UNCALIBRATED, '')}; compute {compute:g} calibrated so the roofline estimate of a "
-        f"{len(CALIBRATION_CNN)}-layer 3x3-conv CNN at batch 1 ({gflops:.2f} GFLOP, {CALIBRATION_INPUT[2]}x"
-        f"{CALIBRATION_INPUT[3]} input) equals its {'fastest run' if statistic == 'min' else 'median'} under the build timing protocol ({measured}"
-        f"{'; geometric mean kept' if len(factors) > 1 else ''}); bandwidth {data['efficiency']['bandwidth']:g} = "
+        f"{data['efficiency']['source'].replace(UNCALIBRATED, '')}; compute {compute:g} calibrated so the roofline "
+        f"estimates of a {len(CALIBRATION_CNN)}-layer 3x3-conv CNN at batch 1 match its "
+        f"{'fastest run' if statistic == 'min' else 'median'} under the build timing protocol ({measured}; "
+        f"geometric mean kept); bandwidth {data['efficiency']['bandwidth']:g} = "
         f"{gemv:.1f} GB/s of a batch-1 MatMul over a 64 MiB weight / {copy_gbs:.1f} GB/s copy"
         f"{_load_note()}")
     return data
