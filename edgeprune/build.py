@@ -18,7 +18,7 @@ from edgeprune import __version__
 from edgeprune.backends import Artifact, LowerRequest, get_backend
 from edgeprune.backends.onnx_export import export_onnx
 from edgeprune.errors import InputError, UnsupportedError
-from edgeprune.gate import Budgets, check_budgets
+from edgeprune.gate import Budgets, check_budgets, check_latency
 from edgeprune.measure.agent_client import AgentClient, UploadModel, upload_format
 from edgeprune.measure.local import host_mismatch, local_device, measure_onnx_files
 from edgeprune.output import check_output_folder, staged_output
@@ -75,9 +75,7 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
     if workload.task == "causal-lm":
         _check_causal_lm_plan(plan)
     backend = get_backend(plan.format)
-    request = LowerRequest(precision=plan.precision, profile=profile,
-                           calibration=workload.calibration_batches(), sparsity=plan.kind,
-                           nm=plan.nm or (2, 4), palettize=options.palettize)
+    request = _lower_request(plan, profile, workload, options)
     backend.check(request)
     # Reach the device before the long stages, so a wrong token or URL fails in a second.
     agent = _connect_agent(options.device) if options.device else None
@@ -91,6 +89,8 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
     recover_steps = options.recover
     if plan.search is not None:
         plan, recover_steps, search_section = _search(workload, profile, plan, options, step, agent)
+        request = _lower_request(plan, profile, workload, options)  # the search may have chosen a precision
+        backend.check(request)
     with step("count parameters and MACs"):
         before = model_stats(dense, workload.example_inputs)
     with step(f"prune ({plan.kind})"):
@@ -136,6 +136,11 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
             report["notes"].append(f"verification failed: {verification.detail}")
         write_report(report, stage)
     return report
+
+
+def _lower_request(plan: Plan, profile: Profile, workload: Workload, options: BuildOptions) -> LowerRequest:
+    return LowerRequest(precision=plan.precision, profile=profile, calibration=workload.calibration_batches(),
+                        sparsity=plan.kind, nm=plan.nm or (2, 4), palettize=options.palettize)
 
 
 def _strategy_section(plan: Plan, prune_details: dict, pruned: bool) -> dict:
@@ -402,6 +407,15 @@ def _measure_here(artifact: Artifact, baseline: Path, same_as_baseline: bool, wo
         files["baseline"] = baseline
     start = time.perf_counter()
     stats = measure_onnx_files(files, workload.example_inputs, options.threads)
+    remeasured = None
+    if _undecided(stats["artifact"], options.budgets):
+        # One noisy round decides the spread; other load only ever slows runs down, so of two
+        # measurements the quieter is the truer one. Both spreads go into the report.
+        again = measure_onnx_files(files, workload.example_inputs, options.threads)
+        remeasured = {"first_spread": round(stats["artifact"].spread, 4),
+                      "second_spread": round(again["artifact"].spread, 4)}
+        if again["artifact"].spread < stats["artifact"].spread:
+            stats = again
     seconds = time.perf_counter() - start
     mine = stats["artifact"]
     base = stats.get("baseline", mine)
@@ -415,7 +429,17 @@ def _measure_here(artifact: Artifact, baseline: Path, same_as_baseline: bool, wo
         "baseline_median_ms": round(base.median_ms, 4),
         "speedup": round(base.median_ms / mine.median_ms, 4),
         "seconds": round(seconds, 2),
+        **({"remeasured": remeasured} if remeasured else {}),
     }
+
+
+def _undecided(stats, budgets: Budgets) -> bool:
+    """Returns whether a measurement is too noisy to decide the latency budget (see gate)."""
+    if budgets.latency_ms is None:
+        return False
+    value = stats.median_ms if budgets.latency_stat == "median" else stats.p90_ms
+    latency = {"source": "measured", f"{budgets.latency_stat}_ms": value, "spread": stats.spread}
+    return check_latency(latency, budgets).get("note", "").startswith("undecided")
 
 
 def _device_upload(artifact: Artifact) -> UploadModel:

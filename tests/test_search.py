@@ -55,3 +55,16 @@ def test_sweep_writes_table_plot_and_resumes_from_cache(tmp_path):
     assert "| structured 0.50 |" in (out / "sweep.md").read_text()
     again = run_cli(*args)
     assert json.loads(again.stdout)["candidates"] == summary["candidates"]  # served from the cache
+
+
+def test_a_precision_the_search_chooses_is_the_precision_that_ships(tmp_path):
+    # int8 alone brings the digits CNN under 1.5 MB (4.7 MB in fp32) without pruning; the
+    # final artifact must be lowered at the precision the search chose, not the plan's first
+    out = tmp_path / "int8"
+    proc = run_cli("build", str(DIGITS), "--profile", "x86-avx2", "-o", str(out), "--max-size-mb", "1.5",
+                   "--max-accuracy-drop", "0.02", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["search"]["chosen"] == "dense + int8"
+    assert report["artifact"]["precision"] == "int8" and report["strategy"]["quantization"] == "int8"
+    assert report["artifact"]["size_bytes"] <= 1.5e6 and report["passed"]
