@@ -19,6 +19,7 @@ from edgeprune.backends import Artifact, LowerRequest, get_backend
 from edgeprune.backends.onnx_export import export_onnx
 from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.gate import Budgets, check_budgets, check_latency
+from edgeprune.llm.hf import is_hf_causal_lm_workload
 from edgeprune.measure.agent_client import AgentClient, UploadModel, upload_format
 from edgeprune.measure.local import host_mismatch, local_device, measure_onnx_files
 from edgeprune.output import check_output_folder, staged_output
@@ -72,7 +73,7 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
         profile = load_profile(options.profile)
     plan = make_plan(workload, profile, options.strategy, options.sparsity, options.quantize,
                      options.format, options.criterion, options.nm, options.budgets)
-    if workload.task == "causal-lm":
+    if is_hf_causal_lm_workload(workload):
         _check_causal_lm_plan(plan)
     backend = get_backend(plan.format)
     request = _lower_request(plan, profile, workload, options)
@@ -121,7 +122,7 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
             predict = backend.predictor(artifact)
             verification = _verify(model, predict, workload, plan, backend, artifact, request)
         report["artifact"] = _artifact_section(artifact, final, stage, verification)
-        if workload.task == "causal-lm":
+        if is_hf_causal_lm_workload(workload):
             with step("save the pruned model as a Hugging Face directory"):
                 report["artifact"]["hf_model"] = _save_causal_lm(model, workload, stage, final)
         report["notes"] += artifact.notes
@@ -183,7 +184,7 @@ def _prune(workload: Workload, plan: Plan, profile: Profile, recover_steps: int 
     """Returns the pruned model (a copy; the dense model stays the baseline) and its details."""
     if plan.kind == "none" or (plan.sparsity == 0.0 and plan.kind != "nm"):
         return workload.model, {}
-    if workload.task == "causal-lm":
+    if is_hf_causal_lm_workload(workload):
         return _prune_causal_lm(workload, plan, profile, recover_steps)
     from edgeprune.prune import config_for, prune_, recover
 

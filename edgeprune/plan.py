@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from edgeprune.errors import InputError
 from edgeprune.gate import Budgets
 from edgeprune.layers import Layer, inventory
+from edgeprune.llm.hf import is_hf_causal_lm_workload
 from edgeprune.profile import Profile
 from edgeprune.workload import Workload
 
@@ -192,7 +193,7 @@ def make_plan(
     if strategy == "auto":
         kind, why, details = choose_strategy(inventory(workload.model, workload.example_inputs), profile, budgets, fmt)
         reasons += why
-        if kind == "hybrid" and workload.task == "causal-lm":
+        if kind == "hybrid" and is_hf_causal_lm_workload(workload):
             kind = "structured"
             reasons.append("a causal LM keeps its embeddings and LM head dense, so the block widths are pruned "
                            "instead (structured)")

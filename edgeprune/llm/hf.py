@@ -28,3 +28,14 @@ def is_causal_lm(model: object) -> bool:
     except ImportError:
         return False
     return isinstance(model, PreTrainedModel) and model.get_output_embeddings() is not None
+
+
+def is_hf_causal_lm_workload(workload: object) -> bool:
+    """Returns whether a Workload wraps a transformers causal LM (pruned by edgeprune.llm).
+
+    A hand-written decoder with ``task='causal-lm'`` is not one: the general engines prune it.
+    """
+    if getattr(workload, "task", None) != "causal-lm":
+        return False
+    model = getattr(workload, "model", None)
+    return is_causal_lm(getattr(model, "lm", model))
