@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from cnn_variants import ResNet18Shaped  # noqa: E402
 from writeup import machine, write_section  # noqa: E402
 
 from edgeprune.backends.onnx_export import export_onnx  # noqa: E402
@@ -48,40 +48,6 @@ VARIANTS = {
     "unstructured 0.8": UnstructuredConfig(0.8),
     "2:4": NMConfig(2, 4),
 }
-
-
-class Basic(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.down is None else self.down(x)))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18's shape: 7x7 stem, max-pool, four stages of two basic blocks (64-512), 1000 classes."""
-
-    def __init__(self, classes: int = 1000) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
-        layers, cin = [], 64
-        for i, width in enumerate((64, 128, 256, 512)):
-            layers += [Basic(cin, width, 1 if i == 0 else 2), Basic(width, width, 1)]
-            cin = width
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(512, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
 
 
 def load_digits(weights: Path | None):
@@ -196,7 +162,7 @@ def main() -> None:
             rows += bench_model("digits CNN 32x32", model, (x_test[:1],), calibration, folder, args,
                                 accuracy=lambda p: digits.accuracy(p, x_test, y_test), finetune=finetune)
         if "resnet18" in args.models:
-            model = ResNet18().eval()
+            model = ResNet18Shaped().eval()
             example = (torch.randn(1, 3, 224, 224),)
             rows += bench_model("ResNet-18 224x224", model, example, [example], folder, args)
     text = table(rows, args.recover)

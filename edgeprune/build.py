@@ -19,7 +19,6 @@ from edgeprune.backends import Artifact, LowerRequest, get_backend
 from edgeprune.backends.onnx_export import export_onnx
 from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.gate import Budgets, check_budgets, check_latency
-from edgeprune.llm.hf import is_hf_causal_lm_workload
 from edgeprune.measure.agent_client import AgentClient, UploadModel, upload_format
 from edgeprune.measure.local import host_mismatch, local_device, measure_onnx_files
 from edgeprune.output import check_output_folder, staged_output
@@ -28,7 +27,7 @@ from edgeprune.profile import Profile, load_profile
 from edgeprune.report import write_report
 from edgeprune.stats import model_stats
 from edgeprune.verify import Verification, verify_numeric
-from edgeprune.workload import Workload, load_workload
+from edgeprune.workload import Workload, is_hf_causal_lm_workload, load_workload
 
 VERIFY_BATCHES = 4
 
@@ -184,26 +183,34 @@ def _prune(workload: Workload, plan: Plan, profile: Profile, recover_steps: int 
     """Returns the pruned model (a copy; the dense model stays the baseline) and its details."""
     if plan.kind == "none" or (plan.sparsity == 0.0 and plan.kind != "nm"):
         return workload.model, {}
+    if recover_steps and not workload.finetune_data:
+        raise InputError("--recover needs Workload(finetune_data=...): the workload gives none")
     if is_hf_causal_lm_workload(workload):
-        return _prune_causal_lm(workload, plan, profile, recover_steps)
-    from edgeprune.prune import config_for, prune_, recover
+        model, details, masks = _prune_causal_lm(workload, plan, profile)
+    else:
+        model, details, masks = _prune_general(workload, plan, profile)
+    if recover_steps:
+        from edgeprune.prune import recover
+
+        before = _evaluate_torch(workload, model)
+        info = dict(recover(model, workload.model, workload.finetune_data, recover_steps, masks=masks))
+        info.update({"steps": recover_steps, "metric_before": before, "metric_after": _evaluate_torch(workload, model)})
+        details["recovery"] = info
+    return model, details
+
+
+def _prune_general(workload: Workload, plan: Plan, profile: Profile) -> tuple[torch.nn.Module, dict, dict | None]:
+    """Returns a CNN or transformer pruned by edgeprune.prune, its details and its masks."""
+    from edgeprune.prune import config_for, prune_
+    from edgeprune.prune.recover import recalibrate_batchnorm
 
     nm = f"{plan.nm[0]}:{plan.nm[1]}" if plan.nm else None
     config = config_for(plan.kind, None if plan.kind == "nm" else plan.sparsity, plan.criterion, nm, profile)
     result = prune_(workload.model, config, workload.calibration, workload.example_inputs)
     details = dict(result.details)
     if plan.kind in ("structured", "hybrid") and workload.calibration:
-        from edgeprune.prune.recover import recalibrate_batchnorm
-
         details["batchnorm_recalibrated"] = recalibrate_batchnorm(result.model, workload.calibration_batches())
-    if recover_steps:
-        if not workload.finetune_data:
-            raise InputError("--recover needs Workload(finetune_data=...): the workload gives none")
-        before = _evaluate_torch(workload, result.model)
-        info = dict(recover(result.model, workload.model, workload.finetune_data, recover_steps, masks=result.masks))
-        info.update({"steps": recover_steps, "metric_before": before, "metric_after": _evaluate_torch(workload, result.model)})
-        details["recovery"] = info
-    return result.model, details
+    return result.model, details, result.masks
 
 
 def _check_causal_lm_plan(plan: Plan) -> None:
@@ -217,31 +224,23 @@ def _check_causal_lm_plan(plan: Plan) -> None:
         raise InputError("structured causal-LM pruning scores with magnitude or wanda (restoration is its weight update)")
 
 
-def _prune_causal_lm(workload: Workload, plan: Plan, profile: Profile, recover_steps: int) -> tuple[torch.nn.Module, dict]:
-    """Returns a causal LM pruned block by block (edgeprune.llm) and its details.
+def _prune_causal_lm(workload: Workload, plan: Plan, profile: Profile) -> tuple[torch.nn.Module, dict, dict | None]:
+    """Returns a causal LM pruned block by block (edgeprune.llm), its details and its masks.
 
     Unstructured and N:M score with Wanda unless --criterion says otherwise (magnitude or
     sparsegpt); structured removes FFN neurons and whole key/value head groups, widths rounded
     to the profile's channel multiple, and restores the next projection by least squares.
     """
     from edgeprune.llm import prune_causal_lm
-    from edgeprune.prune import recover
 
     _check_causal_lm_plan(plan)
-    criterion = plan.criterion or "wanda"
-    result = prune_causal_lm(workload.model, plan.kind, plan.sparsity, workload.calibration, criterion=criterion,
-                             nm=plan.nm or (2, 4), multiple=int(profile.channel_multiple.value) if plan.kind == "structured" else 1)
-    details = dict(result.details)
-    if recover_steps:
-        if not workload.finetune_data:
-            raise InputError("--recover needs Workload(finetune_data=...): the workload gives none")
-        masks = ({name: p != 0 for name, p in result.model.named_parameters() if p.dim() == 2}
-                 if plan.kind in ("unstructured", "nm") else None)
-        before = _evaluate_torch(workload, result.model)
-        info = dict(recover(result.model, workload.model, workload.finetune_data, recover_steps, masks=masks))
-        info.update({"steps": recover_steps, "metric_before": before, "metric_after": _evaluate_torch(workload, result.model)})
-        details["recovery"] = info
-    return result.model, details
+    multiple = int(profile.channel_multiple.value) if plan.kind == "structured" else 1
+    result = prune_causal_lm(workload.model, plan.kind, plan.sparsity, workload.calibration,
+                             criterion=plan.criterion or "wanda", nm=plan.nm or (2, 4), multiple=multiple)
+    # the zeros of unstructured and N:M sparsity stay zeros through recovery
+    masks = ({name: p != 0 for name, p in result.model.named_parameters() if p.dim() == 2 and bool((p == 0).any())}
+             if plan.kind in ("unstructured", "nm") else None)
+    return result.model, dict(result.details), masks
 
 
 def _save_causal_lm(model: torch.nn.Module, workload: Workload, stage: Path, final: Path) -> dict:
@@ -325,9 +324,11 @@ def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifac
         if artifact.latency is not None:  # the backend timed it on its own runtime (an engine on this GPU)
             section = dict(artifact.latency)
         elif agent is not None:
-            section = _measure_on_agent(agent, artifact, baseline, same_as_baseline, workload, options)
+            section = _measure_decisively(lambda: _measure_on_agent(agent, artifact, baseline, same_as_baseline,
+                                                                    workload, options), options.budgets)
         elif reason is None:
-            section = _measure_here(artifact, baseline, same_as_baseline, workload, options)
+            section = _measure_decisively(lambda: _measure_here(artifact, baseline, same_as_baseline, workload,
+                                                                options), options.budgets)
         elif estimate.get("estimated_ms") is not None:  # no device: the estimate stands in, labelled
             section = {
                 "source": "estimated",
@@ -408,15 +409,6 @@ def _measure_here(artifact: Artifact, baseline: Path, same_as_baseline: bool, wo
         files["baseline"] = baseline
     start = time.perf_counter()
     stats = measure_onnx_files(files, workload.example_inputs, options.threads)
-    remeasured = None
-    if _undecided(stats["artifact"], options.budgets):
-        # One noisy round decides the spread; other load only ever slows runs down, so of two
-        # measurements the quieter is the truer one. Both spreads go into the report.
-        again = measure_onnx_files(files, workload.example_inputs, options.threads)
-        remeasured = {"first_spread": round(stats["artifact"].spread, 4),
-                      "second_spread": round(again["artifact"].spread, 4)}
-        if again["artifact"].spread < stats["artifact"].spread:
-            stats = again
     seconds = time.perf_counter() - start
     mine = stats["artifact"]
     base = stats.get("baseline", mine)
@@ -430,17 +422,23 @@ def _measure_here(artifact: Artifact, baseline: Path, same_as_baseline: bool, wo
         "baseline_median_ms": round(base.median_ms, 4),
         "speedup": round(base.median_ms / mine.median_ms, 4),
         "seconds": round(seconds, 2),
-        **({"remeasured": remeasured} if remeasured else {}),
     }
 
 
-def _undecided(stats, budgets: Budgets) -> bool:
-    """Returns whether a measurement is too noisy to decide the latency budget (see gate)."""
-    if budgets.latency_ms is None:
-        return False
-    value = stats.median_ms if budgets.latency_stat == "median" else stats.p90_ms
-    latency = {"source": "measured", f"{budgets.latency_stat}_ms": value, "spread": stats.spread}
-    return check_latency(latency, budgets).get("note", "").startswith("undecided")
+def _measure_decisively(measure: Callable[[], dict], budgets: Budgets) -> dict:
+    """Returns ``measure()``'s latency section, measured once more if it cannot decide the budget.
+
+    One noisy round sets the spread, and a budget inside the spread is undecided (a failed
+    budget). Other load only ever slows runs down, so of two measurements the quieter is the
+    truer one; both spreads go into the report.
+    """
+    first = measure()
+    if budgets.latency_ms is None or not check_latency(first, budgets).get("note", "").startswith("undecided"):
+        return first
+    second = measure()
+    spreads = [float(m.get("spread") or 0.0) for m in (first, second)]
+    kept = second if spreads[1] < spreads[0] else first
+    return {**kept, "remeasured": {"first_spread": spreads[0], "second_spread": spreads[1]}}
 
 
 def _device_upload(artifact: Artifact) -> UploadModel:

@@ -7,9 +7,8 @@ from dataclasses import asdict, dataclass, field
 from edgeprune.errors import InputError
 from edgeprune.gate import Budgets
 from edgeprune.layers import Layer, inventory
-from edgeprune.llm.hf import is_hf_causal_lm_workload
 from edgeprune.profile import Profile
-from edgeprune.workload import Workload
+from edgeprune.workload import Workload, is_hf_causal_lm_workload
 
 STRATEGIES = ("auto", "none", "structured", "unstructured", "nm", "hybrid")
 QUANTIZE = ("auto", "none", "fp16", "int8")

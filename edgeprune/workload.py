@@ -112,3 +112,16 @@ def load_workload(spec: str | Path) -> Workload:
 
 def _is_windows_drive(text: str) -> bool:
     return len(text) > 1 and text[1] == ":" and text[0].isalpha() and text.count(":") == 1
+
+
+def is_hf_causal_lm_workload(workload: Workload) -> bool:
+    """Returns whether a Workload wraps a transformers causal LM (pruned by edgeprune.llm).
+
+    A hand-written decoder with ``task='causal-lm'`` is not one: the general engines prune it.
+    transformers is looked at only for causal-LM workloads.
+    """
+    if workload.task != "causal-lm":
+        return False
+    from edgeprune.llm.hf import is_causal_lm
+
+    return is_causal_lm(getattr(workload.model, "lm", workload.model))

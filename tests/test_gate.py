@@ -69,3 +69,17 @@ def test_side_by_side_protocol_orders_a_slow_and_a_fast_callable():
     assert stats["slow"].median_ms >= 4.0 and stats["fast"].median_ms >= 1.0
     assert stats["slow"].median_ms > stats["fast"].median_ms
     assert stats["slow"].runs >= 3 * stats["slow"].rounds and stats["slow"].p90_ms >= stats["slow"].median_ms
+
+
+def test_an_undecided_measurement_is_taken_once_more_and_the_quieter_kept():
+    from edgeprune.build import _measure_decisively
+
+    noisy, quiet = {**MEASURED, "median_ms": 9.0, "spread": 0.30}, {**MEASURED, "median_ms": 9.2, "spread": 0.05}
+    calls = iter([noisy, quiet])
+    kept = _measure_decisively(lambda: next(calls), Budgets(latency_ms=10))
+    assert kept["median_ms"] == 9.2 and kept["remeasured"] == {"first_spread": 0.30, "second_spread": 0.05}
+    assert check_budgets({"latency": kept}, Budgets(latency_ms=10))[0]["met"] is True
+    # a measurement that decides the budget is taken once, and so is one with no budget to decide
+    for budgets in (Budgets(latency_ms=10), Budgets()):
+        once = iter([quiet])
+        assert _measure_decisively(lambda it=once: next(it), budgets) == quiet

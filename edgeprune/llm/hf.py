@@ -17,7 +17,6 @@ def transformers() -> ModuleType:
         ) from exc
     # progress bars of loading and saving shards would interleave with the build's own steps
     module.utils.logging.disable_progress_bar()
-    module.utils.logging.set_verbosity_error()
     return module
 
 
@@ -29,13 +28,3 @@ def is_causal_lm(model: object) -> bool:
         return False
     return isinstance(model, PreTrainedModel) and model.get_output_embeddings() is not None
 
-
-def is_hf_causal_lm_workload(workload: object) -> bool:
-    """Returns whether a Workload wraps a transformers causal LM (pruned by edgeprune.llm).
-
-    A hand-written decoder with ``task='causal-lm'`` is not one: the general engines prune it.
-    """
-    if getattr(workload, "task", None) != "causal-lm":
-        return False
-    model = getattr(workload, "model", None)
-    return is_causal_lm(getattr(model, "lm", model))
