@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/edgeprune build targets/digits-x86.toml -o out/digits-x86
+	$(VENV)/bin/edgeprune build targets/digits-host.toml -o out/digits-host
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -1,7 +1,7 @@
 """The models the estimator is checked on: the digits CNN and a ResNet-18-shaped CNN, each
 dense, structured at 0.5 (the same network with half the channels, which is what
-structured pruning yields) and int8 (ONNX Runtime static QDQ: U8 activations, S8 weights,
-per channel)."""
+structured pruning yields), int8 (ONNX Runtime static QDQ: U8 activations, S8 weights,
+per channel) and both together."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("dense", "structured-0.5", "int8")
+VARIANTS = ("dense", "structured-0.5", "int8", "structured-0.5+int8")
 
 
 class BasicBlock(nn.Module):
@@ -114,7 +114,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
 
 
 def export_variants(model_name: str, folder: Path, size: int = 224) -> tuple[dict[str, Path], torch.Tensor]:
-    """Returns {variant: ONNX path} for dense, structured-0.5 and int8, and the input they take."""
+    """Returns {variant: ONNX path} for every variant in VARIANTS, and the input they take."""
     from edgeprune.backends.onnx_export import export_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,4 +135,5 @@ def export_variants(model_name: str, folder: Path, size: int = 224) -> tuple[dic
         g = torch.Generator().manual_seed(3)
         calib = [torch.rand(1, 3, size, size, generator=g).numpy() for _ in range(8)]
     paths["int8"] = quantize_int8(paths["dense"], folder / f"{model_name}-int8.onnx", calib)
+    paths["structured-0.5+int8"] = quantize_int8(paths["structured-0.5"], folder / f"{model_name}-half-int8.onnx", calib)
     return paths, x

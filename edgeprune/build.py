@@ -20,7 +20,8 @@ from edgeprune.backends.onnx_export import export_onnx
 from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.gate import Budgets, check_budgets, check_latency
 from edgeprune.measure.agent_client import AgentClient, UploadModel, upload_format
-from edgeprune.measure.local import host_mismatch, local_device, measure_onnx_files
+from edgeprune.host import Host
+from edgeprune.measure.local import StandIn, measure_onnx_files, stand_in
 from edgeprune.output import check_output_folder, staged_output
 from edgeprune.plan import Plan, make_plan
 from edgeprune.profile import Profile, load_profile
@@ -34,7 +35,11 @@ VERIFY_BATCHES = 4
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """Everything ``edgeprune build`` takes; each field is a CLI flag and a target-file key."""
+    """Everything ``edgeprune build`` takes; each field but ``host`` is a CLI flag and a target-file key.
+
+    ``host`` is the machine the build runs on (None: this one); the Python API and tests
+    pass another to ask what a build would decide there.
+    """
 
     model: str
     profile: str
@@ -50,6 +55,8 @@ class BuildOptions:
     budgets: Budgets = field(default_factory=Budgets)
     threads: int | None = None
     palettize: int | None = None
+    measure_here: bool = False
+    host: Host | None = None
 
 
 Step = Callable[[str], "contextmanager"]
@@ -77,6 +84,7 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
     backend = get_backend(plan.format)
     request = _lower_request(plan, profile, workload, options)
     backend.check(request)
+    stand_in(profile, plan.precision, options.host, options.measure_here, options.threads)  # bad flags fail now
     # Reach the device before the long stages, so a wrong token or URL fails in a second.
     agent = _connect_agent(options.device) if options.device else None
     preflight = getattr(backend, "preflight", None)
@@ -125,9 +133,10 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
             with step("save the pruned model as a Hugging Face directory"):
                 report["artifact"]["hf_model"] = _save_causal_lm(model, workload, stage, final)
         report["notes"] += artifact.notes
-        with step("measure latency" if agent or host_mismatch(profile) is None else "estimate latency"):
+        here = stand_in(profile, plan.precision, options.host, options.measure_here, options.threads)
+        with step("measure latency" if agent or (here.here and artifact.measure_path) else "estimate latency"):
             report["latency"], report["memory"] = _latency(workload, profile, plan, artifact, dense, model,
-                                                           options, agent)
+                                                           options, agent, here)
         with step("evaluate accuracy on the artifact"):
             report["accuracy"] = _with_recovery(_accuracy(workload, predict, backend, artifact), prune_details)
         report["budgets"] = check_budgets(report, options.budgets)
@@ -161,7 +170,7 @@ def _search(workload: Workload, profile: Profile, plan: Plan, options: BuildOpti
 
     with (step(f"search {plan.kind} sparsity in [{plan.search[0]:g}, {plan.search[1]:g}] for the budgets"),
           CandidateEvaluator(workload, profile, plan, options.budgets, options.criterion, options.threads,
-                             agent=agent) as evaluator):
+                             agent=agent, host=options.host, measure_here=options.measure_here) as evaluator):
         result = search(evaluator, options.recover or None)
     best = result.chosen or (result.nearest(1) or [None])[0]
     section = result.to_dict()
@@ -302,16 +311,19 @@ def _connect_agent(url: str) -> AgentClient:
 
 
 def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifact, dense: torch.nn.Module,
-             model: torch.nn.Module, options: BuildOptions, agent: AgentClient | None = None) -> tuple[dict, dict]:
+             model: torch.nn.Module, options: BuildOptions, agent: AgentClient | None = None,
+             here: StandIn | None = None) -> tuple[dict, dict]:
     """Returns the latency and memory sections of the report.
 
     Latency is measured on the device through its agent (``--device``), measured here when
-    this machine is the profile's device, and otherwise estimated from the profile with the
-    roofline estimator. The estimate is always in ``estimated_ms``, so its error shows
-    wherever a measurement exists.
+    this machine stands in for the profile's device (same kernels, enough cores: ``here``)
+    or the user says it does (``--measure-here``), and otherwise estimated from the profile
+    with the roofline estimator. The estimate is always in ``estimated_ms``, so its error
+    shows wherever a measurement exists.
     """
     shapes = [tuple(int(d) for d in t.shape) for t in workload.example_inputs]
-    reason = host_mismatch(profile)
+    here = here or stand_in(profile, plan.precision, options.host, options.measure_here, options.threads)
+    reason = None if here.here else here.reason
     if reason is None and artifact.measure_path is None:
         reason = f"{artifact.format} artifacts cannot run on this machine"
     same_as_baseline = model is dense and plan.precision == "fp32" and artifact.format == "onnx"
@@ -328,7 +340,7 @@ def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifac
                                                                     workload, options), options.budgets)
         elif reason is None:
             section = _measure_decisively(lambda: _measure_here(artifact, baseline, same_as_baseline, workload,
-                                                                options), options.budgets)
+                                                                here), options.budgets)
         elif estimate.get("estimated_ms") is not None:  # no device: the estimate stands in, labelled
             section = {
                 "source": "estimated",
@@ -402,21 +414,24 @@ def _memory(graph: Path, shapes: list[tuple[int, ...]], precision: str | None) -
 
 
 def _measure_here(artifact: Artifact, baseline: Path, same_as_baseline: bool, workload: Workload,
-                  options: BuildOptions) -> dict:
-    """Returns the latency measured on this machine, side by side with the dense baseline."""
+                  here: StandIn) -> dict:
+    """Returns the latency measured on this machine, side by side with the dense baseline.
+
+    The section says what it was measured on and why that stands for the profile's device.
+    """
     files = {"artifact": artifact.measure_path}
     if not same_as_baseline:
         files["baseline"] = baseline
     start = time.perf_counter()
-    stats = measure_onnx_files(files, workload.example_inputs, options.threads)
+    stats = measure_onnx_files(files, workload.example_inputs, here.threads)
     seconds = time.perf_counter() - start
     mine = stats["artifact"]
     base = stats.get("baseline", mine)
     return {
         "source": "measured",
-        "device": local_device(),
+        "device": f"local: {here.host}",
         "runtime": "onnxruntime " + _ort_version(),
-        "threads": options.threads or _threads(),
+        **here.to_dict(),
         "batch": int(workload.example_inputs[0].shape[0]),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in mine.to_dict().items()},
         "baseline_median_ms": round(base.median_ms, 4),
@@ -525,12 +540,6 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def _threads() -> int:
-    from edgeprune.host import this_host
-
-    return this_host().cores
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -14,7 +14,8 @@ import torch
 from edgeprune import __version__
 from edgeprune.backends import LowerRequest, get_backend
 from edgeprune.gate import Budgets, check_budgets
-from edgeprune.measure.local import host_mismatch, measure_onnx_files
+from edgeprune.host import Host, this_host
+from edgeprune.measure.local import measure_onnx_files, stand_in
 from edgeprune.measure.protocol import Protocol
 from edgeprune.plan import Plan, precision_for
 from edgeprune.profile import Profile
@@ -89,13 +90,14 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 class CandidateEvaluator:
     """Prunes, lowers, times and scores candidates of one plan; results are cached on disk.
 
-    Latency is measured on this machine when it is the profile's device, and estimated
-    otherwise (labelled so); accuracy is scored on the artifact where it runs here.
+    Latency is measured on this machine when it stands in for the profile's device (or
+    ``measure_here`` says so), and estimated otherwise (labelled so); accuracy is scored on
+    the artifact where it runs here.
     """
 
     def __init__(self, workload: Workload, profile: Profile, plan: Plan, budgets: Budgets,
                  criterion: str | None = None, threads: int | None = None, use_cache: bool = True,
-                 agent=None) -> None:
+                 agent=None, host: Host | None = None, measure_here: bool = False) -> None:
         self.workload = workload
         self.profile = profile
         self.plan = plan
@@ -104,12 +106,15 @@ class CandidateEvaluator:
         self.threads = threads
         self.use_cache = use_cache
         self.agent = agent
+        self.host = host or this_host()
+        self.measure_here = measure_here
         self._baseline_metric: float | None = None
         self._artifacts: dict = {}
         self._workdir = tempfile.TemporaryDirectory(prefix="edgeprune-candidates-")
         profile_text = profile.path.read_text() if profile.path else profile.model_dump_json()
         self._key_base = json.dumps([__version__, model_fingerprint(workload.model), profile_text,
-                                     plan.format, criterion, plan.nm, host_mismatch(profile) is None,
+                                     plan.format, criterion, plan.nm, threads, measure_here,
+                                     [self.host.description, sorted(self.host.flags)],
                                      agent.url if agent is not None else None])
 
     # ------------------------------------------------------------------ cache
@@ -264,8 +269,9 @@ class CandidateEvaluator:
             reply = self.agent.measure([_device_upload(artifact)],
                                        [t.detach().cpu().numpy() for t in self.workload.example_inputs], self.threads)
             return float(reply["results"]["artifact"][stat]), "measured"
-        if host_mismatch(self.profile) is None and artifact.measure_path is not None:
-            stats = measure_onnx_files({"a": artifact.measure_path}, self.workload.example_inputs, self.threads,
+        here = stand_in(self.profile, artifact.precision, self.host, self.measure_here, self.threads)
+        if here.here and artifact.measure_path is not None:
+            stats = measure_onnx_files({"a": artifact.measure_path}, self.workload.example_inputs, here.threads,
                                        Protocol(warmup_s=0.1, round_s=0.1, min_rounds=5, max_rounds=12))["a"]
             return getattr(stats, stat), "measured"
         from edgeprune.build import _estimate_graph

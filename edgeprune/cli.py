@@ -40,15 +40,16 @@ def profiles() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def profiles_list(as_json: bool) -> None:
     """List the known profiles."""
-    from edgeprune.profile import available_profiles, load_profile_file
+    from edgeprune.profile import HOST_PROFILE, available_profiles, load_profile, load_profile_file
 
     rows = []
-    for name, path in available_profiles().items():
-        p = load_profile_file(path)
+    found = [(name, load_profile_file(path), str(path)) for name, path in available_profiles().items()]
+    for name, p, path in [*found, (HOST_PROFILE, load_profile(HOST_PROFILE), None)]:
         rows.append({
             "name": name, "family": p.family, "formats": p.formats, "precisions": p.precisions,
             "sparsity": ["structured"] + [k for k in ("nm", "unstructured") if getattr(p.sparsity, k)],
-            "description": p.description, "path": str(path),
+            "kernels": {c: p.kernel_class(c) for c in ("fp32", "int8")} if p.family in ("x86", "arm", "custom") else {},
+            "description": p.description, "path": path,
         })
     if as_json:
         _emit_json(rows)
@@ -78,6 +79,10 @@ def profiles_show(name: str, as_json: bool) -> None:
     table.add_row("channel multiple", f"{p.channel_multiple.value:g}", p.channel_multiple.source)
     table.add_row("memory bandwidth", f"{p.memory_bandwidth_gbs.value:g} GB/s", p.memory_bandwidth_gbs.source)
     table.add_row("memory", f"{p.memory_gb.value:g} GB", p.memory_gb.source)
+    if p.cores or p.cpu_flags:
+        kernels = ", ".join(f"{c} {p.kernel_class(c) or 'unknown'}" for c in ("fp32", "int8"))
+        table.add_row("CPU", f"{p.cores or '?'} cores; kernels {kernels}",
+                      "stated in kernels" if p.kernels else f"derived from cpu_flags: {', '.join(p.cpu_flags) or 'none'}")
     for prec, c in p.compute.items():
         sparse = f" / {c.sparse_tops:g} sparse" if c.sparse_tops else ""
         table.add_row(f"peak {prec}", f"{c.dense_tops:g} TOPS dense{sparse}", c.source)
@@ -140,7 +145,11 @@ def _build_options(func):
         click.option("--max-accuracy-drop", type=float, help="Largest allowed metric drop (e.g. 0.01 = 1 point)."),
         click.option("--estimate-margin", type=float, help="Margin an estimated latency must clear (default 0.2)."),
         click.option("--device", help="URL of an edgeprune agent on the device (http://HOST:PORT)."),
-        click.option("--threads", type=click.IntRange(min=1), help="Runtime threads when measuring here."),
+        click.option("--threads", type=click.IntRange(min=1),
+                     help="Runtime threads when measuring here (default: the profile's cores)."),
+        click.option("--measure-here", is_flag=True, default=None,
+                     help="Measure on this machine even where its CPU is not the profile's (different kernels "
+                          "or fewer cores); the report records it and how the machine differs."),
         click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Build folder."),
         click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout."),
     ]
@@ -177,6 +186,8 @@ def _merge(spec: str, given: dict):
         plain["format"] = plain.pop("fmt")
     if plain.get("sparsity") is not None:
         plain["sparsity"] = _number("sparsity", plain["sparsity"])
+    if not isinstance(plain.get("measure_here", False), bool):
+        raise InputError(f"measure-here must be true or false, got {plain['measure_here']!r}")
     return BuildOptions(**plain, budgets=budgets)
 
 
@@ -272,9 +283,11 @@ def _csv(kind: type, text: str, flag: str) -> list:
 @click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "coreml", "tensorrt"]), default="auto")
 @click.option("--criterion", default=None)
 @click.option("--no-cache", is_flag=True, help="Re-evaluate candidates even when cached.")
+@click.option("--measure-here", is_flag=True,
+              help="Measure on this machine even where its CPU is not the profile's (see build --help).")
 @click.option("--json", "as_json", is_flag=True)
 def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsities: str, quantize: str, fmt: str,
-              criterion: str | None, no_cache: bool, as_json: bool) -> None:
+              criterion: str | None, no_cache: bool, measure_here: bool, as_json: bool) -> None:
     """Evaluate strategies x sparsities x quantization; write the table and the Pareto plot."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -300,7 +313,8 @@ def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsitie
     if bad:
         raise InputError(f"--quantize: unknown precision {bad[0]!r} (none, fp16, int8)")
     candidates = grid(kinds, amounts, precisions)
-    with (CandidateEvaluator(workload, prof, plan, Budgets(), criterion, use_cache=not no_cache) as evaluator,
+    with (CandidateEvaluator(workload, prof, plan, Budgets(), criterion, use_cache=not no_cache,
+                             measure_here=measure_here) as evaluator,
           Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=err, transient=False) as bar):
         task = bar.add_task("sweep", total=len(candidates))

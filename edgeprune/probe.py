@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgeprune.backends import onnx_runtime
-from edgeprune.host import RELEVANT_FLAGS, this_host
+from edgeprune.host import FULL_RANGE_INT8, RELEVANT_FLAGS, memory_gb, this_host
 from edgeprune.profile import load_profile_file
 
 
@@ -275,16 +275,6 @@ def _load_note() -> str:
     return "" if load is None else f"; load average {load * this_host().cores:.1f} on {this_host().cores} cores while probing"
 
 
-def _memory_gb() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    return 1.0
-
-
 def probe_host(name: str | None = None, seconds: float = 1.0, calibrate: bool = True,
                threads: int | None = None) -> dict:
     """Returns profile data for this machine, every number measured here or read from the OS.
@@ -306,7 +296,8 @@ def probe_host(name: str | None = None, seconds: float = 1.0, calibrate: bool = 
                                   "source": f"{where}: ONNX Runtime {kernel}, fastest run of square sizes "
                                             f"{', '.join(map(str, GEMM_SIZES))}"}
     flags = sorted(f for f in RELEVANT_FLAGS if f in host.flags)
-    vnni = bool({"avx512_vnni", "avx_vnni"} & host.flags)
+    kernels = {p: c for p in ("fp32", "int8") if (c := host.kernel_class(p)) is not None}
+    full_range = not host.is_x86 or kernels.get("int8") in FULL_RANGE_INT8  # VNNI, AVX-VNNI or AMX
     simd_lanes = 16 if "avx512f" in host.flags else 8 if "avx2" in host.flags else 4
     hostname = re.sub(r"[^a-z0-9._-]+", "-", platform.node().lower()).strip("-") or "host"
     data = {
@@ -316,12 +307,13 @@ def probe_host(name: str | None = None, seconds: float = 1.0, calibrate: bool = 
                        + (f", using {threads} of its cores" if threads != host.cores else ""),
         "formats": ["onnx"],
         "precisions": list(compute),
-        "int8_activation": "s8" if vnni else "u8",
+        "int8_activation": "s8" if full_range else "u8",
         "cores": threads,
         "cpu_flags": flags,
+        "kernels": kernels,
         "channel_multiple": {"value": simd_lanes, "source": f"{where}: fp32 SIMD lanes of the widest vector unit"},
         "memory_bandwidth_gbs": {"value": round(memory_bandwidth_gbs(seconds), 2), "source": f"{where}: numpy copy of 256 MiB"},
-        "memory_gb": {"value": _memory_gb(), "source": f"{where}: /proc/meminfo MemTotal"},
+        "memory_gb": {"value": memory_gb(), "source": f"{where}: /proc/meminfo MemTotal"},
         "compute": compute,
         "sparsity": {"source": "ONNX Runtime's CPU kernels are dense: unstructured and N:M zeros are computed like any other weight"},
         "efficiency": {

@@ -11,10 +11,12 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeprune.errors import InputError
+from edgeprune.host import FP32_CLASSES, FULL_RANGE_INT8, INT8_CLASSES, RELEVANT_FLAGS, Host, isa_of, kernel_class, memory_gb
 
 Format = Literal["onnx", "coreml", "tensorrt"]
 Precision = Literal["fp32", "fp16", "int8"]
 PROFILE_PATH_ENV = "EDGEPRUNE_PROFILE_PATH"
+HOST_PROFILE = "host"  # reserved: the profile derived from this machine (see host_profile)
 
 
 class _Strict(BaseModel):
@@ -94,6 +96,9 @@ class Profile(_Strict):
     memory_gb: Cited
     cores: int | None = Field(None, ge=1, description="CPU cores (x86 and probed profiles)")
     cpu_flags: list[str] = Field(default_factory=list)
+    kernels: dict[Precision, str] = Field(
+        default_factory=dict, description="ONNX Runtime CPU kernel class per precision; derived from cpu_flags if absent"
+    )
     compute: dict[Precision, PeakCompute]
     sparsity: SparsitySupport
     efficiency: Efficiency
@@ -108,7 +113,41 @@ class Profile(_Strict):
             raise ValueError("a profile with the coreml format needs min_deployment_target")
         if self.sparsity.nm is not None and not any(c.sparse_tops for c in self.compute.values()):
             raise ValueError("sparsity.nm is set but no [compute.*] states sparse_tops")
+        for precision, stated in self.kernels.items():
+            known = INT8_CLASSES if precision == "int8" else FP32_CLASSES
+            if stated not in known:
+                raise ValueError(f"kernels.{precision} is {stated!r}; known classes: {', '.join(known)}")
+            derived = self._derived_kernel_class(precision)
+            if self.cpu_flags and derived != stated:
+                raise ValueError(f"kernels.{precision} is {stated!r} but cpu_flags select {derived!r}")
         return self
+
+    @property
+    def isa(self) -> str | None:
+        """Returns "x86" or "arm" for a CPU profile, from its family or its flags."""
+        if self.family == "x86":
+            return "x86"
+        if self.family == "arm":
+            return "arm"
+        return isa_of(self.cpu_flags)
+
+    def _derived_kernel_class(self, precision: str) -> str | None:
+        return kernel_class(self.cpu_flags, precision, self.isa)
+
+    def kernel_class(self, precision: str) -> str | None:
+        """Returns the class of ONNX Runtime CPU kernels the device runs for a precision.
+
+        Stated in ``kernels`` or derived from ``cpu_flags``; None where the profile says neither.
+        """
+        key = "fp32" if precision == "fp16" and "fp16" not in self.kernels else precision
+        return self.kernels.get(key) or self._derived_kernel_class(precision)
+
+    @property
+    def int8_full_range(self) -> bool:
+        """Returns whether full-range int8 weights are safe on the device (no 16-bit saturation)."""
+        if self.isa != "x86":
+            return True
+        return self.kernel_class("int8") in FULL_RANGE_INT8
 
     @property
     def preferred_format(self) -> str:
@@ -176,11 +215,78 @@ def available_profiles() -> dict[str, Path]:
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    """Returns the profile named (searched in the registry) or at a path to a .toml file."""
+    """Returns the profile named (searched in the registry) or at a path to a .toml file.
+
+    ``host`` is this machine's own profile (``host_profile``).
+    """
     text = str(name_or_path)
+    if text == HOST_PROFILE:
+        from edgeprune.host import this_host
+
+        return host_profile(this_host())
     if text.endswith(".toml") or os.sep in text or Path(text).is_file():
         return load_profile_file(text)
     return _load_named(text, str(available_profiles().get(text, "")))
+
+
+# fp32 FLOP per cycle per core, and int8 operations per fp32 FLOP, by kernel class
+# (Intel and Arm optimization manuals: two FMA units; VNNI/AMX per-core int8 rates)
+_FP32_FLOP_PER_CYCLE = {"sse": 16, "avx2": 32, "avx512": 64, "neon": 16}
+_INT8_PER_FP32 = {"sse": 2, "avx2": 2, "avx512-core": 2, "avx-vnni": 4, "avx512-vnni": 4, "amx": 32,
+                  "neon": 2, "neon-dot": 4, "neon-i8mm": 8}
+_ASSUMED_GHZ = 2.5
+
+
+@lru_cache(maxsize=8)
+def host_profile(host: Host) -> Profile:
+    """Returns the profile of a machine, derived from its CPU flags, cores and OS figures.
+
+    This machine is then its own device: its kernels are the profile's by construction, so a
+    build for ``--profile host`` is measured here. The peaks are derived from the kernel
+    classes and the clock the OS reports (not measured); ``edgeprune profiles probe`` writes
+    a measured profile of the same machine.
+    """
+    isa = host.isa
+    fp32 = kernel_class(host.flags, "fp32", isa)
+    int8 = kernel_class(host.flags, "int8", isa)
+    ghz = (host.mhz or 0) / 1000 or _ASSUMED_GHZ
+    clock = (f"{ghz:.2f} GHz (cpu MHz in /proc/cpuinfo)" if host.mhz else f"{_ASSUMED_GHZ} GHz (assumed: the OS "
+             "reports no clock)")
+    flop = _FP32_FLOP_PER_CYCLE.get(fp32 or "", 8)
+    fp32_tops = flop * ghz * host.cores / 1000
+    int8_tops = fp32_tops * _INT8_PER_FP32.get(int8 or "", 1)
+    derived = f"derived from this machine's CPU flags: {fp32} fp32 kernels, {flop} FLOP/cycle/core x {clock} x {host.cores} cores"
+    flags = sorted(f for f in RELEVANT_FLAGS if f in host.flags)
+    family = {"x86": "x86", "arm": "arm"}.get(isa or "", "custom")
+    data = {
+        "name": HOST_PROFILE,
+        "family": family,
+        "description": f"this machine: {host.description}, ONNX Runtime; derived from its CPU flags "
+                       "(`edgeprune profiles probe` measures it)",
+        "formats": ["onnx"],
+        "precisions": ["fp32", "fp16", "int8"],
+        "int8_activation": "s8" if isa != "x86" or int8 in FULL_RANGE_INT8 else "u8",
+        "cores": host.cores,
+        "cpu_flags": flags,
+        "channel_multiple": {"value": 16 if fp32 == "avx512" else 8 if fp32 == "avx2" else 4,
+                             "source": f"derived: fp32 lanes of one {fp32} vector register"},
+        "memory_bandwidth_gbs": {"value": 20.0, "source": "assumed: a conservative share of one socket's DRAM "
+                                                          "bandwidth; `edgeprune profiles probe` measures it"},
+        "memory_gb": {"value": memory_gb(), "source": "read from the OS (/proc/meminfo MemTotal)"},
+        "compute": {
+            "fp32": {"dense_tops": round(fp32_tops, 4), "source": derived},
+            "fp16": {"dense_tops": round(fp32_tops, 4), "source": derived + "; fp16 runs on the fp32 kernels"},
+            "int8": {"dense_tops": round(int8_tops, 4),
+                     "source": f"derived: {int8} int8 kernels, {_INT8_PER_FP32.get(int8 or '', 1)}x the fp32 rate"},
+        },
+        "sparsity": {"source": "ONNX Runtime's CPU kernels are dense: unstructured and N:M zeros are computed like "
+                               "any other weight"},
+        "efficiency": {"compute": 0.5, "bandwidth": 0.6, "layer_overhead_us": 8,
+                       "source": "assumed: about half the FMA peak on batch-1 convolutions; run `edgeprune profiles "
+                                 "probe` to calibrate"},
+    }
+    return Profile.model_validate(data)
+
 
 
 @lru_cache(maxsize=64)

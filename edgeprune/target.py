@@ -12,7 +12,7 @@ from edgeprune.errors import InputError
 # Keys a target may hold: the flags of `edgeprune build`, with dashes or underscores.
 TARGET_KEYS = {
     "model", "profile", "output", "strategy", "sparsity", "criterion", "nm", "recover",
-    "quantize", "format", "device", "threads", "latency_budget_ms", "latency_stat",
+    "quantize", "format", "device", "threads", "measure_here", "latency_budget_ms", "latency_stat",
     "max_size_mb", "max_memory_mb", "max_accuracy_drop", "estimate_margin",
 }
 

@@ -8,14 +8,16 @@ from edgeprune.profile import available_profiles, load_profile, load_profile_fil
 
 from conftest import ROOT, run_cli
 
-SEVEN = {"jetson-orin-nano", "jetson-agx-orin", "iphone-15-pro", "x86-avx2", "x86-avx512-vnni", "a100", "rtx-3090"}
+SEVEN = {"jetson-orin-nano", "jetson-agx-orin", "iphone-15-pro", "x86-avx2", "x86-avx512-vnni", "x86-amx", "a100",
+         "rtx-3090"}
 
 
 def test_list_json_has_the_seven_builtin_profiles():
     proc = run_cli("profiles", "list", "--json")
     assert proc.returncode == 0, proc.stderr
-    names = {row["name"] for row in json.loads(proc.stdout)}
-    assert SEVEN <= names
+    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    assert SEVEN <= set(rows)
+    assert rows["host"]["path"] is None and rows["host"]["kernels"]["fp32"] in ("sse", "avx2", "avx512", "neon")
 
 
 @pytest.mark.parametrize("name", sorted(SEVEN))
@@ -107,3 +109,9 @@ def test_probe_writes_a_valid_profile_of_this_machine(tmp_path):
     assert profile.memory_bandwidth_gbs.value > 1
     assert "int8" in profile.compute and profile.compute["int8"].dense_tops > 1e-3
     assert "measured" in profile.compute["fp32"].source
+    # the probe writes the kernel classes of this machine, so the profile stands for it
+    from edgeprune.host import this_host
+    from edgeprune.measure.local import stand_in
+
+    assert profile.kernels == {p: this_host().kernel_class(p) for p in ("fp32", "int8")}
+    assert stand_in(profile, "int8").here and stand_in(profile, "fp32").threads == profile.cores

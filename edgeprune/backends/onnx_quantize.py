@@ -22,13 +22,11 @@ import onnx
 import torch
 
 from edgeprune.errors import InputError
-from edgeprune.host import this_host
+from edgeprune.host import FULL_RANGE_INT8, Host, this_host
 from edgeprune.profile import Profile
 
 Inputs = tuple[torch.Tensor, ...]
 
-# Instruction sets with a dot-product that sums int8 products in 32 bits without saturation.
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 # Operators whose weights hold nearly all of a network's parameters.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -61,15 +59,17 @@ class Int8Config:
         }
 
 
-def int8_config_for(profile: Profile, model: onnx.ModelProto, mode: str | None = None) -> Int8Config:
+def int8_config_for(profile: Profile, model: onnx.ModelProto, mode: str | None = None,
+                    host: Host | None = None) -> Int8Config:
     """Returns the int8 settings for a model on a profile's device, with the reasons.
 
     - Transformer-like graphs (most weights in MatMuls) get dynamic quantization of their
       MatMuls; convolutional graphs get static QDQ. ``mode`` overrides the choice.
     - Activations are U8 where the profile says so (x86 without VNNI: U8xS8 is the product
       its vpmaddubsw kernels take), S8 otherwise.
-    - Weights keep 7 bits (reduce_range) where an x86 CPU without VNNI runs them: 8-bit
-      weights times U8 activations can saturate vpmaddubsw's 16-bit pair sums.
+    - Weights keep 7 bits (reduce_range) where an x86 int8 kernel class without VNNI or AMX
+      runs them, on the device or on ``host`` (this machine, which verifies): 8-bit weights
+      times U8 activations can saturate vpmaddubsw's 16-bit pair sums.
     """
     reasons: list[str] = []
     if mode is None:
@@ -89,7 +89,7 @@ def int8_config_for(profile: Profile, model: onnx.ModelProto, mode: str | None =
         reasons.append(f"{activation.upper()} activations, S8 weights per channel (profile {profile.name})")
     else:
         reasons.append("dynamic quantization computes U8 activations at run time, S8 weights per channel")
-    reduce_range, why = reduce_range_for(profile)
+    reduce_range, why = reduce_range_for(profile, host)
     if reduce_range:
         reasons.append(why)
     return Int8Config(mode=mode, activation=activation, reduce_range=reduce_range,
@@ -110,20 +110,20 @@ def tensorrt_int8_config() -> Int8Config:
     )
 
 
-def reduce_range_for(profile: Profile) -> tuple[bool, str]:
+def reduce_range_for(profile: Profile, host: Host | None = None) -> tuple[bool, str]:
     """Returns whether to keep 7-bit weights, and why.
 
-    The artifact runs on the device and is verified and scored on this machine, so both
-    count: an x86 CPU without VNNI on either side saturates full-range int8 products.
+    The artifact runs on the device and is verified and scored on this machine (``host``),
+    so both count: an x86 int8 kernel class without VNNI or AMX on either side saturates
+    full-range int8 products.
     """
-    vnni = VNNI_FLAGS & set(profile.cpu_flags)
-    if profile.family == "x86" and not vnni:
-        return True, (f"7-bit weights (reduce_range): profile {profile.name} has no VNNI, and full-range "
-                      "U8xS8 products saturate its 16-bit pair sums")
-    host = this_host()
-    if host.is_x86 and not (VNNI_FLAGS & host.flags):
-        return True, ("7-bit weights (reduce_range): this build machine has no VNNI and verifies the "
-                      "artifact with its own int8 kernels, which saturate full-range weights")
+    if not profile.int8_full_range:
+        return True, (f"7-bit weights (reduce_range): profile {profile.name} runs {profile.kernel_class('int8') or 'unknown'} "
+                      "int8 kernels (no VNNI), and full-range U8xS8 products saturate their 16-bit pair sums")
+    host = host or this_host()
+    if host.is_x86 and host.kernel_class("int8") not in FULL_RANGE_INT8:
+        return True, (f"7-bit weights (reduce_range): this build machine runs {host.kernel_class('int8')} int8 "
+                      "kernels (no VNNI) and verifies the artifact with them, which saturate full-range weights")
     return False, ""
 
 

@@ -1,33 +1,103 @@
-"""Latency measured on this machine with ONNX Runtime, when this machine is the device."""
+"""Latency measured on this machine with ONNX Runtime, when this machine stands in for the device."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from edgeprune.backends import onnx_runtime
-from edgeprune.host import this_host
+from edgeprune.errors import InputError
+from edgeprune.host import Host, this_host
 from edgeprune.measure.protocol import LatencyStats, Protocol, time_side_by_side
 from edgeprune.profile import Profile
 
+CPU_FAMILIES = ("x86", "arm", "custom")
 
-def host_mismatch(profile: Profile) -> str | None:
-    """Returns why this machine is not the profile's device, or None if it stands in for it.
 
-    Only a CPU profile can be measured here, and only when this CPU has every instruction
-    set the profile names: measuring an AVX2 laptop for a VNNI server would be a lie.
+@dataclass(frozen=True)
+class StandIn:
+    """Whether a measurement on this machine stands for the profile's device, and why.
+
+    ``here``: measure on this machine; ``threads``: the runtime threads to time with (the
+    profile's cores); ``reason``: why this machine stands in, or why not; ``differs``: with
+    ``--measure-here``, how this machine differs from the profile (None when it does not).
     """
-    host = this_host()
-    if profile.family not in ("x86", "arm", "custom") or "onnx" not in profile.formats:
-        return f"this machine ({host.description}) is not a {profile.family} device"
-    if profile.family == "x86" and not host.is_x86:
-        return f"this machine ({host.description}) is not x86"
-    missing = sorted(set(profile.cpu_flags) - host.flags)
-    if missing:
-        return f"this CPU lacks {', '.join(missing)}, which profile {profile.name} has"
-    return None
+
+    here: bool
+    reason: str
+    threads: int | None = None
+    host: str = ""
+    measure_here: bool = False
+    differs: str | None = None
+
+    def to_dict(self) -> dict:
+        """Returns the report's account of where latency was measured and why that counts."""
+        section = {"host": self.host, "stands_in": self.reason, "threads": self.threads}
+        if self.measure_here:
+            section["measure_here"] = True
+            section["differs"] = self.differs
+        return section
+
+
+def classes_for(precision: str) -> tuple[str, ...]:
+    """Returns the kernel classes an artifact of a precision runs: int8 graphs keep fp32 operators."""
+    return ("fp32", "int8") if precision == "int8" else ("fp32",)
+
+
+def stand_in(profile: Profile, precision: str, host: Host | None = None, measure_here: bool = False,
+             threads: int | None = None) -> StandIn:
+    """Returns whether this machine stands in for the profile's device for an artifact's precision.
+
+    A CPU stands in only when it runs the same ONNX Runtime kernels (the same kernel class
+    for every precision the artifact computes in) and has at least the profile's cores; it
+    is then timed with the profile's core count as threads. A CPU with more or different
+    instruction sets is not the device: its VNNI or AMX int8 kernels can be several times
+    faster than the device's, and a budget proven on it would be a false pass.
+    ``measure_here`` (``--measure-here``) is the user's word that this machine is the
+    fleet; the report then says how it differs.
+    """
+    host = host or this_host()
+    if profile.family not in CPU_FAMILIES or "onnx" not in profile.formats:
+        if measure_here:
+            raise InputError(f"--measure-here times a CPU profile on this CPU; {profile.name} is a {profile.family} "
+                             "device: attach it with --device http://HOST:PORT (edgeprune agent serve)")
+        return StandIn(False, f"this machine ({host.description}) is not a {profile.family} device", host=host.description)
+    cores = profile.cores or host.cores
+    if threads is not None and profile.cores is not None and threads > profile.cores:
+        raise InputError(f"--threads {threads} is more than the {profile.cores} cores of profile {profile.name}")
+    differences = _differences(profile, precision, host)
+    timed = min(threads or cores, host.cores)
+    classes = ", ".join(f"{c} {host.kernel_class(c)}" for c in classes_for(precision))
+    if not differences:
+        counted = f"its {profile.cores} cores" if profile.cores else "no core count (all of this machine's are used)"
+        return StandIn(True, f"this machine runs the kernels of profile {profile.name} ({classes}) and has at least "
+                             f"{counted}; timed with {timed} threads", timed, host.description)
+    why = "; ".join(differences)
+    if measure_here:
+        return StandIn(True, f"measured here at the user's word (--measure-here), timed with {timed} threads; this "
+                             f"machine is not profile {profile.name}'s device: {why}", timed, host.description,
+                       measure_here=True, differs=why)
+    return StandIn(False, why, host=host.description)
+
+
+def _differences(profile: Profile, precision: str, host: Host) -> list[str]:
+    """Returns how this machine differs from the profile's device, in the user's terms."""
+    found = []
+    if profile.isa is not None and host.isa != profile.isa:
+        return [f"this machine ({host.description}) is not {profile.isa}"]
+    for cls in classes_for(precision):
+        mine, theirs = host.kernel_class(cls), profile.kernel_class(cls)
+        if theirs is None:
+            found.append(f"profile {profile.name} states neither cpu_flags nor kernels.{cls}, so which {cls} kernels "
+                         "its device runs is unknown")
+        elif mine != theirs:
+            found.append(f"this CPU runs {mine} {cls} kernels, profile {profile.name} {theirs}")
+    if profile.cores is not None and host.cores < profile.cores:
+        found.append(f"this machine has {host.cores} cores, profile {profile.name} {profile.cores}")
+    return found
 
 
 def measure_onnx_files(
@@ -46,6 +116,6 @@ def measure_onnx_files(
     return time_side_by_side(runs, protocol)
 
 
-def local_device() -> str:
+def local_device(host: Host | None = None) -> str:
     """Returns the label of this machine for a report's latency.device."""
-    return f"local: {this_host().description}"
+    return f"local: {(host or this_host()).description}"
