@@ -19,8 +19,8 @@ from edgeprune.backends import Artifact, LowerRequest, get_backend
 from edgeprune.backends.onnx_export import export_onnx
 from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.gate import Budgets, check_budgets, check_latency
-from edgeprune.measure.agent_client import AgentClient, UploadModel, upload_format
 from edgeprune.host import Host
+from edgeprune.measure.agent_client import AgentClient, UploadModel, upload_format
 from edgeprune.measure.local import StandIn, measure_onnx_files, stand_in
 from edgeprune.output import check_output_folder, staged_output
 from edgeprune.plan import Plan, make_plan

@@ -11,7 +11,16 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeprune.errors import InputError
-from edgeprune.host import FP32_CLASSES, FULL_RANGE_INT8, INT8_CLASSES, RELEVANT_FLAGS, Host, isa_of, kernel_class, memory_gb
+from edgeprune.host import (
+    FP32_CLASSES,
+    FULL_RANGE_INT8,
+    INT8_CLASSES,
+    RELEVANT_FLAGS,
+    Host,
+    isa_of,
+    kernel_class,
+    memory_gb,
+)
 
 Format = Literal["onnx", "coreml", "tensorrt"]
 Precision = Literal["fp32", "fp16", "int8"]
