@@ -119,7 +119,8 @@ def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], 
     lines += [
         "",
         f"Largest error: {worst:.0%} (bound: {BOUND:.0%}). The efficiency factors are calibrated by the probe on its "
-        "own 7-layer 3x3-conv CNN at 64x64 and 192x192 inputs, fp32 and int8 (one factor, their geometric mean), "
+        "own 7-layer 3x3-conv CNN at 64x64 and 192x192 inputs, one factor per precision (the geometric mean "
+        "over the two sizes), with int8 kernels' own fixed cost from a chain of tiny QLinearConvs, "
         "not on these models.",
         "",
         f"Reproduce: `{command}`",

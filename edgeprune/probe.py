@@ -110,6 +110,31 @@ def layer_overhead_us(seconds: float, layers: int = 64, threads: int | None = No
     return _time(lambda: sess.run(None, feed), seconds) / layers * 1e6
 
 
+def int8_layer_overhead_us(seconds: float, int8_activation: str, layers: int = 32, threads: int | None = None) -> float:
+    """Returns the fixed cost of one int8 kernel in microseconds (a chain of tiny QLinearConvs).
+
+    An int8 convolution quantizes, packs and requantizes around its GEMM: on small layers
+    that costs more than the GEMM, and more than a float operator's overhead.
+    """
+    import tempfile
+
+    rng = np.random.default_rng(3)
+    shape = (1, 8, 4, 4)
+    nodes, inits = [], []
+    for i in range(layers):
+        inits.append(onnx.numpy_helper.from_array((rng.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("Conv", ["x" if i == 0 else f"t{i}", f"w{i}"], [f"t{i + 1}"], kernel_shape=[1, 1]))
+    graph = helper.make_graph(nodes, "int8-chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info(f"t{layers}", TensorProto.FLOAT, list(shape))], inits)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "chain.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+        int8 = _quantize_int8(fp32, Path(tmp) / "chain-int8.onnx", int8_activation, shape)
+        sess = onnx_runtime.session(int8, threads or this_host().cores)
+    feed = {"x": rng.standard_normal(shape).astype(np.float32)}
+    return _time(lambda: sess.run(None, feed), seconds) / layers * 1e6
+
+
 # The representative network the compute efficiency is calibrated on: a batch-1 CNN backbone
 # of 3x3 convolutions (16 to 256 channels, 64x64 down to 8x8), each followed by a ReLU.
 CALIBRATION_CNN = ((16, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1))
@@ -226,6 +251,9 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
                                         "source": data["memory_bandwidth_gbs"]["source"]
                                         + f"; raised to the {gemv:.1f} GB/s a batch-1 MatMul streamed its weights at"}
     data["efficiency"] = {**data["efficiency"], "bandwidth": round(max(bandwidth, 0.01), 4)}
+    if "int8" in data["compute"]:  # before the compute factors, which are fitted with it
+        data["efficiency"]["layer_overhead_us_by_precision"] = {
+            "int8": round(int8_layer_overhead_us(seconds / 2, data["int8_activation"], threads=threads), 2)}
     models, runs, graphs = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for shape in CALIBRATION_INPUTS:
@@ -246,17 +274,28 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
                                              max_rounds=2 * rounds))
     measured_ms = {key: stats[key].min_ms if statistic == "min" else stats[key].median_ms for key in stats}
     factors = {key: _solve_efficiency(graphs[key], data, measured_ms[key], "compute") for key in graphs}
-    # one factor for every precision and size: the geometric mean, the factor whose worst
-    # relative error over the calibration runs is smallest when they differ by a constant ratio
-    compute = round(float(np.exp(np.mean(np.log(list(factors.values()))))), 4)
+    # one factor per precision over the sizes (and one over all, for the precisions not timed):
+    # the geometric mean, the factor whose worst relative error over the calibration runs is
+    # smallest when they differ by a constant ratio. int8 and fp32 kernels reach different
+    # shares of their peaks (a GEMM peak hides int8's quantize and requantize work), so one
+    # shared factor would make int8 estimates optimistic where VNNI makes the peak high.
+    def geomean(values: list[float]) -> float:
+        return round(float(np.exp(np.mean(np.log(values)))), 4)
+
+    compute = geomean(list(factors.values()))
     data["efficiency"]["compute"] = compute
+    data["efficiency"]["compute_by_precision"] = {
+        p: geomean([v for k, v in factors.items() if k[0] == p]) for p in dict.fromkeys(k[0] for k in factors)}
     measured = ", ".join(f"{k[0]} {k[1][2]}x{k[1][3]} ({graphs[k].flops / 1e9:.2f} GFLOP) {measured_ms[k]:.3g} ms "
                          f"(spread {stats[k].spread:.0%}) -> {v:.3g}" for k, v in factors.items())
     data["efficiency"]["source"] = (
-        f"{data['efficiency']['source'].replace(UNCALIBRATED, '')}; compute {compute:g} calibrated so the roofline "
+        f"{data['efficiency']['source'].replace(UNCALIBRATED, '')}; compute {compute:g} (by precision "
+        f"{', '.join(f'{p} {v:g}' for p, v in data['efficiency']['compute_by_precision'].items())}) calibrated so the roofline "
         f"estimates of a {len(CALIBRATION_CNN)}-layer 3x3-conv CNN at batch 1 match its "
         f"{'fastest run' if statistic == 'min' else 'median'} under the build timing protocol ({measured}; "
-        f"geometric mean kept); bandwidth {data['efficiency']['bandwidth']:g} = "
+        f"geometric means kept); int8 kernels "
+        f"{data['efficiency'].get('layer_overhead_us_by_precision', {}).get('int8', '—')} us each (a chain of 32 "
+        f"tiny QLinearConvs); bandwidth {data['efficiency']['bandwidth']:g} = "
         f"{gemv:.1f} GB/s of a batch-1 MatMul over a 64 MiB weight / {copy_gbs:.1f} GB/s copy"
         f"{_load_note()}")
     return data

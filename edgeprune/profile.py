@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -82,9 +82,23 @@ class SparsitySupport(_Strict):
 class Efficiency(_Strict):
     """Fractions of the peaks a real runtime reaches; the roofline estimator uses them."""
 
+    def compute_for(self, precision: str) -> float:
+        """Returns the fraction of a precision's peak reached: its own factor, else ``compute``."""
+        return self.compute_by_precision.get(precision, self.compute)
+
+    def overhead_us_for(self, precision: str) -> float:
+        """Returns the fixed cost of one kernel of a precision, in microseconds."""
+        return self.layer_overhead_us_by_precision.get(precision, self.layer_overhead_us)
+
     compute: float = Field(gt=0, le=1)
+    compute_by_precision: dict[Precision, Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=dict, description="per-precision fractions of peak where they differ from compute"
+    )
     bandwidth: float = Field(gt=0, le=1)
     layer_overhead_us: float = Field(ge=0)
+    layer_overhead_us_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="per-kernel overhead of a precision's kernels where it differs"
+    )
     source: str = Field(min_length=3)
 
 

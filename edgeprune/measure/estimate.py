@@ -3,7 +3,7 @@
 Per fused kernel: time = max(FLOPs / effective compute, bytes / effective bandwidth) + the
 per-kernel overhead; the model's latency is the sum over kernels (batch-1 inference runs
 them one after another). Effective compute is the profile's peak for the kernel's precision
-times ``efficiency.compute``; effective bandwidth is the memory bandwidth times
+times ``efficiency.compute`` (or its ``compute_by_precision`` factor); effective bandwidth is the memory bandwidth times
 ``efficiency.bandwidth``. Sparsity buys speed only where the profile says the hardware
 exploits it: N:M sparse peaks on layers wide enough, unstructured skipping above the
 profile's threshold. Everything else is dense math, whatever zeros the weights hold.
@@ -124,9 +124,9 @@ def kernel_time(kernel: Kernel, profile: Profile, precision: str | None = None) 
     moved = (kernel.weight_bytes * weight_frac + kernel.activation_bytes) * scale
     if kernel.view:
         return KernelTime(kernel.name, tuple(kernel.ops), prec, 0.0, 0.0, 0.0, "view")
-    compute_s = flops / (peak * 1e12 * eff.compute)
+    compute_s = flops / (peak * 1e12 * eff.compute_for(prec))
     memory_s = moved / (profile.memory_bandwidth_gbs.value * 1e9 * eff.bandwidth)
-    seconds = max(compute_s, memory_s) + eff.layer_overhead_us * 1e-6
+    seconds = max(compute_s, memory_s) + eff.overhead_us_for(prec) * 1e-6
     bound = "compute" if compute_s >= memory_s else "memory"
     return KernelTime(kernel.name, tuple(kernel.ops), prec, flops, moved, seconds * 1e3, bound, sparse)
 
