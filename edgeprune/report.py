@@ -73,7 +73,7 @@ def render_markdown(report: dict) -> str:
         if lat.get("stands_in"):
             lines += [f"Measured on {lat.get('host')}: {lat['stands_in']}.", ""]
         elif lat.get("source") != "measured" and lat.get("note"):
-            lines += [f"Not measured: {lat['note']}.", ""]
+            lines += [lat["note"][:1].upper() + lat["note"][1:].rstrip(".") + ".", ""]
     if acc:
         lines += [
             f"{acc.get('metric', 'metric')}: dense {_fmt(acc.get('baseline'))}, built {_fmt(acc.get('pruned'))}, "
