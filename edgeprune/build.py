@@ -21,7 +21,13 @@ from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.gate import Budgets, check_budgets, check_latency
 from edgeprune.host import Host
 from edgeprune.measure.agent_client import AgentClient, UploadModel, upload_format
-from edgeprune.measure.local import StandIn, measure_onnx_files, stand_in
+from edgeprune.measure.local import (
+    StandIn,
+    check_measure_flags,
+    local_device,
+    measure_onnx_files,
+    stand_in,
+)
 from edgeprune.output import check_output_folder, staged_output
 from edgeprune.plan import Plan, make_plan
 from edgeprune.profile import Profile, load_profile
@@ -84,7 +90,7 @@ def build(options: BuildOptions, step: Callable = _silent_step) -> dict:
     backend = get_backend(plan.format)
     request = _lower_request(plan, profile, workload, options)
     backend.check(request)
-    stand_in(profile, plan.precision, options.host, options.measure_here, options.threads)  # bad flags fail now
+    check_measure_flags(profile, options.measure_here, options.threads)  # before any work
     # Reach the device before the long stages, so a wrong token or URL fails in a second.
     agent = _connect_agent(options.device) if options.device else None
     preflight = getattr(backend, "preflight", None)
@@ -311,8 +317,8 @@ def _connect_agent(url: str) -> AgentClient:
 
 
 def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifact, dense: torch.nn.Module,
-             model: torch.nn.Module, options: BuildOptions, agent: AgentClient | None = None,
-             here: StandIn | None = None) -> tuple[dict, dict]:
+             model: torch.nn.Module, options: BuildOptions, agent: AgentClient | None,
+             here: StandIn) -> tuple[dict, dict]:
     """Returns the latency and memory sections of the report.
 
     Latency is measured on the device through its agent (``--device``), measured here when
@@ -322,7 +328,6 @@ def _latency(workload: Workload, profile: Profile, plan: Plan, artifact: Artifac
     shows wherever a measurement exists.
     """
     shapes = [tuple(int(d) for d in t.shape) for t in workload.example_inputs]
-    here = here or stand_in(profile, plan.precision, options.host, options.measure_here, options.threads)
     reason = None if here.here else here.reason
     if reason is None and artifact.measure_path is None:
         reason = f"{artifact.format} artifacts cannot run on this machine"
@@ -429,7 +434,7 @@ def _measure_here(artifact: Artifact, baseline: Path, same_as_baseline: bool, wo
     base = stats.get("baseline", mine)
     return {
         "source": "measured",
-        "device": f"local: {here.host}",
+        "device": local_device(here.host),
         "runtime": "onnxruntime " + _ort_version(),
         **here.to_dict(),
         "batch": int(workload.example_inputs[0].shape[0]),

@@ -100,6 +100,11 @@ class Host:
         """Returns the class of ONNX Runtime kernels this machine runs for a precision."""
         return kernel_class(self.flags, precision, self.isa)
 
+    @property
+    def int8_full_range(self) -> bool:
+        """Returns whether this machine's int8 kernels take full-range weights without saturating."""
+        return not self.is_x86 or self.kernel_class("int8") in FULL_RANGE_INT8
+
 
 @lru_cache(maxsize=1)
 def this_host() -> Host:

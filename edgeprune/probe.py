@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgeprune.backends import onnx_runtime
-from edgeprune.host import FULL_RANGE_INT8, RELEVANT_FLAGS, memory_gb, this_host
+from edgeprune.host import RELEVANT_FLAGS, memory_gb, this_host
 from edgeprune.profile import load_profile_file
 
 
@@ -336,7 +336,6 @@ def probe_host(name: str | None = None, seconds: float = 1.0, calibrate: bool = 
                                             f"{', '.join(map(str, GEMM_SIZES))}"}
     flags = sorted(f for f in RELEVANT_FLAGS if f in host.flags)
     kernels = {p: c for p in ("fp32", "int8") if (c := host.kernel_class(p)) is not None}
-    full_range = not host.is_x86 or kernels.get("int8") in FULL_RANGE_INT8  # VNNI, AVX-VNNI or AMX
     simd_lanes = 16 if "avx512f" in host.flags else 8 if "avx2" in host.flags else 4
     hostname = re.sub(r"[^a-z0-9._-]+", "-", platform.node().lower()).strip("-") or "host"
     data = {
@@ -346,7 +345,7 @@ def probe_host(name: str | None = None, seconds: float = 1.0, calibrate: bool = 
                        + (f", using {threads} of its cores" if threads != host.cores else ""),
         "formats": ["onnx"],
         "precisions": list(compute),
-        "int8_activation": "s8" if full_range else "u8",
+        "int8_activation": "s8" if host.int8_full_range else "u8",  # VNNI, AVX-VNNI or AMX
         "cores": threads,
         "cpu_flags": flags,
         "kernels": kernels,

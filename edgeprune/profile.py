@@ -270,8 +270,7 @@ def host_profile(host: Host) -> Profile:
     a measured profile of the same machine.
     """
     isa = host.isa
-    fp32 = kernel_class(host.flags, "fp32", isa)
-    int8 = kernel_class(host.flags, "int8", isa)
+    fp32, int8 = host.kernel_class("fp32"), host.kernel_class("int8")
     ghz = (host.mhz or 0) / 1000 or _ASSUMED_GHZ
     clock = (f"{ghz:.2f} GHz (cpu MHz in /proc/cpuinfo)" if host.mhz else f"{_ASSUMED_GHZ} GHz (assumed: the OS "
              "reports no clock)")
@@ -288,7 +287,7 @@ def host_profile(host: Host) -> Profile:
                        "(`edgeprune profiles probe` measures it)",
         "formats": ["onnx"],
         "precisions": ["fp32", "fp16", "int8"],
-        "int8_activation": "s8" if isa != "x86" or int8 in FULL_RANGE_INT8 else "u8",
+        "int8_activation": "s8" if host.int8_full_range else "u8",
         "cores": host.cores,
         "cpu_flags": flags,
         "channel_multiple": {"value": 16 if fp32 == "avx512" else 8 if fp32 == "avx2" else 4,

@@ -8,6 +8,7 @@ from edgeprune.backends import Artifact
 from edgeprune.build import BuildOptions, _latency, build
 from edgeprune.gate import Budgets, check_budgets
 from edgeprune.measure.estimate import estimate_onnx
+from edgeprune.measure.local import stand_in
 from edgeprune.measure.memory import peak_memory
 from edgeprune.plan import Plan
 from edgeprune.profile import load_profile
@@ -51,7 +52,8 @@ def test_iphone_coreml_artifact_is_estimated_at_its_precision(tmp_path):
     plan = Plan(kind="none", sparsity=0.0, quantization="none", format="coreml", precision="fp16")
     iphone = load_profile("iphone-15-pro")
     options = BuildOptions(model=str(TINY), profile="iphone-15-pro", output=tmp_path / "o")
-    lat, memory = _latency(workload, iphone, plan, artifact, workload.model, workload.model, options)
+    lat, memory = _latency(workload, iphone, plan, artifact, workload.model, workload.model, options, None,
+                           stand_in(iphone, "fp16"))
     assert lat["source"] == "estimated" and lat["device"].startswith("iphone-15-pro")
     assert "not measured" in lat["note"] and "--device" in lat["note"]
     onnx_file = export_onnx(workload.model, workload.example_inputs, tmp_path / "same.onnx")

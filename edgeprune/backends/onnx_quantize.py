@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from edgeprune.errors import InputError
-from edgeprune.host import FULL_RANGE_INT8, Host, this_host
+from edgeprune.host import Host, this_host
 from edgeprune.profile import Profile
 
 Inputs = tuple[torch.Tensor, ...]
@@ -121,7 +121,7 @@ def reduce_range_for(profile: Profile, host: Host | None = None) -> tuple[bool, 
         return True, (f"7-bit weights (reduce_range): profile {profile.name} runs {profile.kernel_class('int8') or 'unknown'} "
                       "int8 kernels (no VNNI), and full-range U8xS8 products saturate their 16-bit pair sums")
     host = host or this_host()
-    if host.is_x86 and host.kernel_class("int8") not in FULL_RANGE_INT8:
+    if not host.int8_full_range:
         return True, (f"7-bit weights (reduce_range): this build machine runs {host.kernel_class('int8')} int8 "
                       "kernels (no VNNI) and verifies the artifact with them, which saturate full-range weights")
     return False, ""

@@ -60,14 +60,10 @@ def stand_in(profile: Profile, precision: str, host: Host | None = None, measure
     fleet; the report then says how it differs.
     """
     host = host or this_host()
+    check_measure_flags(profile, measure_here, threads)
     if profile.family not in CPU_FAMILIES or "onnx" not in profile.formats:
-        if measure_here:
-            raise InputError(f"--measure-here times a CPU profile on this CPU; {profile.name} is a {profile.family} "
-                             "device: attach it with --device http://HOST:PORT (edgeprune agent serve)")
         return StandIn(False, f"this machine ({host.description}) is not a {profile.family} device", host=host.description)
     cores = profile.cores or host.cores
-    if threads is not None and profile.cores is not None and threads > profile.cores:
-        raise InputError(f"--threads {threads} is more than the {profile.cores} cores of profile {profile.name}")
     differences = _differences(profile, precision, host)
     timed = min(threads or cores, host.cores)
     classes = ", ".join(f"{c} {host.kernel_class(c)}" for c in classes_for(precision))
@@ -81,6 +77,15 @@ def stand_in(profile: Profile, precision: str, host: Host | None = None, measure
                              f"machine is not profile {profile.name}'s device: {why}", timed, host.description,
                        measure_here=True, differs=why)
     return StandIn(False, why, host=host.description)
+
+
+def check_measure_flags(profile: Profile, measure_here: bool = False, threads: int | None = None) -> None:
+    """Raises InputError for --measure-here on a non-CPU profile or --threads beyond its cores."""
+    if measure_here and (profile.family not in CPU_FAMILIES or "onnx" not in profile.formats):
+        raise InputError(f"--measure-here times a CPU profile on this CPU; {profile.name} is a {profile.family} "
+                         "device: attach it with --device http://HOST:PORT (edgeprune agent serve)")
+    if threads is not None and profile.cores is not None and threads > profile.cores:
+        raise InputError(f"--threads {threads} is more than the {profile.cores} cores of profile {profile.name}")
 
 
 def _differences(profile: Profile, precision: str, host: Host) -> list[str]:
@@ -116,6 +121,6 @@ def measure_onnx_files(
     return time_side_by_side(runs, protocol)
 
 
-def local_device(host: Host | None = None) -> str:
-    """Returns the label of this machine for a report's latency.device."""
-    return f"local: {(host or this_host()).description}"
+def local_device(description: str | None = None) -> str:
+    """Returns the label of this machine (or of the host described) for a report's latency.device."""
+    return f"local: {description or this_host().description}"
