@@ -1,20 +1,94 @@
-"""Build targets: TOML files that bind a workload to a profile, a format and budgets."""
+"""Build targets: everything a build takes, from keyword arguments, a target TOML file and CLI flags alike.
+
+A target file binds a workload to a profile, a format and budgets; its keys are the flags
+of ``edgeprune build`` (dashes or underscores).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from edgeprune.errors import InputError
+from edgeprune.gate import Budgets
+from edgeprune.host import Host
 
-# Keys a target may hold: the flags of `edgeprune build`, with dashes or underscores.
-TARGET_KEYS = {
-    "model", "profile", "output", "strategy", "sparsity", "criterion", "nm", "recover",
-    "quantize", "format", "device", "threads", "measure_here", "latency_budget_ms", "latency_stat",
-    "max_size_mb", "max_memory_mb", "max_accuracy_drop", "estimate_margin",
+# option keys that are budgets, and the Budgets field each fills
+BUDGET_KEYS = {
+    "latency_budget_ms": "latency_ms", "latency_stat": "latency_stat", "max_size_mb": "max_size_mb",
+    "max_memory_mb": "max_memory_mb", "max_accuracy_drop": "max_accuracy_drop", "estimate_margin": "estimate_margin",
 }
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything ``edgeprune build`` takes; each field but ``host`` is a CLI flag and a target-file key.
+
+    ``host`` is the machine the build runs on (None: this one); the Python API and tests
+    pass another to ask what a build would decide there.
+    """
+
+    model: str
+    profile: str
+    output: Path
+    strategy: str = "auto"
+    sparsity: float | None = None
+    criterion: str | None = None
+    nm: str = "2:4"
+    recover: int = 0
+    quantize: str = "auto"
+    format: str = "auto"
+    device: str | None = None
+    budgets: Budgets = field(default_factory=Budgets)
+    threads: int | None = None
+    palettize: int | None = None
+    measure_here: bool = False
+    host: Host | None = None
+
+
+OPTION_KEYS = frozenset(f.name for f in fields(BuildOptions)) - {"budgets", "host"}
+
+
+def options_from(spec: str, given: dict[str, Any], default_output: Path | None = None) -> BuildOptions:
+    """Returns BuildOptions from a model spec or target file (.toml) and keys that win over the target's.
+
+    ``given`` holds option names (``format``, ``max_size_mb``, ...); None values are ignored.
+    """
+    keys: dict[str, Any] = load_target(spec) if str(spec).endswith(".toml") else {"model": str(spec)}
+    keys.update({k: v for k, v in given.items() if v is not None})
+    unknown = sorted(set(keys) - OPTION_KEYS - set(BUDGET_KEYS) - {"host"})
+    if unknown:
+        raise InputError(f"unknown build option {unknown[0]!r}")
+    if not keys.get("profile"):
+        raise InputError("no profile: give --profile NAME (see `edgeprune profiles list`) or a target file with profile")
+    budgets = budgets_from(keys)
+    plain = {k: v for k, v in keys.items() if k not in BUDGET_KEYS}
+    plain["output"] = Path(plain.get("output") or default_output or Path("out") / Path(str(spec).split(":")[0]).stem)
+    if plain.get("sparsity") is not None:
+        plain["sparsity"] = number("sparsity", plain["sparsity"])
+    for name in ("recover", "threads", "palettize"):
+        value = plain.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InputError(f"{name} must be a whole number, got {value!r}")
+    if not isinstance(plain.get("measure_here", False), bool):
+        raise InputError(f"measure-here must be true or false, got {plain['measure_here']!r}")
+    return BuildOptions(**plain, budgets=budgets)
+
+
+def budgets_from(keys: dict[str, Any]) -> Budgets:
+    """Returns the Budgets that option keys (``latency_budget_ms``, ``max_size_mb``, ...) set."""
+    return Budgets(**{dst: number(src, keys[src]) if src != "latency_stat" else keys[src]
+                      for src, dst in BUDGET_KEYS.items() if keys.get(src) is not None})
+
+
+def number(name: str, value: Any) -> float:
+    """Returns ``value`` as a float; InputError naming the option for anything but a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name.replace('_', '-')} must be a number, got {value!r}")
+    return float(value)
 
 
 def load_target(path: str | Path) -> dict[str, Any]:
@@ -29,7 +103,7 @@ def load_target(path: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in TARGET_KEYS:
+        if name not in OPTION_KEYS | set(BUDGET_KEYS):
             raise InputError(f"target {path}: unknown key {key!r} (keys are the flags of `edgeprune build`)")
         out[name] = value
     if "model" not in out:

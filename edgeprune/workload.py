@@ -66,6 +66,29 @@ class Workload:
         """Returns how much worse ``value`` is than ``baseline`` (positive means worse)."""
         return baseline - value if self.higher_is_better else value - baseline
 
+    def score(self, predict: Predict) -> float | None:
+        """Returns ``evaluate(predict)`` as a float (None when the workload has no evaluate)."""
+        if self.evaluate is None:
+            return None
+        with torch.no_grad():
+            return float(self.evaluate(predict))
+
+    def score_model(self, model: torch.nn.Module) -> float | None:
+        """Returns the metric of a PyTorch model (the dense one, or a pruned copy)."""
+        return self.score(torch_predictor(model))
+
+
+def torch_predictor(model: torch.nn.Module) -> Predict:
+    """Returns ``predict(*inputs)`` running a PyTorch model in eval mode: its first output, logits unwrapped."""
+    model = model.eval()
+
+    def predict(*inputs: torch.Tensor) -> torch.Tensor:
+        out = model(*inputs)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return getattr(out, "logits", out)
+
+    return predict
+
 
 def _as_inputs(batch: Any, what: str) -> Inputs:
     if isinstance(batch, torch.Tensor):

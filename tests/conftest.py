@@ -16,6 +16,7 @@ DIGITS = ROOT / "examples" / "digits_cnn.py"
 
 
 CACHE = Path(tempfile.mkdtemp(prefix="edgeprune-test-cache-"))
+os.environ["EDGEPRUNE_CACHE_DIR"] = str(CACHE)  # builds run in this process cache there too, never in ~/.cache
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -33,3 +34,17 @@ def digits_build(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, d
     proc = run_cli("build", str(DIGITS), "--profile", "host", "-o", str(out), "--json")
     report = json.loads(proc.stdout) if proc.returncode in (0, 3) else {}
     return proc, out, report
+
+
+def build_report(options) -> dict:
+    """Runs a whole build in this process and returns its report as report.json holds it."""
+    from edgeprune.pipeline import run_build
+
+    return run_build(options).to_dict()
+
+
+def stored_report(folder: Path, report: dict, **sections) -> Path:
+    """Writes a copy of a real report with some sections replaced (a report to re-check) and returns its path."""
+    path = folder / "report.json"
+    path.write_text(json.dumps({**report, **sections}))
+    return path

@@ -19,8 +19,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from edgeprune.measure.agent_client import UploadModel, pack_upload
-from edgeprune.measure.agent_server import Agent, AgentConfig, RequestError
+from edgeprune.measure.agent_server import Agent, AgentConfig
+from edgeprune.measure.agent_wire import RequestError, UploadModel, pack_upload
 from edgeprune.measure.protocol import Protocol
 
 from conftest import ROOT, run_cli

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from edgeprune.backends import LowerRequest, get_backend
-from edgeprune.build import BuildOptions, build
 from edgeprune.errors import UnsupportedError
 from edgeprune.profile import load_profile
+from edgeprune.target import BuildOptions
 from edgeprune.verify import verify_numeric
 
 from backend_models import digits, few, magnitude_prune, vit
-from conftest import DIGITS
+from conftest import DIGITS, build_report
 
 ct = pytest.importorskip("coremltools", reason="the coreml extra is not installed")
 
@@ -84,7 +84,7 @@ def test_unstructured_80_percent_is_stored_sparse_and_at_least_1_5x_smaller(dens
 
 
 def test_int8_build_stores_int8_weights_verifies_structurally_and_labels_what_it_could_not_run(tmp_path):
-    report = build(BuildOptions(model=str(DIGITS), profile="iphone-15-pro", output=tmp_path / "b", quantize="int8"))
+    report = build_report(BuildOptions(model=str(DIGITS), profile="iphone-15-pro", output=tmp_path / "b", quantize="int8"))
     art = report["artifact"]
     assert report["passed"] and art["format"] == "coreml" and art["precision"] == "int8"
     _, ops, constexpr = program(art["path"])

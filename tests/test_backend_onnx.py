@@ -11,13 +11,13 @@ import torch
 from edgeprune.backends import LowerRequest, get_backend
 from edgeprune.backends.onnx_export import export_onnx
 from edgeprune.backends.onnx_fusion import inspect_kernels, int8_fusion_notes
-from edgeprune.build import BuildOptions, build
 from edgeprune.errors import UnsupportedError
 from edgeprune.profile import load_profile
+from edgeprune.target import BuildOptions
 from edgeprune.verify import TOLERANCE, verify_numeric
 
 from backend_models import digits, few, torch_accuracy, vit
-from conftest import DIGITS, run_cli
+from conftest import DIGITS, build_report, run_cli
 from examples_digits import accuracy_of_onnx
 
 X86 = load_profile("x86-avx2")
@@ -57,7 +57,7 @@ def test_fp32_digits_matches_pytorch(fp32_digits):
 
 def test_int8_digits_build_is_small_fused_accurate_and_timed_against_fp32(fp32_digits, tmp_path):
     # U8S8 for the AVX2 profile, timed here at the user's word: this CPU need not be that device
-    report = build(BuildOptions(model=str(DIGITS), profile="x86-avx2", output=tmp_path / "int8", quantize="int8",
+    report = build_report(BuildOptions(model=str(DIGITS), profile="x86-avx2", output=tmp_path / "int8", quantize="int8",
                                 measure_here=True))
     assert report["passed"], report["notes"]
     art = report["artifact"]

@@ -12,13 +12,13 @@ import pytest
 from edgeprune.backends import LowerRequest, get_backend
 from edgeprune.backends.trt_bundle import BundleSpec, read_bundle, sha256, trtexec_command
 from edgeprune.backends.trt_engine import build_bundle, cache_key, tensorrt_unavailable
-from edgeprune.build import BuildOptions, build
 from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.profile import load_profile
+from edgeprune.target import BuildOptions
 from edgeprune.verify import verify_numeric
 
 from backend_models import digits, few, magnitude_prune, vit
-from conftest import DIGITS, run_cli
+from conftest import DIGITS, build_report, run_cli
 
 JETSON = load_profile("jetson-orin-nano")
 NO_TENSORRT = tensorrt_unavailable()
@@ -47,7 +47,7 @@ def recipe(bundle) -> list[str]:
 @pytest.fixture(scope="module")
 def int8_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("trt") / "digits"
-    return out, build(BuildOptions(model=str(DIGITS), profile="jetson-orin-nano", output=out, quantize="int8"))
+    return out, build_report(BuildOptions(model=str(DIGITS), profile="jetson-orin-nano", output=out, quantize="int8"))
 
 
 def test_int8_bundle_has_static_qdq_onnx_a_runnable_recipe_and_a_checked_accuracy(int8_build):

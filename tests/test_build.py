@@ -12,7 +12,7 @@ from conftest import DIGITS, ROOT, run_cli
 def test_dense_digits_build_writes_a_verified_onnx_and_a_measured_report(digits_build):
     proc, out, report = digits_build
     assert proc.returncode == 0, proc.stderr
-    assert report == read_report(out)
+    assert report == read_report(out).to_dict()
     assert (out / "report.md").read_text().startswith("# edgeprune build: digits_cnn for host")
     art = report["artifact"]
     assert art["format"] == "onnx" and Path(art["path"]) == out / "model.onnx"
@@ -51,7 +51,7 @@ def test_impossible_latency_budget_gives_exit_3_and_passed_false(tmp_path):
     assert report["passed"] is False
     budgets = {b["name"]: b for b in report["budgets"]}
     assert budgets["latency_median_ms"]["met"] is False and budgets["size_mb"]["met"] is True
-    assert read_report(out)["passed"] is False
+    assert read_report(out).passed is False
 
 
 def test_target_file_builds_with_its_budgets(tmp_path):

@@ -5,23 +5,22 @@ import json
 import pytest
 
 from edgeprune.backends import Artifact
-from edgeprune.build import BuildOptions, _latency, build
-from edgeprune.gate import Budgets, check_budgets
+from edgeprune.gate import Budgets, Measurements, check_budgets
 from edgeprune.measure.estimate import estimate_onnx
-from edgeprune.measure.local import stand_in
+from edgeprune.measure.latency import Timing, latency_of
 from edgeprune.measure.memory import peak_memory
-from edgeprune.plan import Plan
 from edgeprune.profile import load_profile
+from edgeprune.target import BuildOptions
 from edgeprune.workload import load_workload
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, build_report, run_cli
 
 TINY = ROOT / "tests" / "tiny_workload.py"
 
 
 def test_jetson_build_reports_an_estimate_and_a_budget_inside_the_margin_fails(tmp_path):
     out = tmp_path / "jetson"
-    report = build(BuildOptions(model=str(TINY), profile="jetson-orin-nano", format="onnx", output=out,
+    report = build_report(BuildOptions(model=str(TINY), profile="jetson-orin-nano", format="onnx", output=out,
                                 budgets=Budgets(latency_ms=1000.0, max_memory_mb=100.0)))
     lat = report["latency"]
     assert lat["source"] == "estimated" and lat["device"].startswith("jetson-orin-nano")
@@ -35,9 +34,10 @@ def test_jetson_build_reports_an_estimate_and_a_budget_inside_the_margin_fails(t
     assert report["memory"]["peak_mb"] == round(peak_memory(out / "model.onnx", [(1, 3, 32, 32)]).peak_bytes / 1e6, 4)
     assert report["passed"] is True
 
-    inside = check_budgets(report, Budgets(latency_ms=est * 1.1))[0]  # estimate x 1.2 > budget
+    measured = Measurements.of_report(report)
+    inside = check_budgets(measured, Budgets(latency_ms=est * 1.1))[0]  # estimate x 1.2 > budget
     assert inside["met"] is False and "estimated, not measured" in inside["note"]
-    assert check_budgets(report, Budgets(latency_ms=est * 1.3))[0]["met"] is True
+    assert check_budgets(measured, Budgets(latency_ms=est * 1.3))[0]["met"] is True
     proc = run_cli("check", str(out), "--latency-budget-ms", f"{est * 1.1:.6f}", "--json")
     assert proc.returncode == 3 and json.loads(proc.stdout)["budgets"][0]["met"] is False
 
@@ -49,11 +49,9 @@ def test_iphone_coreml_artifact_is_estimated_at_its_precision(tmp_path):
     package = tmp_path / "model.mlpackage"
     package.mkdir()
     artifact = Artifact(format="coreml", precision="fp16", path=package)
-    plan = Plan(kind="none", sparsity=0.0, quantization="none", format="coreml", precision="fp16")
     iphone = load_profile("iphone-15-pro")
-    options = BuildOptions(model=str(TINY), profile="iphone-15-pro", output=tmp_path / "o")
-    lat, memory = _latency(workload, iphone, plan, artifact, workload.model, workload.model, options, None,
-                           stand_in(iphone, "fp16"))
+    dense = export_onnx(workload.model, workload.example_inputs, tmp_path / "dense.onnx")
+    lat, memory = latency_of(Timing(iphone, Budgets()), artifact, workload.model, workload.example_inputs, dense, False)
     assert lat["source"] == "estimated" and lat["device"].startswith("iphone-15-pro")
     assert "not measured" in lat["note"] and "--device" in lat["note"]
     onnx_file = export_onnx(workload.model, workload.example_inputs, tmp_path / "same.onnx")

@@ -8,13 +8,13 @@ import json
 import pytest
 
 from edgeprune.backends.onnx_quantize import int8_config_for, reduce_range_for
-from edgeprune.build import BuildOptions, build
 from edgeprune.errors import InputError
 from edgeprune.host import Host, kernel_class
 from edgeprune.measure.local import stand_in
 from edgeprune.profile import host_profile, load_profile
+from edgeprune.target import BuildOptions
 
-from conftest import DIGITS, run_cli
+from conftest import DIGITS, build_report, run_cli
 
 AVX2 = {"sse2", "sse4_2", "avx", "avx2", "fma", "f16c"}
 SKYLAKE_SP = AVX2 | {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
@@ -141,12 +141,12 @@ def test_int8_config_is_s8s8_full_range_on_amx():
 
 def test_a_build_for_avx2_on_an_amx_host_is_estimated_and_measure_here_records_the_host(tmp_path):
     amx = host(SAPPHIRE_RAPIDS, 16, cpu="Intel Xeon Platinum 8480+")
-    report = build(BuildOptions(model=str(DIGITS), profile="x86-avx2", output=tmp_path / "est", strategy="none",
+    report = build_report(BuildOptions(model=str(DIGITS), profile="x86-avx2", output=tmp_path / "est", strategy="none",
                                 quantize="none", host=amx))
     lat = report["latency"]
     assert lat["source"] == "estimated" and lat["median_ms"] == lat["estimated_ms"] > 0
     assert "avx512 fp32 kernels, profile x86-avx2 avx2" in lat["note"] and "stands_in" not in lat
-    told = build(BuildOptions(model=str(DIGITS), profile="x86-avx2", output=tmp_path / "here", strategy="none",
+    told = build_report(BuildOptions(model=str(DIGITS), profile="x86-avx2", output=tmp_path / "here", strategy="none",
                               quantize="none", host=amx, measure_here=True))
     lat = told["latency"]
     assert lat["source"] == "measured" and lat["measure_here"] is True and lat["threads"] == 4

@@ -5,10 +5,10 @@ import json
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeprune.gate import Budgets, check_budgets
+from edgeprune.gate import Budgets, Measurements, check_budgets
 from edgeprune.measure.memory import peak_memory
 
-from conftest import run_cli
+from conftest import run_cli, stored_report
 
 OPSET = [helper.make_opsetid("", 17)]
 
@@ -60,18 +60,18 @@ def test_a_residual_keeps_its_input_alive_across_the_branch():
     assert est.activations_peak_bytes == a + b + c
 
 
-def test_fp16_artifact_from_fp32_graph_halves_and_report_budget_reads_peak(tmp_path):
+def test_fp16_artifact_from_fp32_graph_halves_and_report_budget_reads_peak(tmp_path, digits_build):
     nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)]
     m = helper.make_model(helper.make_graph(nodes, "g", [_f32("x", [1, 256])], [_f32("y", None)],
                                             [_w("w", (512, 256))]), opset_imports=OPSET)
     fp32, fp16 = peak_memory(m, [(1, 256)]), peak_memory(m, [(1, 256)], precision="fp16")
     assert fp16.peak_bytes == fp32.peak_bytes / 2
-    report = {"latency": {}, "artifact": {"verified": {"passed": True}}, "memory": fp32.to_dict(), "budgets": []}
-    assert report["memory"]["peak_mb"] == round((512 * 256 + 256 + 512) * 4 / 1e6, 4)
-    assert check_budgets(report, Budgets(max_memory_mb=1.0))[0]["met"] is True
-    assert check_budgets(report, Budgets(max_memory_mb=0.5))[0]["met"] is False
-    path = tmp_path / "report.json"
-    path.write_text(json.dumps(report))
+    measured = Measurements(memory=fp32.to_dict())
+    assert measured.memory["peak_mb"] == round((512 * 256 + 256 + 512) * 4 / 1e6, 4)
+    assert check_budgets(measured, Budgets(max_memory_mb=1.0))[0]["met"] is True
+    assert check_budgets(measured, Budgets(max_memory_mb=0.5))[0]["met"] is False
+    report = {**digits_build[2], "memory": fp32.to_dict()}
+    path = stored_report(tmp_path, report)
     proc = run_cli("check", str(path), "--max-memory-mb", "0.5", "--json")
     assert proc.returncode == 3 and json.loads(proc.stdout)["budgets"][0]["value"] == report["memory"]["peak_mb"]
 

@@ -6,8 +6,9 @@ from torch import nn
 
 from edgeprune import InputError, Workload, load_workload
 from edgeprune.gate import Budgets
-from edgeprune.plan import make_plan, parse_nm
+from edgeprune.planning import make_plan
 from edgeprune.profile import load_profile
+from edgeprune.prune.config import parse_nm
 
 from conftest import DIGITS, run_cli
 

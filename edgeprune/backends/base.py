@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +48,11 @@ class Artifact:
     verification tolerance key when it is not the precision (4-bit palettized weights).
     latency: a latency section the backend measured on its own runtime (a TensorRT engine
     on this GPU), used instead of timing ``measure_path`` with ONNX Runtime.
+    reference: an ONNX file that computes what the artifact computes, run here in reference
+    math when the artifact itself cannot run (the TensorRT bundle's batch-free twin).
+    engine: a compiled engine built on this machine, run by the predictor when present.
+    scratch: a temporary folder holding ``reference`` outside the shipped files; it lives
+    as long as the artifact does.
     """
 
     format: str
@@ -59,6 +65,9 @@ class Artifact:
     evaluated_on: str = "artifact"
     tolerance: str | None = None
     latency: dict[str, Any] | None = None
+    reference: Path | None = None
+    engine: Path | None = None
+    scratch: Any = field(default=None, repr=False, compare=False)
 
     @property
     def size_bytes(self) -> int:
@@ -96,15 +105,18 @@ class Backend(Protocol):
         """Returns what can be checked without running the artifact (spec, storage, bit widths)."""
 
 
-_BACKENDS: dict[str, Callable[[], Backend]] = {}
+_BACKENDS: dict[str, Backend] = {}
 
 
-def register_backend(name: str) -> Callable[[Callable[[], Backend]], Callable[[], Backend]]:
-    """Registers a factory for a format name (the factory imports optional dependencies)."""
+def register_backend(name: str) -> Callable[[type], type]:
+    """Registers a backend class for a format name; backends are stateless, so one instance serves all.
 
-    def wrap(factory: Callable[[], Backend]) -> Callable[[], Backend]:
-        _BACKENDS[name] = factory
-        return factory
+    Everything a backend learns while lowering (a twin graph, an engine) lives in the Artifact.
+    """
+
+    def wrap(cls: type) -> type:
+        _BACKENDS[name] = cls()
+        return cls
 
     return wrap
 
@@ -114,7 +126,21 @@ def get_backend(name: str) -> Backend:
     if name not in _BACKENDS:
         known = ", ".join(sorted(_BACKENDS))
         raise UnsupportedError(f"unknown format {name!r}; formats: {known}")
-    return _BACKENDS[name]()
+    return _BACKENDS[name]
+
+
+@contextmanager
+def backend_replaced(name: str, backend: Backend) -> Iterator[Backend]:
+    """Serves ``backend`` for a format name inside the block (a runtime the user wraps or a test's)."""
+    previous = _BACKENDS.get(name)
+    _BACKENDS[name] = backend
+    try:
+        yield backend
+    finally:
+        if previous is None:
+            _BACKENDS.pop(name, None)
+        else:
+            _BACKENDS[name] = previous
 
 
 def known_formats() -> list[str]:

@@ -47,6 +47,7 @@ from edgeprune.verify import Verification, structural
 PACKAGE = "model.mlpackage"
 
 
+@register_backend("coreml")
 class CoreMLBackend:
     """Lowers to ``model.mlpackage`` for the profile's minimum deployment target."""
 
@@ -184,9 +185,4 @@ def _model_weights(model: torch.nn.Module) -> list[tuple[int, int]]:
 
 def _fmt(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {k.lower()}" for k, n in counts.items()) or "none found"
-
-
-@register_backend("coreml")
-def _factory() -> CoreMLBackend:
-    return CoreMLBackend()
 

@@ -28,6 +28,7 @@ from edgeprune.verify import Verification, structural
 INT8_MODES = ("static", "dynamic")
 
 
+@register_backend("onnx")
 class OnnxBackend:
     """Lowers to ``model.onnx``; runs here with ONNX Runtime's CPU provider.
 
@@ -92,8 +93,3 @@ class OnnxBackend:
         except onnx.checker.ValidationError:
             valid = False
         return structural([("the ONNX file passes onnx.checker", valid)])
-
-
-@register_backend("onnx")
-def _factory() -> OnnxBackend:
-    return OnnxBackend()

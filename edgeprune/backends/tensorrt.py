@@ -10,9 +10,7 @@ timed on this GPU; otherwise the report says why, and the device builds it with
 
 from __future__ import annotations
 
-import shutil
 import tempfile
-import weakref
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -51,26 +49,17 @@ from edgeprune.errors import EdgepruneError, UnsupportedError
 from edgeprune.verify import Verification, structural
 
 
+@register_backend("tensorrt")
 class TensorRTBackend:
-    """Lowers to a TensorRT bundle folder (``tensorrt/``) and, where it can, to an engine."""
+    """Lowers to a TensorRT bundle folder (``tensorrt/``) and, where it can, to an engine.
+
+    Stateless: the batch-free twin and the engine the predictor runs are named in the Artifact.
+    """
 
     name = "tensorrt"
     precisions = frozenset({"fp32", "fp16", "int8"})
     # 2:4 zeros become sparse tensor-core tactics (BuilderFlag.SPARSE_WEIGHTS); other zeros stay dense math.
     sparsity_storage = frozenset({"structured", "nm"})
-
-    def __init__(self) -> None:
-        self._scratch_dir: Path | None = None
-        self._twins: dict[Path, Path] = {}
-        self._engines: dict[Path, Path] = {}
-
-    @property
-    def _scratch(self) -> Path:
-        """A private folder for the batch-free twins, removed with the backend."""
-        if self._scratch_dir is None:
-            self._scratch_dir = Path(tempfile.mkdtemp(prefix="edgeprune-trt-"))
-            weakref.finalize(self, shutil.rmtree, self._scratch_dir, True)
-        return self._scratch_dir
 
     def check(self, request: LowerRequest) -> None:
         check_precision(self, request)
@@ -82,13 +71,15 @@ class TensorRTBackend:
 
     def preflight(self, model: torch.nn.Module, example_inputs: Inputs, request: LowerRequest) -> None:
         """Exports the dense model and checks its operators (the build calls this before pruning)."""
-        probe = export_onnx(model, example_inputs, self._scratch / "preflight.onnx")
-        check_tensorrt_operators(onnx.load(str(probe)))
+        with tempfile.TemporaryDirectory(prefix="edgeprune-trt-") as tmp:
+            probe = export_onnx(model, example_inputs, Path(tmp) / "preflight.onnx")
+            check_tensorrt_operators(onnx.load(str(probe)))
 
     def lower(self, model: torch.nn.Module, example_inputs: Inputs, request: LowerRequest, out_dir: Path) -> Artifact:
         bundle = out_dir / BUNDLE_DIR
         bundle.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(dir=self._scratch))
+        scratch_dir = tempfile.TemporaryDirectory(prefix="edgeprune-trt-")  # the twin is not shipped
+        scratch = Path(scratch_dir.name)
         twin = export_onnx(model, example_inputs, scratch / "batch_free.onnx")
         check_tensorrt_operators(onnx.load(str(twin)))
         if request.precision == "int8":
@@ -122,8 +113,8 @@ class TensorRTBackend:
             evaluated_on=("the bundle's ONNX (batch dimension free) under ONNX Runtime"
                           + (" with Q/DQ unfused" if request.precision == "int8" else "")
                           + "; the engine itself is built and checked on the device"),
+            reference=twin, scratch=scratch_dir,
         )
-        self._twins[bundle] = twin
         reason = tensorrt_unavailable()
         if reason is not None:
             notes.append(f"TensorRT engine not built here: {reason}. On the device, run "
@@ -133,16 +124,15 @@ class TensorRTBackend:
         details["engine"] = result
         notes.append(result["sparsity"])
         if "latency" in result:
-            self._engines[bundle] = Path(result["engine"])
+            artifact.engine = Path(result["engine"])
             artifact.latency = {**result["latency"], "batch": batch}
             artifact.evaluated_on = "artifact"
         return artifact
 
     def predictor(self, artifact: Artifact) -> Callable[..., torch.Tensor] | None:
-        if artifact.path in self._engines:
-            return EngineRunner(self._engines[artifact.path])
-        twin = self._twins.get(artifact.path)
-        return onnx_runtime.predictor(twin, reference=True) if twin else None
+        if artifact.engine is not None:
+            return EngineRunner(artifact.engine)
+        return onnx_runtime.predictor(artifact.reference, reference=True) if artifact.reference else None
 
     def cannot_run_reason(self) -> str | None:
         return tensorrt_unavailable()
@@ -157,8 +147,3 @@ class TensorRTBackend:
         if request.precision == "int8":
             checks.append(("the ONNX carries explicit Q/DQ", ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0))
         return structural(checks)
-
-
-@register_backend("tensorrt")
-def _factory() -> TensorRTBackend:
-    return TensorRTBackend()

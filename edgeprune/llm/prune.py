@@ -36,6 +36,7 @@ class LLMPruneResult:
 
     model: nn.Module
     details: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def calibration_batches(
@@ -97,11 +98,13 @@ def _sparsify_block(
             sparsify_(weight, magnitude_scores(weight), sparsity, nm, per_row=False)
 
 
-def _check_arguments(method: str, sparsity: float, criterion: str, nm: tuple[int, int]) -> None:
+def check_arguments(method: str, sparsity: float, criterion: str, nm: tuple[int, int]) -> None:
+    """Raises InputError for a method, amount, criterion or pattern the causal-LM pruner does not take."""
     if method not in METHODS:
-        raise InputError(f"LLM pruning method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise InputError(f"causal-LM pruning method (--strategy) must be one of {', '.join(METHODS)}, got {method!r} "
+                         "(hybrid is for CNNs and vision transformers)")
     if criterion not in CRITERIA:
-        raise InputError(f"LLM pruning criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        raise InputError(f"causal-LM pruning scores with {', '.join(CRITERIA)}, got --criterion {criterion}")
     if method == "structured" and criterion == "sparsegpt":
         raise InputError("structured LLM pruning scores with magnitude or wanda (restoration is its weight update)")
     if method == "nm":
@@ -142,7 +145,7 @@ def prune_causal_lm(
 
     Embeddings, the LM head and norms stay dense; only decoder-block projections are pruned.
     """
-    _check_arguments(method, sparsity, criterion, nm)
+    check_arguments(method, sparsity, criterion, nm)
     wrapped = isinstance(model, CausalLMLogits)
     lm = model.lm if wrapped else model
     if not is_causal_lm(lm):
@@ -209,4 +212,8 @@ def prune_causal_lm(
         "ffn_width": {"before": ffn_before, "after": weight_matrix(layers[0].get_submodule(arch.mlp_out)).shape[1]},
         "time_s": time.perf_counter() - started,
     }
-    return LLMPruneResult(CausalLMLogits(lm) if wrapped else lm, details)
+    pruned = CausalLMLogits(lm) if wrapped else lm
+    # the zeros of unstructured and N:M sparsity stay zeros through recovery
+    masks = ({name: p != 0 for name, p in pruned.named_parameters() if p.dim() == 2 and bool((p == 0).any())}
+             if method in ("unstructured", "nm") else {})
+    return LLMPruneResult(pruned, details, masks)

@@ -3,76 +3,22 @@
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import os
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from edgeprune.errors import InputError
-from edgeprune.measure.agent_server import API, TOKEN_ENV
+from edgeprune.measure.agent_wire import API, TOKEN_ENV, UploadModel, pack_upload
 from edgeprune.measure.protocol import Protocol
 
 
 class AgentError(InputError):
     """The agent could not be reached, refused the request, or could not measure (exit code 2)."""
-
-
-@dataclass(frozen=True)
-class UploadModel:
-    """One model to time on the device: its role in the reply, its format, where it lies here."""
-
-    role: str
-    format: str  # onnx | mlpackage | engine
-    path: Path
-    runtime: str | None = None  # onnxruntime or tensorrt for onnx; the agent picks when None
-    precision: str = "fp32"  # what TensorRT builds an ONNX model at
-
-
-def upload_format(path: Path) -> str:
-    """Returns the agent format of an artifact path; AgentError for anything else."""
-    if path.is_dir() and path.suffix == ".mlpackage":
-        return "mlpackage"
-    if path.suffix == ".onnx":
-        return "onnx"
-    if path.suffix in (".engine", ".plan", ".trt"):
-        return "engine"
-    raise AgentError(f"{path}: the agent runs .onnx files, .mlpackage folders and TensorRT .engine files only")
-
-
-def pack_upload(models: Sequence[UploadModel], inputs: Sequence[np.ndarray], threads: int | None = None,
-                protocol: Protocol | None = None) -> bytes:
-    """Returns the zip archive the agent's /v1/measure takes."""
-    buf = io.BytesIO()
-    manifest: dict = {"version": 1, "models": [], "inputs": [], "threads": threads}
-    if protocol is not None:
-        manifest["protocol"] = asdict(protocol)
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for model in models:
-            member = f"{model.role}.{model.format}"
-            spec = {"role": model.role, "format": model.format, "member": member, "precision": model.precision}
-            if model.runtime:
-                spec["runtime"] = model.runtime
-            manifest["models"].append(spec)
-            if model.format == "mlpackage":
-                for f in sorted(p for p in model.path.rglob("*") if p.is_file()):
-                    zf.write(f, f"{member}/{f.relative_to(model.path).as_posix()}")
-            else:
-                zf.write(model.path, member)
-        for i, array in enumerate(inputs):
-            npy = io.BytesIO()
-            np.save(npy, np.ascontiguousarray(array), allow_pickle=False)
-            zf.writestr(f"input_{i}.npy", npy.getvalue())
-            manifest["inputs"].append(f"input_{i}.npy")
-        zf.writestr("manifest.json", json.dumps(manifest))
-    return buf.getvalue()
 
 
 class AgentClient:

@@ -20,49 +20,32 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
 import time
-import zipfile
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
-
 from edgeprune import __version__
 from edgeprune.errors import InputError
 from edgeprune.host import this_host
 from edgeprune.measure import runtimes
-from edgeprune.measure.protocol import Protocol, time_side_by_side
-
-TOKEN_ENV = "EDGEPRUNE_AGENT_TOKEN"
-MIN_TOKEN_LENGTH = 16
-API = "/v1"
-MAX_MODELS = 4
-MAX_INPUTS = 16
-MAX_MEMBERS = 64
-# The files a Core ML package holds; anything else in an uploaded package is refused.
-MLPACKAGE_FILES = ("Manifest.json", "Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin")
-_ROLE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_RUNTIMES = {"onnx": ("onnxruntime", "tensorrt"), "mlpackage": ("coreml",), "engine": ("tensorrt",)}
-_PROTOCOL_BOUNDS = {"warmup_s": (0.0, 10.0), "round_s": (0.01, 5.0), "min_rounds": (1, 50),
-                    "max_rounds": (1, 100), "min_runs_per_round": (1, 1000), "tolerance": (0.001, 0.5)}
-
-
-class RequestError(Exception):
-    """A request the agent refuses, with the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
+from edgeprune.measure.agent_wire import (
+    API,
+    MIN_TOKEN_LENGTH,
+    RUNTIMES,
+    TOKEN_ENV,
+    Job,
+    RequestError,
+    parse_upload,
+    write_model,
+)
+from edgeprune.measure.protocol import time_side_by_side
 
 
 @dataclass(frozen=True)
@@ -90,23 +73,6 @@ def token_from_env() -> str:
         raise InputError(f"{TOKEN_ENV} is not set: set it to the same shared secret on the device and on "
                          "the machine that builds (e.g. `export EDGEPRUNE_AGENT_TOKEN=$(openssl rand -hex 24)`)")
     return token
-
-
-@dataclass(frozen=True)
-class _Model:
-    role: str
-    format: str
-    runtime: str
-    precision: str
-    files: dict[str, bytes]  # our own relative name -> bytes
-
-
-@dataclass(frozen=True)
-class _Job:
-    models: list[_Model]
-    inputs: list[np.ndarray]
-    threads: int | None
-    protocol: Protocol
 
 
 class Agent:
@@ -151,7 +117,7 @@ class Agent:
             "protocol": 1,
             "device": self.device,
             "runtimes": self.runtimes,
-            "formats": {fmt: [r for r in rts if r in self.runtimes] for fmt, rts in _RUNTIMES.items()},
+            "formats": {fmt: [r for r in rts if r in self.runtimes] for fmt, rts in RUNTIMES.items()},
             "max_upload_bytes": self.config.max_upload_bytes,
             "queue_timeout_s": self.config.queue_timeout_s,
             "threads": self.config.threads or this_host().cores,
@@ -174,12 +140,12 @@ class Agent:
         finally:
             self._measure_lock.release()
 
-    def _run(self, job: _Job) -> dict:
+    def _run(self, job: Job) -> dict:
         threads = job.threads or self.config.threads or this_host().cores
         with tempfile.TemporaryDirectory(prefix="edgeprune-agent-") as tmp:
             loaded: dict[str, runtimes.Loaded] = {}
             for i, model in enumerate(job.models):
-                path = _write_model(Path(tmp) / f"m{i}", model)
+                path = write_model(Path(tmp) / f"m{i}", model)
                 if model.runtime not in self.runtimes:
                     raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY,
                                        f"runtime {model.runtime} is not available on this device "
@@ -200,141 +166,6 @@ class Agent:
             "seconds": round(seconds, 3),
             "results": {role: {**stats[role].to_dict(), "runtime": loaded[role].runtime} for role in loaded},
         }
-
-
-def _write_model(folder: Path, model: _Model) -> Path:
-    """Returns the path of the model written under the agent's own names."""
-    folder.mkdir()
-    if model.format == "mlpackage":
-        root = folder / "model.mlpackage"
-        for rel, data in model.files.items():
-            target = root / rel  # rel is one of MLPACKAGE_FILES, never a client's string
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        return root
-    path = folder / ("model.onnx" if model.format == "onnx" else "model.engine")
-    path.write_bytes(model.files["model"])
-    return path
-
-
-def _read_member(zf: zipfile.ZipFile, name: str, budget: list[int]) -> bytes:
-    """Returns one archive member, refusing members that inflate past the remaining budget."""
-    try:
-        info = zf.getinfo(name)
-    except KeyError:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"the archive has no member named in the manifest ({name[:80]!r})") from None
-    if info.file_size > budget[0]:
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the upload unpacks past the agent's size limit")
-    with zf.open(info) as f:
-        # Read one byte past the declared size: a lying header must not inflate unchecked.
-        data = f.read(info.file_size + 1)
-    if len(data) > info.file_size:
-        raise RequestError(HTTPStatus.BAD_REQUEST, "an archive member is larger than its header says")
-    budget[0] -= len(data)
-    return data
-
-
-def _protocol(spec: object) -> Protocol:
-    if spec is None:
-        return Protocol()
-    if not isinstance(spec, dict) or set(spec) - set(_PROTOCOL_BOUNDS):
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"manifest 'protocol' takes only {', '.join(_PROTOCOL_BOUNDS)}")
-    values = {}
-    for key, value in spec.items():
-        lo, hi = _PROTOCOL_BOUNDS[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"manifest protocol.{key} must be a number in [{lo}, {hi}]")
-        values[key] = type(lo)(value) if isinstance(lo, int) else float(value)
-    return Protocol(**values)
-
-
-def parse_upload(body: bytes, max_unpacked: int) -> _Job:
-    """Returns the job an upload describes; RequestError (400/413) for anything malformed."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(body))
-        members = zf.infolist()
-        # Members inflate no further than their declared sizes, so bounding those bounds the work.
-        if len(members) > MAX_MEMBERS or sum(m.file_size for m in members) > max_unpacked:
-            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                               f"the upload unpacks past the agent's limit ({max_unpacked} bytes, {MAX_MEMBERS} files)")
-        if zf.testzip() is not None:  # checks every member's CRC: a corrupted upload fails here
-            raise zipfile.BadZipFile("a member's checksum does not match")
-    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, OSError, RuntimeError) as exc:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"the upload is not a valid zip archive ({type(exc).__name__})") from None
-    budget = [max_unpacked]
-    with zf:
-        try:
-            manifest = json.loads(_read_member(zf, "manifest.json", budget))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "manifest.json is not valid JSON") from None
-        if not isinstance(manifest, dict) or manifest.get("version") != 1:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "manifest.json must be an object with \"version\": 1")
-        specs = manifest.get("models")
-        if not isinstance(specs, list) or not 1 <= len(specs) <= MAX_MODELS:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"manifest 'models' must list 1 to {MAX_MODELS} models")
-        models = [_parse_model(zf, spec, budget) for spec in specs]
-        if len({m.role for m in models}) != len(models):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "manifest model roles must be unique")
-        names = manifest.get("inputs")
-        if not isinstance(names, list) or not 1 <= len(names) <= MAX_INPUTS or not all(isinstance(n, str) for n in names):
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"manifest 'inputs' must list 1 to {MAX_INPUTS} .npy members")
-        inputs = [_load_npy(_read_member(zf, n, budget)) for n in names]
-    threads = manifest.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
-        raise RequestError(HTTPStatus.BAD_REQUEST, "manifest 'threads' must be an integer from 1 to 1024 or null")
-    return _Job(models=models, inputs=inputs, threads=threads, protocol=_protocol(manifest.get("protocol")))
-
-
-def _parse_model(zf: zipfile.ZipFile, spec: object, budget: list[int]) -> _Model:
-    if not isinstance(spec, dict):
-        raise RequestError(HTTPStatus.BAD_REQUEST, "each manifest model must be an object")
-    role, fmt, member = spec.get("role"), spec.get("format"), spec.get("member")
-    if not isinstance(role, str) or not _ROLE.match(role):
-        raise RequestError(HTTPStatus.BAD_REQUEST, "a model role must be 1-32 lowercase letters, digits, '-' or '_'")
-    if fmt not in runtimes.FORMATS:
-        raise RequestError(HTTPStatus.BAD_REQUEST,
-                           f"{role}: format {str(fmt)[:40]!r} is not accepted; the agent runs "
-                           f"{', '.join(runtimes.FORMATS)} files only (never pickled models)")
-    runtime = spec.get("runtime") or _RUNTIMES[fmt][0]
-    if runtime not in _RUNTIMES[fmt]:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: format {fmt} runs with {' or '.join(_RUNTIMES[fmt])}")
-    precision = spec.get("precision") or "fp32"
-    if precision not in ("fp32", "fp16", "int8"):
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: precision must be fp32, fp16 or int8")
-    if not isinstance(member, str) or not member:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: 'member' must name an archive member")
-    if fmt == "mlpackage":
-        prefix = member.rstrip("/") + "/"
-        files = {}
-        for info in zf.infolist():
-            if info.is_dir() or not info.filename.startswith(prefix):
-                continue
-            rel = info.filename[len(prefix):]
-            if rel not in MLPACKAGE_FILES:
-                raise RequestError(HTTPStatus.BAD_REQUEST,
-                                   f"{role}: unexpected file in the Core ML package (allowed: {', '.join(MLPACKAGE_FILES)})")
-            # The key is our constant, not the client's string.
-            files[MLPACKAGE_FILES[MLPACKAGE_FILES.index(rel)]] = _read_member(zf, info.filename, budget)
-        if MLPACKAGE_FILES[0] not in files:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: the Core ML package has no Manifest.json")
-        return _Model(role, fmt, runtime, precision, files)
-    data = _read_member(zf, member, budget)
-    if fmt == "onnx":
-        try:
-            runtimes.check_onnx_bytes(data)
-        except runtimes.BadArtifact as exc:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: {exc}") from None
-    return _Model(role, fmt, runtime, precision, {"model": data})
-
-
-def _load_npy(data: bytes) -> np.ndarray:
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"an input is not a valid .npy array ({type(exc).__name__})") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
-        raise RequestError(HTTPStatus.BAD_REQUEST, "inputs must be numeric .npy arrays")
-    return array
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import InputError
-from edgeprune.measure.agent_client import AgentClient, UploadModel, upload_format
+from edgeprune.measure.agent_client import AgentClient
+from edgeprune.measure.agent_wire import UploadModel, upload_format
 from edgeprune.measure.protocol import Protocol
 from edgeprune.profile import Profile
 

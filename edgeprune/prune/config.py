@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgeprune.errors import InputError
+from edgeprune.vocabulary import STRATEGIES
 
 if TYPE_CHECKING:
     from edgeprune.profile import Profile
@@ -17,7 +18,6 @@ STRUCTURED_CRITERIA = ("l2", "l1", "bn_scale", "taylor", "wanda")
 WEIGHT_CRITERIA = ("magnitude", "wanda")
 # criteria that read calibration activations or gradients
 CALIBRATED_CRITERIA = frozenset({"taylor", "wanda"})
-STRATEGIES = ("none", "structured", "unstructured", "nm", "hybrid")
 
 
 def _check_sparsity(sparsity: float) -> None:
@@ -161,15 +161,39 @@ class HybridConfig:
         return UnstructuredConfig(self.sparsity, self.unstructured_criterion, "layer", include_embeddings=True)
 
 
-PruneConfig = StructuredConfig | UnstructuredConfig | NMConfig | HybridConfig
-
-
 def parse_nm(text: str) -> tuple[int, int]:
-    """Returns (N, M) from text like ``2:4``."""
+    """Returns (N, M) from text like ``2:4``; InputError unless 0 < N < M."""
     n, sep, m = str(text).partition(":")
     if not (sep and n.strip().isdigit() and m.strip().isdigit()):
         raise InputError(f"--nm must look like N:M (e.g. 2:4), got {text!r}")
-    return int(n), int(m)
+    n_i, m_i = int(n), int(m)
+    if not 0 < n_i < m_i:
+        raise InputError(f"--nm {text}: N:M sparsity needs 0 < N < M")
+    return n_i, m_i
+
+
+@dataclass(frozen=True)
+class CausalLMConfig:
+    """Prune a transformers causal LM block by block (edgeprune.llm): its own calibration per block.
+
+    method: ``unstructured``, ``nm`` or ``structured`` (FFN neurons and whole key/value head
+    groups, widths a multiple of ``channel_multiple``, the next projection restored by least
+    squares). criterion: ``magnitude``, ``wanda`` or ``sparsegpt`` (not structured).
+    """
+
+    method: str
+    sparsity: float
+    criterion: str = "wanda"
+    nm: tuple[int, int] = (2, 4)
+    channel_multiple: int = 1
+
+    def __post_init__(self) -> None:
+        from edgeprune.llm.prune import check_arguments
+
+        check_arguments(self.method, self.sparsity, self.criterion, tuple(self.nm))
+
+
+PruneConfig = StructuredConfig | UnstructuredConfig | NMConfig | HybridConfig | CausalLMConfig
 
 
 def config_for(strategy: str, sparsity: float | None = None, criterion: str | None = None,

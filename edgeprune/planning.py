@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from edgeprune import vocabulary
+from edgeprune.backends.base import LowerRequest
 from edgeprune.errors import InputError
 from edgeprune.gate import Budgets
 from edgeprune.layers import Layer, inventory
 from edgeprune.profile import Profile
+from edgeprune.prune.config import parse_nm
+from edgeprune.vocabulary import AUTO
 from edgeprune.workload import Workload, is_hf_causal_lm_workload
 
-STRATEGIES = ("auto", "none", "structured", "unstructured", "nm", "hybrid")
-QUANTIZE = ("auto", "none", "fp16", "int8")
+STRATEGIES = (AUTO, *vocabulary.STRATEGIES)
+QUANTIZE = (AUTO, *vocabulary.QUANTIZE)
 # 2:4 pays only when most of the arithmetic sits in layers a sparse kernel accelerates.
 NM_MIN_MAC_SHARE = 0.5
 # Above this share of parameters in embeddings, a transformer's size is its vocabulary.
@@ -23,7 +27,9 @@ class Plan:
     """Strategy, sparsity, quantization and format, with the reasons in plain words.
 
     ``sparsity`` is the amount to build with; ``search`` is the (low, high) range the
-    budget-driven search may move it in (None when the amount is fixed).
+    budget-driven search may move it in (None when the amount is fixed). ``recover`` is
+    the distillation steps after pruning; ``palettize`` the lookup-table weight bits of the
+    lowering (Core ML). A plan is everything one evaluation of the model needs.
     """
 
     kind: str
@@ -33,7 +39,8 @@ class Plan:
     precision: str
     criterion: str | None = None
     nm: tuple[int, int] | None = None
-    channel_multiple: int = 1
+    recover: int = 0
+    palettize: int | None = None
     reasons: tuple[str, ...] = ()
     search: tuple[float, float] | None = None
     quantize_candidates: tuple[str, ...] = ()
@@ -47,22 +54,21 @@ class Plan:
         out["quantize_candidates"] = list(self.quantize_candidates)
         return out
 
+    @property
+    def prunes(self) -> bool:
+        """Whether the plan changes the model (N:M prunes at any amount; the rest above 0)."""
+        return self.kind != "none" and (self.sparsity > 0.0 or self.kind == "nm")
+
+    def lower_request(self, profile: Profile, calibration) -> LowerRequest:
+        """Returns what the backend is asked to lower: precision, the zeros to store, palettization."""
+        return LowerRequest(precision=self.precision, profile=profile, calibration=calibration,
+                            sparsity=self.kind, nm=self.nm or (2, 4), palettize=self.palettize)
+
     def strategy_section(self) -> dict:
         """Returns the report's ``strategy`` object for this plan."""
         d = self.to_dict()
         keys = ("kind", "sparsity", "quantization", "criterion", "nm", "reasons", "search", "details")
         return {k: d[k] for k in keys}
-
-
-def parse_nm(text: str) -> tuple[int, int]:
-    """Returns (N, M) from 'N:M'; InputError unless 0 < N < M."""
-    n, sep, m = str(text).partition(":")
-    if not sep or not n.strip().isdigit() or not m.strip().isdigit():
-        raise InputError(f"--nm must look like N:M (e.g. 2:4), got {text!r}")
-    n_i, m_i = int(n), int(m)
-    if not 0 < n_i < m_i:
-        raise InputError(f"--nm {text}: N must be at least 1 and smaller than M")
-    return n_i, m_i
 
 
 def precision_for(quantize: str, fmt: str) -> str:
@@ -157,6 +163,8 @@ def make_plan(
     criterion: str | None = None,
     nm: str = "2:4",
     budgets: Budgets | None = None,
+    recover: int = 0,
+    palettize: int | None = None,
 ) -> Plan:
     """Returns the plan for building a workload for a profile with the requested knobs.
 
@@ -214,6 +222,12 @@ def make_plan(
     return Plan(
         kind=kind, sparsity=amount, quantization=quantize, format=fmt,
         precision=precision_for(quantize, fmt), criterion=criterion, nm=nm_pair,
-        channel_multiple=int(profile.channel_multiple.value), reasons=tuple(reasons),
+        recover=_steps(recover), palettize=palettize, reasons=tuple(reasons),
         search=search, quantize_candidates=candidates, details=details,
     )
+
+
+def _steps(recover) -> int:
+    if isinstance(recover, bool) or not isinstance(recover, int) or recover < 0:
+        raise InputError(f"--recover must be a whole number of steps >= 0, got {recover!r}")
+    return recover

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edgeprune.candidates import Candidate, CandidateEvaluator, Outcome
+from edgeprune.errors import UnsupportedError
+from edgeprune.planning import Plan
+from edgeprune.search.candidates import Candidate, CandidateEvaluator, Outcome
+from edgeprune.search.evaluate import Context
 
 STEP = 0.05
 DEFAULT_RECOVER_STEPS = 60
@@ -97,10 +101,33 @@ def search(evaluator: CandidateEvaluator, recover_steps: int | None = None,
         tried.append(outcome)
         if not outcome.misses:
             return SearchResult(outcome, tried)
-        if "accuracy_drop" in outcome.misses and steps and candidate.sparsity > 0:
+        if "accuracy_drop" in outcome.misses and outcome.metric is not None and steps and candidate.sparsity > 0:
             progress(f"recover {candidate.label} ({steps} steps)")
             outcome = evaluator.score(candidate, steps)
             tried.append(outcome)
             if not outcome.misses:
                 return SearchResult(outcome, tried)
     return SearchResult(None, tried)
+
+
+def choose_plan(ctx: Context, plan: Plan, progress: Callable[[str], None] = lambda _: None,
+                use_cache: bool = True) -> tuple[Plan, dict]:
+    """Returns the plan of the least-pruned candidate meeting the budgets (or the nearest one) and the search's record.
+
+    ``plan.recover`` is the recovery the search may spend on a candidate that misses only
+    accuracy (the default when the workload has fine-tuning data and none is given).
+    """
+    with CandidateEvaluator(ctx, plan, use_cache) as evaluator:
+        result = search(evaluator, plan.recover or None, progress)
+    best = result.chosen or (result.nearest(1) or [None])[0]
+    if best is None or best.error is not None:
+        raise UnsupportedError("the search found no candidate that builds: " + "; ".join(
+            o.error or "" for o in result.tried)[:300])
+    how = (f"search chose {best.candidate.label}: the least pruning that meets every budget"
+           if result.chosen else
+           f"no candidate meets every budget; building the nearest, {best.candidate.label} "
+           f"(misses {', '.join(best.misses)})")
+    if best.recovered_steps:
+        how += f", after {best.recovered_steps} recovery steps"
+    chosen = evaluator.plan_for(best.candidate, best.recovered_steps)
+    return dataclasses.replace(chosen, reasons=(*plan.reasons, how)), result.to_dict()

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edgeprune.candidates import Candidate, CandidateEvaluator, Outcome
+from edgeprune.search.candidates import Candidate, CandidateEvaluator, Outcome
 
 
 def grid(strategies: Sequence[str], sparsities: Sequence[float], quantize: Sequence[str],

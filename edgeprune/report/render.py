@@ -1,12 +1,8 @@
-"""The report: one schema for every device family, written as report.json and report.md."""
+"""report.md: the report as Markdown a person reads in a CI log or a pull request."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
-
-SCHEMA_VERSION = 1
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -89,30 +85,3 @@ def render_markdown(report: dict) -> str:
     if report.get("notes"):
         lines += ["Notes:", *[f"- {n}" for n in report["notes"]], ""]
     return "\n".join(lines)
-
-
-def write_report(report: dict, folder: Path) -> tuple[Path, Path]:
-    """Returns the paths of report.json and report.md written into the folder."""
-    json_path = folder / "report.json"
-    md_path = folder / "report.md"
-    json_path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
-
-
-def read_report(path: str | Path) -> dict:
-    """Returns a stored report.json (or the report.json inside a build folder)."""
-    from edgeprune.errors import InputError
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "report.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"report not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"report {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or "budgets" not in data or "latency" not in data:
-        raise InputError(f"{path} is not an edgeprune report (no 'latency' or 'budgets')")
-    return data

@@ -1,0 +1,109 @@
+"""The Python API: a build, a plan and a sweep without the command line.
+
+    import edgeprune
+    report = edgeprune.build("examples/digits_cnn.py", profile="x86-avx2", output="out/digits",
+                             latency_budget_ms=2.0, max_accuracy_drop=0.01)
+    report.passed, report.latency["median_ms"]
+
+The first argument is a workload file spec (``path/to/file.py[:function]``), a target file
+(``.toml``) or an ``edgeprune.Workload``; keyword arguments are the options of ``edgeprune
+build`` with underscores (they win over a target file's keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edgeprune.backends import get_backend
+from edgeprune.errors import InputError
+from edgeprune.gate import Budgets
+from edgeprune.planning import Plan, make_plan, precision_for
+from edgeprune.profile import load_profile
+from edgeprune.report import Report
+from edgeprune.search.candidates import CandidateEvaluator, Outcome
+from edgeprune.search.evaluate import Context, silent_step
+from edgeprune.search.sweep import grid, run_sweep, write_sweep
+from edgeprune.target import BuildOptions, budgets_from, options_from
+from edgeprune.target import load_target as load_target_keys
+from edgeprune.vocabulary import QUANTIZE, STRATEGIES
+from edgeprune.workload import Workload, load_workload
+
+SWEEP_STRATEGIES = tuple(s for s in STRATEGIES if s != "none")
+
+
+def load_target(path: str | Path, **overrides: Any) -> BuildOptions:
+    """Returns the build options a target file holds (``overrides`` win over its keys)."""
+    if not str(path).endswith(".toml"):
+        raise InputError(f"a target file is a .toml file, got {path}")
+    load_target_keys(path)  # a missing or malformed file fails here with its own message
+    return options_from(str(path), overrides)
+
+
+def build(workload_or_spec: Workload | str | Path, profile: str | None = None, *, output: str | Path | None = None,
+          step: Callable = silent_step, **options: Any) -> Report:
+    """Returns the report of a build written into ``output``; exit code 3's condition is ``not report.passed``."""
+    from edgeprune.pipeline import run_build
+
+    workload, spec = _workload_and_spec(workload_or_spec)
+    given = {**options, "profile": profile, "output": Path(output) if output is not None else None}
+    return run_build(options_from(spec, given), step=step, workload=workload)
+
+
+def plan(workload_or_spec: Workload | str | Path, profile: str, *, strategy: str = "auto",
+         sparsity: float | None = None, quantize: str = "auto", format: str = "auto", criterion: str | None = None,
+         nm: str = "2:4", recover: int = 0, palettize: int | None = None, budgets: Budgets | None = None,
+         **budget_keys: Any) -> Plan:
+    """Returns what a build would do for the profile, and why, without building.
+
+    Budgets come as a ``Budgets`` or as build's keywords (``latency_budget_ms=2.0``, ...).
+    """
+    workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec))
+    return make_plan(workload, load_profile(profile), strategy, sparsity, quantize, format, criterion, nm,
+                     budgets or budgets_from(budget_keys), recover, palettize)
+
+
+def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | Path, *,
+          strategies: Sequence[str] = ("structured", "unstructured", "nm"), sparsities: Sequence[float] = (0.25, 0.5, 0.75),
+          quantize: Sequence[str] | str = "auto", format: str = "auto", criterion: str | None = None,
+          use_cache: bool = True, measure_here: bool = False,
+          advance: Callable[[Outcome], None] = lambda _: None, total: Callable[[int], None] = lambda _: None) -> dict:
+    """Returns the sweep's summary after writing sweep.json, sweep.md and pareto.png into ``output``.
+
+    Every candidate is evaluated as a build of it would be (cached, so a rerun resumes);
+    ``quantize='auto'`` is none plus what the profile runs fastest. ``total(n)`` is told the
+    number of candidates and ``advance(outcome)`` each one as it is done (progress).
+    """
+    bad = [k for k in strategies if k not in SWEEP_STRATEGIES]
+    if bad or not strategies:
+        raise InputError(f"strategies: unknown strategy {bad[0] if bad else ''!r} ({', '.join(SWEEP_STRATEGIES)})")
+    if not sparsities or any(isinstance(a, bool) or not 0 < a < 1 for a in sparsities):
+        raise InputError("sparsities must each be in (0, 1), and at least one is needed")
+    workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec))
+    prof = load_profile(profile)
+    base = make_plan(workload, prof, "none", None, "auto" if quantize == "auto" else "none", format, criterion)
+    precisions = list(base.quantize_candidates) if quantize == "auto" else list(quantize)
+    bad = [q for q in precisions if q not in QUANTIZE]
+    if bad or not precisions:
+        raise InputError(f"quantize: unknown precision {bad[0] if bad else ''!r} (none, fp16, int8)")
+    backend = get_backend(base.format)
+    for q in precisions:  # a precision the profile or format does not run is refused before any work, as build does
+        backend.check(replace(base, precision=precision_for(q, base.format)).lower_request(prof, ()))
+    candidates = grid(list(strategies), [float(a) for a in sparsities], precisions)
+    total(len(candidates))
+    with Context(workload, prof, Budgets(), measure_here=measure_here) as ctx, \
+            CandidateEvaluator(ctx, base, use_cache) as evaluator:
+        outcomes = run_sweep(evaluator, candidates, advance)
+    title = f"{workload.name} on {prof.name} ({base.format})"
+    return write_sweep(outcomes, Path(output), workload.metric, workload.higher_is_better, title)
+
+
+def _workload_and_spec(workload_or_spec: Workload | str | Path) -> tuple[Workload | None, str]:
+    if isinstance(workload_or_spec, Workload):
+        return workload_or_spec, workload_or_spec.name
+    if isinstance(workload_or_spec, (str, Path)):
+        return None, str(workload_or_spec)
+    raise InputError(f"build takes a workload spec, a target file or an edgeprune.Workload, "
+                     f"got {type(workload_or_spec).__name__}")

@@ -1,0 +1,52 @@
+"""The edgeprune command line: a thin layer over the Python API, one module per command group."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from rich.markup import escape
+
+from edgeprune.cli.build import build, check, plan_cmd, sweep_cmd
+from edgeprune.cli.common import err
+from edgeprune.cli.device import agent, bench, trt_build
+from edgeprune.cli.profiles import profiles
+from edgeprune.errors import EdgepruneError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeprune")
+def cli() -> None:
+    """Prune, quantize and lower PyTorch models for edge devices; prove and gate the result."""
+
+
+for command in (profiles, build, plan_cmd, sweep_cmd, check, trt_build, bench, agent):
+    cli.add_command(command)
+
+
+def main() -> None:
+    """Runs the CLI: one clear line and exit 2 for bad input, no tracebacks for user mistakes."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except EdgepruneError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # "[coreml]" is not markup
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except Exception as exc:  # the unexpected: one line, a traceback only on request
+        if os.environ.get("EDGEPRUNE_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (set EDGEPRUNE_DEBUG=1 for a traceback)",
+                  soft_wrap=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,184 @@
+"""The build commands: `build`, `plan`, `sweep` and `check`, each parsing flags, calling the API, rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeprune.cli.common import csv, emit_json, err, out, progress
+from edgeprune.vocabulary import AUTO, FORMATS, QUANTIZE, STRATEGIES
+
+STRATEGY_CHOICE = click.Choice([AUTO, *STRATEGIES])
+QUANTIZE_CHOICE = click.Choice([AUTO, *QUANTIZE])
+FORMAT_CHOICE = click.Choice([AUTO, *FORMATS])
+
+
+def _palettize(_ctx, _param, value):
+    return int(value) if value else None
+
+
+# The options of `build` and `plan`, each a target-file key too (with dashes or underscores).
+PLAN_OPTIONS = [
+    click.option("--profile", help="Profile name or path to a .toml profile."),
+    click.option("--strategy", type=STRATEGY_CHOICE, help="Pruning strategy (default auto)."),
+    click.option("--sparsity", type=float, help="Fraction to prune, in [0, 1)."),
+    click.option("--criterion", help="Importance criterion (see the README)."),
+    click.option("--nm", help="N:M pattern for --strategy nm (default 2:4)."),
+    click.option("--recover", type=click.IntRange(min=0), help="Distillation steps after pruning."),
+    click.option("--quantize", type=QUANTIZE_CHOICE,
+                 help="Quantization (default auto: what the profile runs fastest, tried when a budget needs it)."),
+    click.option("--palettize", type=click.Choice(["4", "6", "8"]), callback=_palettize,
+                 help="Core ML: store weights as a 2^BITS-entry lookup table."),
+    click.option("--format", "format", type=FORMAT_CHOICE,
+                 help="Artifact format (default auto: the profile's preferred runtime)."),
+    click.option("--latency-budget-ms", type=float, help="Latency budget in ms (on --latency-stat)."),
+    click.option("--latency-stat", type=click.Choice(["median", "p90"]), help="Statistic the latency budget applies to."),
+    click.option("--max-size-mb", type=float, help="Artifact size budget in MB (10^6 bytes)."),
+    click.option("--max-memory-mb", type=float, help="Peak memory budget in MB (weights + activations)."),
+    click.option("--max-accuracy-drop", type=float, help="Largest allowed metric drop (e.g. 0.01 = 1 point)."),
+    click.option("--estimate-margin", type=float, help="Margin an estimated latency must clear (default 0.2)."),
+]
+BUILD_OPTIONS = PLAN_OPTIONS + [
+    click.option("--device", help="URL of an edgeprune agent on the device (http://HOST:PORT)."),
+    click.option("--threads", type=click.IntRange(min=1),
+                 help="Runtime threads when measuring here (default: the profile's cores)."),
+    click.option("--measure-here", is_flag=True, default=None,
+                 help="Measure on this machine even where its CPU is not the profile's (different kernels "
+                      "or fewer cores); the report records it and how the machine differs."),
+    click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Build folder."),
+]
+
+
+def _with(options):
+    def wrap(func):
+        for opt in reversed(options):
+            func = opt(func)
+        return func
+
+    return wrap
+
+
+@click.command()
+@click.argument("model_or_target")
+@_with(BUILD_OPTIONS)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def build(model_or_target: str, as_json: bool, **given) -> None:
+    """Build MODEL_OR_TARGET (path/to/workload.py[:function] or targets/NAME.toml) for a profile.
+
+    Exit codes: 0 built and every budget met; 2 bad input; 3 built but a budget was missed.
+    """
+    from edgeprune.pipeline import run_build
+    from edgeprune.report import render_markdown
+    from edgeprune.target import options_from
+
+    options = options_from(model_or_target, given)
+    report = run_build(options, step=progress)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(render_markdown(report.to_dict()))
+        err.print(f"build written to {options.output}/")
+    if not report.passed:
+        raise SystemExit(3)
+
+
+@click.command("plan")
+@click.argument("model_or_target")
+@_with(PLAN_OPTIONS)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan's strategy object as JSON.")
+def plan_cmd(model_or_target: str, as_json: bool, **given) -> None:
+    """Show what a build of MODEL_OR_TARGET for a profile would do, and why, without building."""
+    from edgeprune.api import plan
+    from edgeprune.target import options_from
+
+    o = options_from(model_or_target, given, default_output=Path("."))
+    p = plan(o.model, o.profile, strategy=o.strategy, sparsity=o.sparsity, quantize=o.quantize, format=o.format,
+             criterion=o.criterion, nm=o.nm, recover=o.recover, palettize=o.palettize, budgets=o.budgets)
+    if as_json:
+        emit_json({"profile": o.profile, "format": p.format, "precision": p.precision,
+                   "strategy": p.strategy_section(), "quantize_candidates": list(p.quantize_candidates)})
+        return
+    amount = f"searched in [{p.search[0]:g}, {p.search[1]:g}]" if p.search else f"{p.sparsity:g}"
+    out.print(f"strategy [bold]{p.kind}[/bold]" + (f" {p.nm[0]}:{p.nm[1]}" if p.nm else "")
+              + f", sparsity {amount}, format {p.format} ({p.precision}); quantization candidates: "
+              + ", ".join(p.quantize_candidates))
+    for reason in p.reasons:
+        out.print(f"  - {reason}")
+
+
+@click.command("sweep")
+@click.argument("model")
+@click.option("--profile", required=True, help="Profile name or path to a .toml profile.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for sweep.json, sweep.md and pareto.png.")
+@click.option("--strategies", default="structured,unstructured,nm", show_default=True)
+@click.option("--sparsities", default="0.25,0.5,0.75", show_default=True)
+@click.option("--quantize", default="auto", show_default=True,
+              help="Comma-separated precisions, or auto: none plus what the profile runs fastest.")
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default=AUTO)
+@click.option("--criterion", default=None)
+@click.option("--no-cache", is_flag=True, help="Re-evaluate candidates even when cached.")
+@click.option("--measure-here", is_flag=True,
+              help="Measure on this machine even where its CPU is not the profile's (see build --help).")
+@click.option("--json", "as_json", is_flag=True)
+def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsities: str, quantize: str, fmt: str,
+              criterion: str | None, no_cache: bool, measure_here: bool, as_json: bool) -> None:
+    """Evaluate strategies x sparsities x quantization; write the table and the Pareto plot."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeprune.api import sweep
+
+    precisions = quantize if quantize == AUTO else csv(str, quantize, "--quantize")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False) as bar:
+        task = bar.add_task("sweep", total=None)
+        summary = sweep(model, profile, output, strategies=csv(str, strategies, "--strategies"),
+                        sparsities=csv(float, sparsities, "--sparsities"), quantize=precisions, format=fmt,
+                        criterion=criterion, use_cache=not no_cache, measure_here=measure_here,
+                        total=lambda n: bar.update(task, total=n),
+                        advance=lambda o: bar.update(task, advance=1, description=f"sweep: {o.candidate.label}"))
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo((output / "sweep.md").read_text())
+        err.print(f"wrote {output}/sweep.json, sweep.md, pareto.png")
+
+
+@click.command()
+@click.argument("report_path", type=click.Path(path_type=Path))
+@click.option("--latency-budget-ms", type=float)
+@click.option("--latency-stat", type=click.Choice(["median", "p90"]), default="median", show_default=True)
+@click.option("--max-size-mb", type=float)
+@click.option("--max-memory-mb", type=float)
+@click.option("--max-accuracy-drop", type=float)
+@click.option("--estimate-margin", type=float, default=0.2, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def check(report_path: Path, as_json: bool, **limits) -> None:
+    """Re-check a stored report.json (or build folder) against budgets; exit 3 if one is missed.
+
+    With no budget flags, the budgets stored in the report are checked again.
+    """
+    from edgeprune.gate import Measurements, check_budgets
+    from edgeprune.report import read_report
+    from edgeprune.target import budgets_from
+
+    report = read_report(report_path)
+    given = {k: v for k, v in limits.items() if v is not None and k not in ("latency_stat", "estimate_margin")}
+    if given:
+        results = check_budgets(Measurements.of_report(report.to_dict()), budgets_from(limits))
+    else:
+        results = report.budgets
+    verified = bool(report.artifact.get("verified", {}).get("passed", False))
+    passed = verified and all(r["met"] for r in results)
+    if as_json:
+        emit_json({"passed": passed, "verified": verified, "budgets": results})
+    else:
+        for r in results:
+            mark = "[green]met[/green]" if r["met"] else "[red]MISSED[/red]"
+            out.print(f"{r['name']}: {r['value']} (limit {r['limit']}) {mark}{' — ' + r['note'] if r.get('note') else ''}")
+        if not verified:
+            out.print("[red]artifact not verified[/red]")
+        out.print("PASSED" if passed else "FAILED")
+    if not passed:
+        raise SystemExit(3)

@@ -1,0 +1,145 @@
+"""The build: workload -> plan -> (search) -> prune -> lower -> verify -> measure -> gate -> report.
+
+Each stage is a public function of its own module; this one only puts them in order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeprune import __version__
+from edgeprune.backends import Artifact, get_backend
+from edgeprune.errors import UnsupportedError
+from edgeprune.gate import check_budgets
+from edgeprune.measure.agent_client import AgentClient
+from edgeprune.measure.local import check_measure_flags
+from edgeprune.output import check_output_folder, staged_output
+from edgeprune.planning import Plan, make_plan
+from edgeprune.profile import load_profile
+from edgeprune.prune.stage import check_prunable
+from edgeprune.report import ModelCounts, Report, write_report
+from edgeprune.search import Context, Evaluation, choose_plan, evaluate
+from edgeprune.search.evaluate import silent_step
+from edgeprune.stats import model_stats
+from edgeprune.target import BuildOptions
+from edgeprune.workload import Workload, is_hf_causal_lm_workload, load_workload
+
+
+def run_build(options: BuildOptions, step: Callable = silent_step, workload: Workload | None = None) -> Report:
+    """Returns the report of a build; the artifact and report are in ``options.output``.
+
+    ``step(name)`` is a context manager wrapped around each stage (the CLI shows progress
+    with it). ``workload`` is used instead of loading ``options.model`` (the Python API
+    passes one it holds). Bad input raises InputError before anything is written.
+    """
+    check_output_folder(Path(options.output))
+    with step("load workload and profile"):
+        workload = workload or load_workload(options.model)
+        profile = load_profile(options.profile)
+    plan = make_plan(workload, profile, options.strategy, options.sparsity, options.quantize, options.format,
+                     options.criterion, options.nm, options.budgets, options.recover, options.palettize)
+    check_prunable(plan, profile, workload)
+    backend = get_backend(plan.format)
+    backend.check(plan.lower_request(profile, workload.calibration_batches()))
+    check_measure_flags(profile, options.measure_here, options.threads)  # before any work
+    # Reach the device before the long stages, so a wrong token or URL fails in a second.
+    agent = connect_agent(options.device) if options.device else None
+    preflight = getattr(backend, "preflight", None)
+    if preflight is not None and plan.kind != "none":  # an unlowerable operator fails before pruning runs
+        with step(f"check {plan.format} can lower every operator"):
+            preflight(workload.model, tuple(workload.example_inputs), plan.lower_request(profile, ()))
+    with Context(workload, profile, options.budgets, options.host, options.measure_here, options.threads,
+                 agent) as ctx:
+        search = None
+        if plan.search is not None:
+            low, high = plan.search
+            with step(f"search {plan.kind} sparsity in [{low:g}, {high:g}] for the budgets"):
+                plan, search = choose_plan(ctx, plan)
+        with step("count parameters and MACs"):
+            before = model_stats(workload.model, workload.example_inputs)
+        final = Path(options.output)
+        with staged_output(final) as stage:
+            evaluation = evaluate(ctx, plan, stage, step=step)
+            hf_model = None
+            if is_hf_causal_lm_workload(workload):
+                with step("save the pruned model as a Hugging Face directory"):
+                    hf_model = save_causal_lm(evaluation, workload, stage, final)
+            report = assemble_report(workload, profile.name, before, evaluation, ctx, stage, final, search, hf_model)
+            write_report(report, stage)
+    return report
+
+
+def assemble_report(workload: Workload, profile: str, before: dict, evaluation: Evaluation, ctx: Context,
+                    stage: Path, final: Path, search: dict | None, hf_model: dict | None) -> Report:
+    """Returns the build's report: the evaluation's figures, the budgets checked against them, the verdict."""
+    verification = evaluation.verification
+    budgets = check_budgets(evaluation.measurements(), ctx.budgets)
+    notes = list(evaluation.artifact.notes)
+    if not verification.passed:
+        notes.append(f"verification failed: {verification.detail}")
+    artifact = artifact_section(evaluation.artifact, final, stage)
+    artifact["verified"] = verification.to_dict()
+    if hf_model is not None:
+        artifact["hf_model"] = hf_model
+    after = evaluation.stats
+    return Report(
+        edgeprune_version=__version__,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        workload=workload.name, profile=profile,
+        strategy=strategy_section(evaluation.plan, evaluation.pruned.details,
+                                  pruned=evaluation.pruned.model is not workload.model),
+        model=ModelCounts(before["params"], after["params"], after["nonzero_params"], before["macs"], after["macs"]),
+        artifact=artifact, latency=evaluation.latency, memory=evaluation.memory, accuracy=evaluation.accuracy or {},
+        budgets=budgets, passed=verification.passed and all(b["met"] for b in budgets), notes=notes, search=search,
+    )
+
+
+def strategy_section(plan: Plan, prune_details: dict, pruned: bool) -> dict:
+    """Returns the report's strategy: what was applied ('none' if nothing was pruned) and why."""
+    section = plan.strategy_section()
+    section["details"] = {**plan.details, **prune_details}
+    if not pruned and plan.kind != "none":
+        section["details"]["device_strategy"] = plan.kind
+        section["kind"] = "none"
+    return section
+
+
+def artifact_section(artifact: Artifact, final: Path, stage: Path) -> dict:
+    """Returns the report's artifact section, its paths where the build folder will be."""
+    def moved(p: Path) -> str:
+        return str(final / Path(p).relative_to(stage))
+
+    return {
+        "format": artifact.format,
+        "precision": artifact.precision,
+        "path": moved(artifact.path),
+        "files": [moved(f) for f in artifact.files],
+        "size_bytes": artifact.size_bytes,
+        **({"details": artifact.details} if artifact.details else {}),
+    }
+
+
+def save_causal_lm(evaluation: Evaluation, workload: Workload, stage: Path, final: Path) -> dict:
+    """Returns the report entry of the pruned LM saved to ``hf/``, after reloading it to check.
+
+    The directory holds the config with the pruned widths, safetensors weights and the
+    tokenizer, so ``AutoModelForCausalLM.from_pretrained`` rebuilds the pruned model.
+    """
+    from edgeprune.llm import reload_max_abs_diff, save_pretrained
+
+    model = evaluation.pruned.model
+    folder = save_pretrained(model, stage / "hf", workload.extras.get("tokenizer"))
+    diff = reload_max_abs_diff(model, folder, workload.example_inputs[0])
+    if diff > 1e-4:
+        raise UnsupportedError(f"the saved Hugging Face model does not reload to the pruned one (max logit "
+                               f"difference {diff:.3g})")
+    return {"path": str(final / "hf"), "reload_max_abs_diff": diff}
+
+
+def connect_agent(url: str) -> AgentClient:
+    """Returns a client for the device agent at ``url`` after checking it answers to our token."""
+    client = AgentClient(url)
+    client.info()
+    return client

@@ -1,0 +1,170 @@
+"""Candidates of a plan: one (strategy, sparsity, quantization) evaluated through the build's own path, cached."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from edgeprune import __version__
+from edgeprune.backends import get_backend
+from edgeprune.gate import Measurements, check_budgets
+from edgeprune.host import this_host
+from edgeprune.planning import Plan, precision_for
+from edgeprune.search.cache import Cache, model_fingerprint
+from edgeprune.search.evaluate import Context, Evaluation, evaluate, score_artifact
+
+# A candidate's quick timing must clear the latency budget by this much (see gate.check_latency).
+SEARCH_HEADROOM = 0.15
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search space."""
+
+    kind: str
+    sparsity: float
+    quantize: str
+
+    @property
+    def label(self) -> str:
+        if self.kind == "none" or (self.sparsity == 0 and self.kind != "nm"):
+            base = "dense"
+        else:
+            base = f"{self.kind} {self.sparsity:.2f}"
+        return base + ("" if self.quantize == "none" else f" + {self.quantize}")
+
+
+@dataclass
+class Outcome:
+    """What a candidate costs and scores, as its evaluation recorded it; ``misses`` names the budgets it fails."""
+
+    candidate: Candidate
+    latency_ms: float | None = None
+    latency_source: str | None = None
+    size_bytes: int | None = None
+    macs: int | None = None
+    nonzero_params: int | None = None
+    metric: float | None = None
+    drop: float | None = None
+    verified: bool | None = None
+    recovered_steps: int = 0
+    misses: list[str] = field(default_factory=list)
+    error: str | None = None
+    peak_memory_mb: float | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["candidate"] = {**asdict(self.candidate), "label": self.candidate.label}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Outcome:
+        data = dict(data)
+        cand = data.pop("candidate")
+        cand.pop("label", None)
+        return cls(candidate=Candidate(**cand), **data)
+
+
+class CandidateEvaluator:
+    """Evaluates candidates of one plan with ``evaluate`` (the build's path); results are cached on disk.
+
+    ``cost`` prunes, lowers, verifies and times a candidate; ``score`` adds its metric,
+    computed by the artifact. Each candidate is built once per evaluator.
+    """
+
+    def __init__(self, ctx: Context, plan: Plan, use_cache: bool = True) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.workload = ctx.workload
+        self._evaluations: dict[tuple[Candidate, int], Evaluation] = {}
+        host = ctx.host or this_host()
+        profile = ctx.profile
+        self.cache = Cache([__version__, model_fingerprint(ctx.workload.model),
+                            profile.path.read_text() if profile.path else profile.model_dump_json(),
+                            plan.format, type(get_backend(plan.format)).__qualname__, plan.criterion, plan.nm, plan.palettize, ctx.threads, ctx.measure_here,
+                            [host.description, sorted(host.flags)],
+                            ctx.agent.url if ctx.agent is not None else None], enabled=use_cache)
+
+    def plan_for(self, candidate: Candidate, recover_steps: int = 0) -> Plan:
+        """Returns the plan with the candidate's kind, amount and quantization."""
+        return replace(self.plan, kind=candidate.kind, sparsity=candidate.sparsity, quantization=candidate.quantize,
+                       precision=precision_for(candidate.quantize, self.plan.format), search=None,
+                       recover=recover_steps)
+
+    def _evaluation(self, candidate: Candidate, recover_steps: int) -> Evaluation:
+        key = (candidate, recover_steps)
+        if key not in self._evaluations:
+            folder = self.ctx.scratch(f"candidate-{len(self._evaluations)}")
+            self._evaluations[key] = evaluate(self.ctx, self.plan_for(candidate, recover_steps), folder,
+                                              final=False, score=False)
+        return self._evaluations[key]
+
+    def close(self) -> None:
+        """Forgets the candidates' models and artifacts (their folders go with the context)."""
+        self._evaluations.clear()
+
+    def __enter__(self) -> CandidateEvaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def cost(self, candidate: Candidate) -> Outcome:
+        """Returns the candidate's latency, size and MACs (cached)."""
+        return self._outcome(candidate, 0, with_metric=False)
+
+    def score(self, candidate: Candidate, recover_steps: int = 0) -> Outcome:
+        """Returns the candidate's cost plus its metric computed by the artifact (cached).
+
+        With recovery, the recovered model is a different artifact: it is lowered and timed
+        again, so the outcome describes exactly what a build of it would ship.
+        """
+        return self._outcome(candidate, recover_steps, with_metric=True)
+
+    def _outcome(self, candidate: Candidate, recover_steps: int, with_metric: bool) -> Outcome:
+        stage = f"score-{recover_steps}" if with_metric else "cost"
+        cached = self.cache.load(asdict(candidate), stage)
+        if cached is not None:
+            try:
+                outcome = Outcome.from_dict(cached)
+            except (TypeError, KeyError, ValueError):
+                outcome = None
+            if outcome is not None:
+                # the cache holds costs and scores; which budgets they miss depends on this build's budgets
+                outcome.misses = self.misses(outcome, with_accuracy=with_metric)
+                return outcome
+        outcome = Outcome(candidate, recovered_steps=recover_steps)
+        try:
+            evaluation = self._evaluation(candidate, recover_steps)
+            if with_metric and evaluation.accuracy is None:
+                score_artifact(self.ctx, evaluation)
+            record(outcome, evaluation, self.ctx.budgets.latency_stat)
+        except Exception as exc:  # a candidate that cannot be built is recorded, not fatal
+            outcome.error = f"{type(exc).__name__}: {exc}"[:300]
+        outcome.misses = self.misses(outcome, with_accuracy=with_metric)
+        self.cache.store(outcome.to_dict(), asdict(candidate), stage)
+        return outcome
+
+    def misses(self, outcome: Outcome, with_accuracy: bool) -> list[str]:
+        """Returns the names of the budgets the outcome does not meet (or cannot prove)."""
+        if outcome.error:
+            return ["build"]
+        budgets = self.ctx.budgets if with_accuracy else replace(self.ctx.budgets, max_accuracy_drop=None)
+        latency = {"source": outcome.latency_source, f"{budgets.latency_stat}_ms": outcome.latency_ms}
+        measured = Measurements(latency, outcome.size_bytes, {"peak_mb": outcome.peak_memory_mb},
+                                {"drop": outcome.drop})
+        missed = [r["name"] for r in check_budgets(measured, budgets, SEARCH_HEADROOM) if not r["met"]]
+        return missed + (["verification"] if outcome.verified is False else [])
+
+
+def record(outcome: Outcome, evaluation: Evaluation, stat: str) -> None:
+    """Copies an evaluation's figures into the outcome (what the sweep table and the search's report show)."""
+    latency = evaluation.latency
+    outcome.latency_ms = latency.get(f"{stat}_ms")
+    outcome.latency_source = latency.get("source")
+    outcome.size_bytes = evaluation.artifact.size_bytes
+    outcome.peak_memory_mb = evaluation.memory.get("peak_mb")
+    outcome.macs, outcome.nonzero_params = evaluation.stats["macs"], evaluation.stats["nonzero_params"]
+    outcome.verified = evaluation.verification.passed
+    if evaluation.accuracy is not None:
+        outcome.metric = evaluation.accuracy.get("pruned")
+        outcome.drop = evaluation.accuracy.get("drop")

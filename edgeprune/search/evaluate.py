@@ -1,0 +1,180 @@
+"""One evaluation path: a plan in, its measurements out, for the build, the budget search and the sweep alike.
+
+``evaluate`` prunes the model as the plan says, lowers it, verifies the artifact against
+PyTorch, times or estimates it and scores it on the artifact; what a search records of a
+candidate is therefore what a build of the same plan reports.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeprune.backends import Artifact, LowerRequest, get_backend
+from edgeprune.backends.onnx_export import export_onnx
+from edgeprune.gate import Budgets, Measurements
+from edgeprune.host import Host
+from edgeprune.measure.agent_client import AgentClient
+from edgeprune.measure.latency import Timing, latency_of
+from edgeprune.planning import Plan
+from edgeprune.profile import Profile
+from edgeprune.prune.stage import Pruned, prune_for_plan
+from edgeprune.stats import model_stats
+from edgeprune.verify import Verification, verify_numeric
+from edgeprune.workload import Workload
+
+VERIFY_BATCHES = 4
+_UNSCORED = object()
+
+
+@contextmanager
+def silent_step(name: str) -> Iterator[None]:
+    """A step that shows nothing (the CLI passes one that prints progress)."""
+    yield
+
+
+@dataclass
+class Context:
+    """What stays the same for every plan one build evaluates: the workload, the device and how to time it."""
+
+    workload: Workload
+    profile: Profile
+    budgets: Budgets = field(default_factory=Budgets)
+    host: Host | None = None
+    measure_here: bool = False
+    threads: int | None = None
+    agent: AgentClient | None = None
+
+    def __post_init__(self) -> None:
+        self._workdir = tempfile.TemporaryDirectory(prefix="edgeprune-evaluate-")
+        self._dense_onnx: Path | None = None
+        self._baseline_metric = _UNSCORED
+
+    def timing(self, final: bool) -> Timing:
+        return Timing(self.profile, self.budgets, self.host, self.measure_here, self.threads, self.agent, final)
+
+    def dense_onnx(self) -> Path:
+        """Returns the dense model's ONNX graph (the baseline every speed-up is against), exported once."""
+        if self._dense_onnx is None:
+            self._dense_onnx = export_onnx(self.workload.model, tuple(self.workload.example_inputs),
+                                           Path(self._workdir.name) / "dense.onnx")
+        return self._dense_onnx
+
+    def baseline_metric(self) -> float | None:
+        """Returns the dense PyTorch model's metric, computed once."""
+        if self._baseline_metric is _UNSCORED:
+            self._baseline_metric = self.workload.score_model(self.workload.model)
+        return self._baseline_metric
+
+    def scratch(self, name: str) -> Path:
+        """Returns a new empty folder that lives as long as the context (a candidate's artifact)."""
+        folder = Path(self._workdir.name) / name
+        folder.mkdir()
+        return folder
+
+    def close(self) -> None:
+        self._workdir.cleanup()
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class Evaluation:
+    """One plan's model, artifact and measurements."""
+
+    plan: Plan
+    pruned: Pruned
+    stats: dict
+    artifact: Artifact
+    verification: Verification
+    latency: dict
+    memory: dict
+    accuracy: dict | None = None
+
+    def measurements(self) -> Measurements:
+        return Measurements(self.latency, self.artifact.size_bytes, self.memory, self.accuracy or {})
+
+
+def evaluate(ctx: Context, plan: Plan, folder: Path, *, final: bool = True, score: bool = True,
+             step: Callable = silent_step) -> Evaluation:
+    """Returns the plan's measurements, its artifact lowered into ``folder``.
+
+    ``final``: the build's measurement (side by side with the dense baseline, decisive);
+    otherwise a search's quick timing. ``score``: also score the metric on the artifact
+    (``score_artifact`` adds it later). ``step(name)`` wraps each stage (the CLI's progress).
+    """
+    workload, profile = ctx.workload, ctx.profile
+    backend = get_backend(plan.format)
+    request = plan.lower_request(profile, workload.calibration_batches())
+    backend.check(request)
+    with step(f"prune ({plan.kind})"):
+        pruned = prune_for_plan(workload, plan, profile)
+        stats = model_stats(pruned.model, workload.example_inputs)
+    with step(f"lower to {plan.format} ({plan.precision})"):
+        artifact = backend.lower(pruned.model, tuple(workload.example_inputs), request, folder)
+    with step("verify the artifact against PyTorch"):
+        verification = verify_artifact(workload, pruned.model, artifact, request)
+    timing = ctx.timing(final)
+    here = timing.stand_in(artifact.precision).here and artifact.measure_path is not None
+    with step("measure latency" if ctx.agent or here or artifact.latency else "estimate latency"):
+        same = not plan.prunes and plan.precision == "fp32" and artifact.format == "onnx"
+        latency, memory = latency_of(timing, artifact, pruned.model, workload.example_inputs,
+                                     artifact.measure_path if same else ctx.dense_onnx(), same)
+    evaluation = Evaluation(plan, pruned, stats, artifact, verification, latency, memory)
+    if score:
+        with step("evaluate accuracy on the artifact"):
+            score_artifact(ctx, evaluation)
+    return evaluation
+
+
+def verify_artifact(workload: Workload, model, artifact: Artifact, request: LowerRequest) -> Verification:
+    """Returns whether the artifact computes what the pruned PyTorch model computes.
+
+    Numerically on a handful of real batches where the artifact runs here (the full metric
+    is scored separately); structurally (spec, storage, bit widths) where it cannot.
+    """
+    backend = get_backend(artifact.format)
+    predict = backend.predictor(artifact)
+    if predict is None:
+        check = getattr(backend, "verify_structure", None)
+        if check is None:
+            return Verification("structural", True, detail=backend.cannot_run_reason() or "")
+        return check(artifact, model, request)
+    return verify_numeric(model, predict, workload.calibration_batches()[:VERIFY_BATCHES],
+                          artifact.tolerance or request.precision,
+                          classifier=workload.task == "classification", subject=artifact.evaluated_on)
+
+
+def score_artifact(ctx: Context, evaluation: Evaluation) -> dict:
+    """Returns (and records) the accuracy section: the workload's metric computed by the artifact.
+
+    Where the artifact cannot run here, the section says so and has no drop: an accuracy
+    budget is then unproven, for a search's candidate exactly as for the final build.
+    """
+    workload = ctx.workload
+    if workload.evaluate is None:
+        section = {"metric": workload.metric, "note": "the workload has no evaluate()"}
+    else:
+        section = {"metric": workload.metric, "higher_is_better": workload.higher_is_better,
+                   "baseline": ctx.baseline_metric()}
+        backend = get_backend(evaluation.artifact.format)
+        predict = backend.predictor(evaluation.artifact)
+        if predict is None:
+            section["note"] = f"not evaluated on the artifact: {backend.cannot_run_reason()}"
+        else:
+            value = workload.score(predict)
+            section.update({"pruned": value, "drop": round(workload.drop(section["baseline"], value), 6),
+                            "evaluated_on": evaluation.artifact.evaluated_on})
+    recovery = evaluation.pruned.details.get("recovery")
+    if recovery:
+        section.update({"before_recovery": recovery.get("metric_before"),
+                        "after_recovery": recovery.get("metric_after")})
+    evaluation.accuracy = section
+    return section

@@ -1,0 +1,16 @@
+"""The names users type, each list kept once: pruning strategies, quantizations and artifact formats.
+
+Formats are the profile schema's (every registered backend serves one); the CLI builds its
+choices from these, and the planner and pruning configs validate against them.
+"""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from edgeprune.profile import Format
+
+STRATEGIES = ("none", "structured", "unstructured", "nm", "hybrid")
+QUANTIZE = ("none", "fp16", "int8")
+FORMATS = get_args(Format)
+AUTO = "auto"
