@@ -115,7 +115,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
 
 def export_variants(model_name: str, folder: Path, size: int = 224) -> tuple[dict[str, Path], torch.Tensor]:
     """Returns {variant: ONNX path} for every variant in VARIANTS, and the input they take."""
-    from edgeprune.backends.onnx_export import export_onnx
+    from edgeprune.backends.onnx_tools.export import export_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     make = digits_model if model_name == "digits" else (lambda w: resnet18_model(w, size))

@@ -31,7 +31,7 @@ from writeup import machine, write_section  # noqa: E402
 
 import edgeprune  # noqa: E402
 from edgeprune.backends import LowerRequest, get_backend  # noqa: E402
-from edgeprune.backends.trt_engine import tensorrt_unavailable  # noqa: E402
+from edgeprune.backends.tensorrt.engine import tensorrt_unavailable  # noqa: E402
 from edgeprune.measure.local import measure_onnx_files  # noqa: E402
 from edgeprune.measure.protocol import Protocol  # noqa: E402
 from edgeprune.profile import load_profile  # noqa: E402

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from cnn_variants import ResNet18Shaped  # noqa: E402
 from writeup import machine, write_section  # noqa: E402
 
-from edgeprune.backends.onnx_export import export_onnx  # noqa: E402
-from edgeprune.backends.onnx_runtime import feeds, predictor, session  # noqa: E402
-from edgeprune.prune import NMConfig, StructuredConfig, UnstructuredConfig, prune_, recover  # noqa: E402
+from edgeprune.backends.onnx_tools.export import export_onnx  # noqa: E402
+from edgeprune.backends.onnx_tools.runtime import feeds, predictor, session  # noqa: E402
+from edgeprune.prune import NMConfig, StructuredConfig, UnstructuredConfig, prune, recover  # noqa: E402
 from edgeprune.stats import count_macs, count_nonzero_params, count_params  # noqa: E402
 
 SECTION = "## Pruning strategies on this CPU"
@@ -91,7 +91,7 @@ def bench_model(label: str, model: nn.Module, example: tuple[torch.Tensor, ...],
         if config is None:
             pruned, masks = model, {}
         else:
-            result = prune_(model, config, calibration, example)
+            result = prune(model, config, calibration, example)
             pruned, masks = result.model, result.masks
         path = export_onnx(pruned, example, folder / f"{_slug(label)}-{_slug(name)}.onnx")
         paths[name] = path

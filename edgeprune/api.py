@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.backends import get_backend
-from edgeprune.errors import InputError
+from edgeprune.errors import BudgetMissed, InputError, missed_budgets
 from edgeprune.gate import Budgets
 from edgeprune.planning import Plan, make_plan, precision_for
 from edgeprune.profile import load_profile
@@ -43,13 +43,20 @@ def load_target(path: str | Path, **overrides: Any) -> BuildOptions:
 
 
 def build(workload_or_spec: Workload | str | Path, profile: str | None = None, *, output: str | Path | None = None,
-          step: Callable = silent_step, **options: Any) -> Report:
-    """Returns the report of a build written into ``output``; exit code 3's condition is ``not report.passed``."""
+          fail_on_miss: bool = False, step: Callable = silent_step, **options: Any) -> Report:
+    """Returns the report of a build written into ``output``.
+
+    A missed or unproven budget leaves ``report.passed`` False (the command line's exit code
+    3); with ``fail_on_miss`` it raises ``BudgetMissed`` instead, the report in its ``report``.
+    """
     from edgeprune.pipeline import run_build
 
     workload, spec = _workload_and_spec(workload_or_spec)
     given = {**options, "profile": profile, "output": Path(output) if output is not None else None}
-    return run_build(options_from(spec, given), step=step, workload=workload)
+    report = run_build(options_from(spec, given), step=step, workload=workload)
+    if fail_on_miss and not report.passed:
+        raise BudgetMissed(missed_budgets(report.budgets, report.artifact["verified"]["passed"]), report)
+    return report
 
 
 def plan(workload_or_spec: Workload | str | Path, profile: str, *, strategy: str = "auto",

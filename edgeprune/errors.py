@@ -24,6 +24,22 @@ class UnsupportedError(InputError):
 
 
 class BudgetMissed(EdgepruneError):
-    """The build finished but a budget was missed (exit code 3)."""
+    """The build finished but a budget was missed or could not be proven (exit code 3).
+
+    ``report`` is the build's report (written like any other), when a build raised it.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def missed_budgets(budgets: list[dict], verified: bool) -> str:
+    """Returns the one line that says what failed: the budgets missed (with value and limit) and the verification."""
+    parts = [f"{b['name']} {b['value'] if b['value'] is not None else 'unproven'} (limit {b['limit']:g})"
+             for b in budgets if not b["met"]]
+    if not verified:
+        parts.append("the artifact is not verified")
+    return "missed: " + "; ".join(parts) if parts else "passed"

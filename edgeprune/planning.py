@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from edgeprune import vocabulary
+from edgeprune.backends import get_backend
 from edgeprune.backends.base import LowerRequest
 from edgeprune.errors import InputError
 from edgeprune.gate import Budgets
@@ -92,13 +93,14 @@ def resolve_format(fmt: str, profile: Profile) -> str:
 
 def recommended_quantization(profile: Profile, fmt: str) -> tuple[str, str]:
     """Returns (precision, reason) the profile's hardware runs fastest, or ('none', reason)."""
-    if "int8" in profile.precisions and profile.family in ("x86", "arm", "custom") and fmt == "onnx":
+    backend = get_backend(fmt)
+    if "int8" in profile.precisions and profile.is_cpu and backend.computes_int8:
         fp32 = profile.peak_tops("fp32")
         int8 = profile.peak_tops("int8")
         kind = "U8 activations x S8 weights" if profile.int8_activation == "u8" else "S8 x S8"
         return "int8", (f"int8 ({kind}) runs {int8 / fp32:.1f}x the fp32 peak on {profile.name} "
                         f"({profile.compute['int8'].source})")
-    if "fp16" in profile.precisions and profile.family in ("jetson", "nvidia-gpu", "apple"):
+    if "fp16" in profile.precisions and not profile.is_cpu:
         fp32 = profile.compute.get("fp32")
         if fp32 is None:
             return "fp16", f"{profile.name} computes in fp16 ({profile.compute['fp16'].source})"

@@ -23,6 +23,8 @@ from edgeprune.host import (
 )
 
 Format = Literal["onnx", "coreml", "tensorrt"]
+# Profile families whose devices compute on CPU cores.
+CPU_FAMILIES = ("x86", "arm", "custom")
 Precision = Literal["fp32", "fp16", "int8"]
 PROFILE_PATH_ENV = "EDGEPRUNE_PROFILE_PATH"
 HOST_PROFILE = "host"  # reserved: the profile derived from this machine (see host_profile)
@@ -144,6 +146,11 @@ class Profile(_Strict):
             if self.cpu_flags and derived != stated:
                 raise ValueError(f"kernels.{precision} is {stated!r} but cpu_flags select {derived!r}")
         return self
+
+    @property
+    def is_cpu(self) -> bool:
+        """Whether the device computes on CPU cores (ONNX Runtime's CPU kernels), not on a GPU or an NPU."""
+        return self.family in CPU_FAMILIES
 
     @property
     def isa(self) -> str | None:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from edgeprune.backends import LowerRequest, get_backend
-from edgeprune.backends.onnx_export import export_onnx
-from edgeprune.backends.onnx_fusion import inspect_kernels, int8_fusion_notes
+from edgeprune.backends.onnx_tools.export import export_onnx
+from edgeprune.backends.onnx_tools.fusion import inspect_kernels, int8_fusion_notes
 from edgeprune.errors import UnsupportedError
 from edgeprune.profile import load_profile
 from edgeprune.target import BuildOptions

@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from edgeprune.backends import LowerRequest, get_backend
-from edgeprune.backends.trt_bundle import BundleSpec, read_bundle, sha256, trtexec_command
-from edgeprune.backends.trt_engine import build_bundle, cache_key, tensorrt_unavailable
+from edgeprune.backends.tensorrt.bundle import BundleSpec, read_bundle, sha256, trtexec_command
+from edgeprune.backends.tensorrt.engine import build_bundle, cache_key, tensorrt_unavailable
 from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.profile import load_profile
 from edgeprune.target import BuildOptions
@@ -150,11 +150,14 @@ def test_trtexec_flags_follow_the_request():
 
 
 def test_engine_cache_key_names_gpu_tensorrt_version_and_onnx():
-    spec = BundleSpec(precision="int8", sparsity="2:4", onnx_sha256="ab" * 32)
-    key = cache_key("NVIDIA Jetson Orin Nano", "10.3.0", spec)
+    onnx = "ab" * 32
+    key = cache_key("NVIDIA Jetson Orin Nano", "10.3.0", onnx, "int8", True)
     assert key.startswith("nvidia-jetson-orin-nano-trt10.3.0-abababababab-int8-sparse-")
-    assert key != cache_key("NVIDIA A100-SXM4-80GB", "10.3.0", spec)
-    assert key != cache_key("NVIDIA Jetson Orin Nano", "10.4.0", spec)
+    assert key != cache_key("NVIDIA A100-SXM4-80GB", "10.3.0", onnx, "int8", True)
+    assert key != cache_key("NVIDIA Jetson Orin Nano", "10.4.0", onnx, "int8", True)
+    # the agent's engines of a dynamic model are keyed by the shapes they were built for
+    assert key != cache_key("NVIDIA Jetson Orin Nano", "10.3.0", onnx, "int8", True, [(1, 3, 32, 32)])
+    assert cache_key("g", "10", onnx, "int8", True, [(1, 3)]) != cache_key("g", "10", onnx, "int8", True, [(4, 3)])
 
 
 def test_a_modified_bundle_is_refused(int8_build, tmp_path):

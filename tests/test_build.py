@@ -3,7 +3,7 @@ from pathlib import Path
 
 import onnx
 
-from edgeprune.backends import onnx_runtime
+from edgeprune.backends.onnx_tools import runtime as onnx_runtime
 from edgeprune.report import read_report
 
 from conftest import DIGITS, ROOT, run_cli

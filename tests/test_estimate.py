@@ -202,7 +202,7 @@ def test_estimate_sums_kernels_and_views_cost_nothing():
 def test_exported_torch_model_matches_torch_mac_count(tmp_path):
     import torch
 
-    from edgeprune.backends.onnx_export import export_onnx
+    from edgeprune.backends.onnx_tools.export import export_onnx
     from edgeprune.stats import count_macs
 
     torch.manual_seed(0)

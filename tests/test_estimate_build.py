@@ -43,7 +43,7 @@ def test_jetson_build_reports_an_estimate_and_a_budget_inside_the_margin_fails(t
 
 
 def test_iphone_coreml_artifact_is_estimated_at_its_precision(tmp_path):
-    from edgeprune.backends.onnx_export import export_onnx
+    from edgeprune.backends.onnx_tools.export import export_onnx
 
     workload = load_workload(str(TINY))
     package = tmp_path / "model.mlpackage"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edgeprune.backends.onnx_quantize import int8_config_for, reduce_range_for
+from edgeprune.backends.onnx_tools.quantize import int8_config_for, reduce_range_for
 from edgeprune.errors import InputError
 from edgeprune.host import Host, kernel_class
 from edgeprune.measure.local import stand_in

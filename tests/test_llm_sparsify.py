@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from edgeprune.llm.sparsegpt import sparsegpt_
-from edgeprune.llm.sparsify import nm_mask, sparsify_, unstructured_mask, wanda_scores
+from edgeprune.llm.sparsify import sparsify_, unstructured_mask
 from edgeprune.llm.width import column_scores, least_squares_restore
+from edgeprune.prune.masks import keep_n_of_m, wanda_scores
 
 
 def correlated_inputs(tokens: int = 512, features: int = 64, seed: int = 0) -> torch.Tensor:
@@ -22,7 +23,7 @@ def correlated_inputs(tokens: int = 512, features: int = 64, seed: int = 0) -> t
 def test_wanda_scores_weigh_each_weight_by_its_input_norm():
     w = torch.tensor([[1.0, -2.0], [-3.0, 0.5]])
     norms = torch.tensor([10.0, 1.0])
-    assert torch.equal(wanda_scores(w, norms), torch.tensor([[10.0, 2.0], [30.0, 0.5]]))
+    assert torch.equal(wanda_scores(w, norms.unsqueeze(0)), torch.tensor([[10.0, 2.0], [30.0, 0.5]]))
 
 
 def test_per_row_mask_drops_the_lowest_scores_of_every_row():
@@ -38,8 +39,8 @@ def test_whole_matrix_mask_may_empty_a_row():
 
 def test_nm_mask_keeps_the_two_largest_of_every_four():
     scores = torch.tensor([[1.0, 4.0, 3.0, 2.0, 0.5, 0.1, 0.9, 0.7]])
-    assert nm_mask(scores, 2, 4).int().tolist() == [[0, 1, 1, 0, 0, 0, 1, 1]]
-    random = nm_mask(torch.rand(32, 64), 2, 4)
+    assert keep_n_of_m(scores, 2, 4).int().tolist() == [[0, 1, 1, 0, 0, 0, 1, 1]]
+    random = keep_n_of_m(torch.rand(32, 64), 2, 4)
     assert torch.equal(random.view(32, 16, 4).sum(-1), torch.full((32, 16), 2))
 
 
@@ -49,7 +50,7 @@ def test_wanda_keeps_the_output_of_a_layer_with_outlier_features_better_than_mag
     errors = {}
     for name, scores, per_row in [
         ("magnitude", w.abs(), False),
-        ("wanda", wanda_scores(w, x.norm(dim=0)), True),
+        ("wanda", wanda_scores(w, x.norm(dim=0).unsqueeze(0)), True),
     ]:
         pruned = w.clone()
         sparsify_(pruned, scores, 0.5, None, per_row)
@@ -64,7 +65,7 @@ def test_sparsegpt_updates_beat_wanda_masks_at_the_same_sparsity(nm):
     gram = x.t() @ x
     w = torch.randn(48, 64, generator=torch.Generator().manual_seed(1))
     wanda = w.clone()
-    sparsify_(wanda, wanda_scores(w, x.norm(dim=0)), 0.5, nm, per_row=True)
+    sparsify_(wanda, wanda_scores(w, x.norm(dim=0).unsqueeze(0)), 0.5, nm, per_row=True)
     sgpt = w.clone()
     sparsegpt_(sgpt, gram, 0.5, nm, block_size=32)
     assert (sgpt == 0).float().mean() == 0.5

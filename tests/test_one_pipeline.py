@@ -49,7 +49,7 @@ def test_the_search_takes_a_backends_own_timing(tmp_path):
     onnx = get_backend("onnx")
 
     class OwnTiming:
-        name, precisions, sparsity_storage = onnx.name, onnx.precisions, onnx.sparsity_storage
+        name, precisions, sparsity_storage, computes_int8 = onnx.name, onnx.precisions, onnx.sparsity_storage, True
         check, predictor, cannot_run_reason = onnx.check, onnx.predictor, onnx.cannot_run_reason
 
         def lower(self, model, example_inputs, request, out_dir):
@@ -103,6 +103,10 @@ def test_a_build_a_plan_and_a_sweep_run_from_python_alone(tmp_path):
     assert isinstance(report, edgeprune.Report) and report.passed
     assert report.search["chosen"] == "dense" and report.latency["source"] == "estimated"
     assert edgeprune.report.read_report(tmp_path / "b").to_dict() == report.to_dict()
+    with pytest.raises(edgeprune.BudgetMissed, match="missed: latency_median_ms") as missed:
+        edgeprune.build(workload, profile="jetson-orin-nano", format="onnx", output=tmp_path / "miss",
+                        strategy="none", latency_budget_ms=1e-4, fail_on_miss=True)
+    assert missed.value.report.passed is False and (tmp_path / "miss" / "report.json").exists()
 
     target = tmp_path / "tiny.toml"
     target.write_text(f'model = "{ROOT / "tests" / "tiny_workload.py"}"\nprofile = "jetson-orin-nano"\n'

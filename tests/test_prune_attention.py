@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.errors import UnsupportedError
-from edgeprune.prune import ExplicitAttention, StructuredConfig, prune_, rewrite_multihead_attention
+from edgeprune.prune import ExplicitAttention, StructuredConfig, prune, rewrite_multihead_attention
 from tests.zoo import gpt, single_thread, vit  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -54,7 +54,7 @@ def test_explicit_attention_handles_other_key_widths_and_unbatched_inputs():
 
 def test_vit_heads_are_pruned_whole_and_the_module_stays_consistent():
     model, inputs = vit()
-    result = prune_(model, StructuredConfig(0.5), example_inputs=inputs)
+    result = prune(model, StructuredConfig(0.5), example_inputs=inputs)
     attn = result.model.blocks[0].attn
     assert isinstance(attn, ExplicitAttention)
     assert attn.num_heads == 2 and attn.head_dim == 16 and len(attn.kept_heads) == 2
@@ -72,7 +72,7 @@ def test_vit_heads_are_pruned_whole_and_the_module_stays_consistent():
 
 def test_hand_written_attention_head_count_is_updated_and_tied_embeddings_stay_tied():
     model, inputs = gpt()
-    result = prune_(model, StructuredConfig(0.5, protect_first_last=False), example_inputs=inputs)
+    result = prune(model, StructuredConfig(0.5, protect_first_last=False), example_inputs=inputs)
     pruned = result.model
     for block in pruned.blocks:
         assert block.attn.n_head == 2 and block.attn.head_dim == 16
@@ -103,7 +103,7 @@ def test_attention_that_cannot_lose_heads_is_kept_whole_and_the_rest_is_pruned()
     model = nn.Sequential(nn.Linear(8, 32), WidthFromInput(), nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32),
                           nn.Linear(32, 4)).eval()
     inputs = (torch.randn(1, 6, 8),)
-    result = prune_(model, StructuredConfig(0.5), example_inputs=inputs)
+    result = prune(model, StructuredConfig(0.5), example_inputs=inputs)
     assert result.model[1].n_head == 4 and result.model[1].q.out_features == 32
     assert result.model[2].out_features == 32          # the MLP was still narrowed
     reasons = [k["reason"] for k in result.details["kept_whole"]]
@@ -124,12 +124,12 @@ class BiasKV(nn.Module):
 
 def test_multihead_attention_with_bias_kv_is_refused_clearly():
     with pytest.raises(UnsupportedError, match="add_bias_kv"):
-        prune_(BiasKV().eval(), StructuredConfig(0.5), example_inputs=(torch.randn(1, 4, 16),))
+        prune(BiasKV().eval(), StructuredConfig(0.5), example_inputs=(torch.randn(1, 4, 16),))
 
 
 def test_ignoring_an_attention_module_keeps_all_its_heads():
     model, inputs = vit()
-    result = prune_(model, StructuredConfig(0.5, ignore=("blocks.1.attn",)), example_inputs=inputs)
+    result = prune(model, StructuredConfig(0.5, ignore=("blocks.1.attn",)), example_inputs=inputs)
     assert result.model.blocks[1].attn.num_heads == 4
     assert result.model.blocks[0].attn.num_heads == 2
     assert result.model.blocks[1].fc1.out_features == 128

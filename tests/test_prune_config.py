@@ -17,7 +17,7 @@ from edgeprune.prune import (
     StructuredConfig,
     UnstructuredConfig,
     config_for,
-    prune_,
+    prune,
     register_pruner,
 )
 
@@ -76,7 +76,7 @@ def test_calibrated_criteria_need_calibration_data():
     for config in (StructuredConfig(0.5, "taylor"), UnstructuredConfig(0.5, "wanda"), NMConfig(criterion="wanda"),
                    HybridConfig(0.5, unstructured_criterion="wanda")):
         with pytest.raises(InputError, match="needs calibration data, but the workload has none"):
-            prune_(model, config, calibration=None, example_inputs=inputs)
+            prune(model, config, calibration=None, example_inputs=inputs)
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,9 @@ def _halve(model, config, calibration, example_inputs):
 def test_registry_dispatches_on_the_config_type_and_leaves_the_input_model_alone():
     model = nn.Linear(4, 4)
     original = model.bias.detach().clone()
-    result = prune_(model, HalveBiases(), example_inputs=(torch.randn(1, 4),))
+    result = prune(model, HalveBiases(), example_inputs=(torch.randn(1, 4),))
     assert torch.allclose(result.model.bias, original * 0.5)
     assert torch.equal(model.bias, original)
     assert result.details["config"] == {"factor": 0.5}
     with pytest.raises(InputError, match="no pruning method for str"):
-        prune_(model, "structured", example_inputs=(torch.randn(1, 4),))
+        prune(model, "structured", example_inputs=(torch.randn(1, 4),))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeprune.prune import HybridConfig, StructuredConfig, prune_
+from edgeprune.prune import HybridConfig, StructuredConfig, prune
 from edgeprune.stats import count_macs, count_params
 from tests.zoo import calibration, gpt, resnet, single_thread, vit  # noqa: F401  (fixture)
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def test_vit_hybrid_narrows_mlps_and_sparsifies_attention_projections():
     model, inputs = vit()
-    result = prune_(model, HybridConfig(0.5), example_inputs=inputs)
+    result = prune(model, HybridConfig(0.5), example_inputs=inputs)
     block = result.model.blocks[1]
     assert block.fc1.out_features == 128 and block.fc2.in_features == 128
     for proj in (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.out_proj):
@@ -30,7 +30,7 @@ def test_vit_hybrid_narrows_mlps_and_sparsifies_attention_projections():
 
 def test_gpt_hybrid_sparsifies_embeddings_but_not_the_tied_output_layer():
     model, inputs = gpt()
-    result = prune_(model, HybridConfig(0.5, "wanda", "wanda"), calibration(inputs), inputs)
+    result = prune(model, HybridConfig(0.5, "wanda", "wanda"), calibration(inputs), inputs)
     pruned = result.model
     assert pruned.blocks[0].mlp[0].out_features == 128
     assert "pos_emb.weight" in result.masks
@@ -42,8 +42,8 @@ def test_gpt_hybrid_sparsifies_embeddings_but_not_the_tied_output_layer():
 
 def test_cnn_hybrid_is_structured_pruning():
     model, inputs = resnet()
-    hybrid = prune_(model, HybridConfig(0.5), example_inputs=inputs)
-    structured = prune_(model, StructuredConfig(0.5), example_inputs=inputs)
+    hybrid = prune(model, HybridConfig(0.5), example_inputs=inputs)
+    structured = prune(model, StructuredConfig(0.5), example_inputs=inputs)
     assert hybrid.masks == {} and hybrid.details["split"]["unstructured"] == []
     assert count_params(hybrid.model) == count_params(structured.model)
     with torch.no_grad():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.prune import NMConfig, prune_
+from edgeprune.prune import NMConfig, prune
 from tests.zoo import calibration, single_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -41,7 +41,7 @@ def _blocks_along_inputs(weight: torch.Tensor, m: int) -> torch.Tensor:
 @pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (4, 8)])
 def test_every_block_of_m_inputs_keeps_exactly_n(n, m):
     model, inputs = Shapes().eval(), (torch.randn(1, 3, 8, 8),)
-    result = prune_(model, NMConfig(n, m), example_inputs=inputs)
+    result = prune(model, NMConfig(n, m), example_inputs=inputs)
     assert sorted(result.masks) == ["conv.weight", "fc3.weight", "grouped.weight"]
     params = dict(result.model.named_parameters())
     for name in result.masks:
@@ -51,7 +51,7 @@ def test_every_block_of_m_inputs_keeps_exactly_n(n, m):
 
 def test_layers_a_sparse_kernel_cannot_take_are_left_dense_with_the_reason():
     model, inputs = Shapes().eval(), (torch.randn(1, 3, 8, 8),)
-    result = prune_(model, NMConfig(), example_inputs=inputs)
+    result = prune(model, NMConfig(), example_inputs=inputs)
     reasons = {d["name"]: d["reason"] for d in result.details["left_dense"]}
     assert reasons == {
         "stem.weight": "input width 3 is not a multiple of 16",
@@ -61,7 +61,7 @@ def test_layers_a_sparse_kernel_cannot_take_are_left_dense_with_the_reason():
         "head.weight": "output layer (kept dense by default)",
     }
     assert int((result.model.stem.weight == 0).sum()) == 0
-    small = prune_(model, NMConfig(min_channels=32), example_inputs=inputs)
+    small = prune(model, NMConfig(min_channels=32), example_inputs=inputs)
     assert sorted(small.masks) == ["conv.weight", "grouped.weight"]
     reasons = {d["name"]: d["reason"] for d in small.details["left_dense"]}
     assert reasons["fc3.weight"] == "width 16 is below the profile's minimum of 32 for N:M"
@@ -76,7 +76,7 @@ def test_wanda_nm_uses_activations():
         model.stem.weight.mul_(scale.view(-1, 1, 1, 1))
         model.stem.bias.mul_(scale)
         model.conv.weight[:, ::4] = 0.01   # small weights on the loud channels
-    magnitude = prune_(model, NMConfig(), data, inputs).masks["conv.weight"]
-    wanda = prune_(model, NMConfig(criterion="wanda"), data, inputs).masks["conv.weight"]
+    magnitude = prune(model, NMConfig(), data, inputs).masks["conv.weight"]
+    wanda = prune(model, NMConfig(criterion="wanda"), data, inputs).masks["conv.weight"]
     assert wanda[:, ::4].all()
     assert not magnitude[:, ::4].all()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
-from edgeprune.prune import StructuredConfig, UnstructuredConfig, prune_, recover
+from edgeprune.prune import StructuredConfig, UnstructuredConfig, prune, recover
 from edgeprune.prune.recover import recalibrate_batchnorm
 from tests.zoo import calibration, mobilenet, single_thread  # noqa: F401  (fixture)
 
@@ -41,7 +41,7 @@ def test_recovery_brings_unstructured_model_closer_and_keeps_its_zeros():
     model, inputs = _trained_like()
     data = calibration(inputs, batches=4, batch=4, seed=1)
     held_out = calibration(inputs, batches=2, batch=4, seed=2)
-    result = prune_(model, UnstructuredConfig(0.7), example_inputs=inputs)
+    result = prune(model, UnstructuredConfig(0.7), example_inputs=inputs)
     teacher_state = {k: v.clone() for k, v in model.state_dict().items()}
     before = _distance(result.model, model, held_out)
     info = recover(result.model, model, data, steps=20, masks=result.masks)
@@ -60,7 +60,7 @@ def test_recovery_of_a_structured_model():
     model, inputs = _trained_like()
     data = calibration(inputs, batches=4, batch=4, seed=1)
     held_out = calibration(inputs, batches=2, batch=4, seed=2)
-    result = prune_(model, StructuredConfig(0.5), example_inputs=inputs)
+    result = prune(model, StructuredConfig(0.5), example_inputs=inputs)
     before = _distance(result.model, model, held_out)
     recover(result.model, model, data, steps=20)
     assert _distance(result.model, model, held_out) < 0.5 * before

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
-from edgeprune.prune import StructuredConfig, prune_
+from edgeprune.prune import StructuredConfig, prune
 from edgeprune.prune.allocation import Budget, allocate
 from edgeprune.prune.attention import rewrite_multihead_attention
 from edgeprune.prune.groups import ChannelGroup, build_graph, coupled_groups
@@ -98,7 +98,7 @@ def test_pruning_planted_zero_channels_computes_the_same_function(arch):
     model, inputs = ZOO[arch]()
     planted, groups = plant(model, inputs, 0.5, PLANTED[arch])
     assert groups >= 3
-    result = prune_(planted, StructuredConfig(0.5, "l2", protect_first_last=PLANTED[arch]), example_inputs=inputs)
+    result = prune(planted, StructuredConfig(0.5, "l2", protect_first_last=PLANTED[arch]), example_inputs=inputs)
     # every planted group (heads included) was really narrowed, none kept whole as a fallback
     assert len(result.details["groups"]) == groups
     assert all(g["channels_after"] < g["channels"] for g in result.details["groups"])
@@ -111,7 +111,7 @@ def test_pruning_planted_zero_channels_computes_the_same_function(arch):
 
 def test_sparsity_zero_changes_nothing():
     model, inputs = resnet()
-    result = prune_(model, StructuredConfig(0.0), example_inputs=inputs)
+    result = prune(model, StructuredConfig(0.0), example_inputs=inputs)
     assert count_params(result.model) == count_params(model)
     with torch.no_grad():
         assert torch.equal(result.model(*inputs), model(*inputs))
@@ -120,7 +120,7 @@ def test_sparsity_zero_changes_nothing():
 @pytest.mark.parametrize("arch", ["resnet", "mobilenet"])
 def test_global_allocation_hits_the_target_and_respects_the_cap(arch):
     model, inputs = ZOO[arch]()
-    result = prune_(model, StructuredConfig(0.6, allocation="global", max_layer_sparsity=0.75), example_inputs=inputs)
+    result = prune(model, StructuredConfig(0.6, allocation="global", max_layer_sparsity=0.75), example_inputs=inputs)
     details = result.details
     assert abs(details["channel_sparsity"] - 0.6) < 0.03
     for g in details["groups"]:
@@ -133,7 +133,7 @@ def test_global_allocation_hits_the_target_and_respects_the_cap(arch):
 
 def test_kept_channel_counts_are_multiples_of_the_channel_multiple():
     model, inputs = resnet()
-    result = prune_(model, StructuredConfig(0.3, channel_multiple=8), example_inputs=inputs)
+    result = prune(model, StructuredConfig(0.3, channel_multiple=8), example_inputs=inputs)
     widths = [m.out_channels for m in result.model.modules() if isinstance(m, nn.Conv2d)]
     original = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert widths != original
@@ -143,23 +143,23 @@ def test_kept_channel_counts_are_multiples_of_the_channel_multiple():
 
 def test_first_last_protection_and_ignore():
     model, inputs = resnet()
-    result = prune_(model, StructuredConfig(0.5, ignore=("layer3.0.conv1.0",)), example_inputs=inputs)
+    result = prune(model, StructuredConfig(0.5, ignore=("layer3.0.conv1.0",)), example_inputs=inputs)
     pruned = result.model
     assert pruned.stem[0][0].out_channels == 16          # first layer protected
     assert pruned.fc.out_features == 10                   # output width kept
     assert pruned.layer3[0].conv1[0].out_channels == 64   # ignored
     assert pruned.layer2[0].conv1[0].out_channels == 16
-    unprotected = prune_(model, StructuredConfig(0.5, protect_first_last=False), example_inputs=inputs).model
+    unprotected = prune(model, StructuredConfig(0.5, protect_first_last=False), example_inputs=inputs).model
     assert unprotected.stem[0][0].out_channels == 8
     assert unprotected.fc.out_features == 10
     with pytest.raises(InputError, match="not a module"):
-        prune_(model, StructuredConfig(0.5, ignore=("nope",)), example_inputs=inputs)
+        prune(model, StructuredConfig(0.5, ignore=("nope",)), example_inputs=inputs)
 
 
 def test_bn_scale_removes_the_smallest_gammas():
     model, inputs = resnet()
     bn = model.layer1[0].conv1[1]          # its group: conv1 rows, this BN, conv2 columns
-    result = prune_(model, StructuredConfig(0.5, "bn_scale"), example_inputs=inputs)
+    result = prune(model, StructuredConfig(0.5, "bn_scale"), example_inputs=inputs)
     kept = result.model.layer1[0].conv1[1].weight.detach()
     removed = sorted(set(bn.weight.detach().tolist()) - set(kept.tolist()))
     assert len(kept) == 8 and len(removed) == 8
@@ -186,9 +186,9 @@ def test_wanda_scores_read_activations_and_taylor_reads_gradients():
     model, inputs = DeadUnits().eval(), (torch.randn(1, 8),)
     data = [(torch.randn(16, 8),) for _ in range(4)]
     config = dict(protect_first_last=False)
-    wanda = prune_(model, StructuredConfig(0.5, "wanda", **config), data, inputs).model
-    l2 = prune_(model, StructuredConfig(0.5, "l2", **config), data, inputs).model
-    taylor = prune_(model, StructuredConfig(0.5, "taylor", **config), data, inputs).model
+    wanda = prune(model, StructuredConfig(0.5, "wanda", **config), data, inputs).model
+    l2 = prune(model, StructuredConfig(0.5, "l2", **config), data, inputs).model
+    taylor = prune(model, StructuredConfig(0.5, "taylor", **config), data, inputs).model
     dead = model.fc1.bias[:8].detach()
     assert not torch.isin(wanda.fc1.bias.detach(), dead).any()      # dead units removed
     assert not torch.isin(taylor.fc1.bias.detach(), dead).any()     # they have no gradient either
@@ -202,9 +202,9 @@ def test_criteria_that_need_calibration_refuse_to_run_without_it():
     model, inputs = resnet()
     for criterion in ("taylor", "wanda"):
         with pytest.raises(InputError, match=f"{criterion} needs calibration"):
-            prune_(model, StructuredConfig(0.5, criterion), None, inputs)
+            prune(model, StructuredConfig(0.5, criterion), None, inputs)
 
 
 def test_bn_scale_needs_batchnorm():
     with pytest.raises(InputError, match="BatchNorm"):
-        prune_(DeadUnits(), StructuredConfig(0.5, "bn_scale"), None, (torch.randn(1, 8),))
+        prune(DeadUnits(), StructuredConfig(0.5, "bn_scale"), None, (torch.randn(1, 8),))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
-from edgeprune.prune import UnstructuredConfig, prune_
+from edgeprune.prune import UnstructuredConfig, prune
 from tests.zoo import calibration, gpt, mobilenet, single_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -41,7 +41,7 @@ def _loud_batches() -> list[tuple[torch.Tensor]]:
 
 def test_layer_scope_gives_every_layer_the_exact_sparsity_by_magnitude():
     model, inputs = mobilenet()
-    result = prune_(model, UnstructuredConfig(0.5), example_inputs=inputs)
+    result = prune(model, UnstructuredConfig(0.5), example_inputs=inputs)
     params = dict(result.model.named_parameters())
     assert len(result.masks) >= 10
     for name, mask in result.masks.items():
@@ -55,7 +55,7 @@ def test_layer_scope_gives_every_layer_the_exact_sparsity_by_magnitude():
 
 def test_global_scope_uses_one_threshold_across_layers():
     model, inputs = mobilenet()
-    result = prune_(model, UnstructuredConfig(0.7, scope="global"), example_inputs=inputs)
+    result = prune(model, UnstructuredConfig(0.7, scope="global"), example_inputs=inputs)
     originals = dict(model.named_parameters())
     removed = torch.cat([originals[n].detach().abs()[~m] for n, m in result.masks.items()])
     kept = torch.cat([originals[n].detach().abs()[m] for n, m in result.masks.items()])
@@ -68,27 +68,27 @@ def test_global_scope_uses_one_threshold_across_layers():
 def test_wanda_keeps_small_weights_on_loud_inputs_and_prunes_each_row_exactly():
     model = Scaled().eval()
     data = _loud_batches()
-    magnitude = prune_(model, UnstructuredConfig(0.5), data, data[0]).masks["fc1.weight"]
-    wanda = prune_(model, UnstructuredConfig(0.5, "wanda"), data, data[0]).masks["fc1.weight"]
+    magnitude = prune(model, UnstructuredConfig(0.5), data, data[0]).masks["fc1.weight"]
+    wanda = prune(model, UnstructuredConfig(0.5, "wanda"), data, data[0]).masks["fc1.weight"]
     assert magnitude[:, 0].sum() == 0            # magnitude drops the small weights
     assert wanda[:, 0].all()                     # Wanda keeps them: |W| * ||X|| is large
     assert torch.all((~wanda).sum(1) == 8)       # half of every output row
     with torch.no_grad():  # the layer's output error, which Wanda's score estimates, is smaller
         x = data[0][0]
         dense = model.fc1(x)
-        err = {k: float((prune_(model, UnstructuredConfig(0.5, k), data, data[0]).model.fc1(x) - dense).norm())
+        err = {k: float((prune(model, UnstructuredConfig(0.5, k), data, data[0]).model.fc1(x) - dense).norm())
                for k in ("magnitude", "wanda")}
     assert err["wanda"] < 0.5 * err["magnitude"]
 
 
 def test_embeddings_and_classifier_stay_dense_unless_included():
     model, inputs = gpt()
-    result = prune_(model, UnstructuredConfig(0.5), example_inputs=inputs)
+    result = prune(model, UnstructuredConfig(0.5), example_inputs=inputs)
     dense = {d["name"]: d["reason"] for d in result.details["left_dense"]}
     assert set(dense) == {"tok_emb.weight", "pos_emb.weight"}
     assert "tok_emb.weight" not in result.masks and int((result.model.tok_emb.weight == 0).sum()) == 0
     assert result.model.lm_head.weight is result.model.tok_emb.weight
-    everything = prune_(model, UnstructuredConfig(0.5, include_embeddings=True, include_classifier=True),
+    everything = prune(model, UnstructuredConfig(0.5, include_embeddings=True, include_classifier=True),
                         example_inputs=inputs)
     assert {"tok_emb.weight", "pos_emb.weight"} <= set(everything.masks)
     assert float((everything.model.lm_head.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
@@ -97,12 +97,12 @@ def test_embeddings_and_classifier_stay_dense_unless_included():
 def test_wanda_without_calibration_is_a_clear_error():
     model, inputs = mobilenet()
     with pytest.raises(InputError, match="wanda needs calibration data"):
-        prune_(model, UnstructuredConfig(0.5, "wanda"), None, inputs)
+        prune(model, UnstructuredConfig(0.5, "wanda"), None, inputs)
 
 
 def test_wanda_on_convolutions_scores_per_input_channel():
     model, inputs = mobilenet()
-    result = prune_(model, UnstructuredConfig(0.5, "wanda"), calibration(inputs), inputs)
+    result = prune(model, UnstructuredConfig(0.5, "wanda"), calibration(inputs), inputs)
     mask = result.masks["blocks.0.block.4.0.weight"]          # 1x1 projection conv, 64 -> 24
     rows = mask.reshape(mask.shape[0], -1)
     assert torch.all((~rows).sum(1) == 32)

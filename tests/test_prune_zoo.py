@@ -12,9 +12,9 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from edgeprune.backends.onnx_export import export_onnx
-from edgeprune.backends.onnx_runtime import predictor
-from edgeprune.prune import HybridConfig, NMConfig, StructuredConfig, UnstructuredConfig, prune_
+from edgeprune.backends.onnx_tools.export import export_onnx
+from edgeprune.backends.onnx_tools.runtime import predictor
+from edgeprune.prune import HybridConfig, NMConfig, StructuredConfig, UnstructuredConfig, prune
 from edgeprune.stats import count_macs, count_nonzero_params, count_params
 from tests.zoo import ZOO, calibration, single_thread  # noqa: F401  (fixture)
 
@@ -72,7 +72,7 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.mark.parametrize("arch", list(ZOO))
 def test_pruned_model_exports_and_matches_onnx_runtime(arch, strategy, tmp_path):
     model, inputs = ZOO[arch]()
-    result = prune_(model, CONFIGS[strategy], calibration(inputs), inputs)
+    result = prune(model, CONFIGS[strategy], calibration(inputs), inputs)
     with torch.no_grad():
         expected = result.model(*inputs)
         dense = model(*inputs)
@@ -118,7 +118,7 @@ def test_more_sparsities_and_criteria_run_with_the_expected_shape_and_size(arch)
         dense = model(*inputs)
     macs = {}
     for config in MORE:
-        result = prune_(model, config, data, inputs)
+        result = prune(model, config, data, inputs)
         with torch.no_grad():
             out = result.model(*inputs)
         assert out.shape == dense.shape and torch.isfinite(out).all(), config

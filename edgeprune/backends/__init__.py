@@ -1,6 +1,6 @@
-"""Backends: one module per runtime format (ONNX, Core ML, TensorRT), found by format name.
+"""Backends: one subpackage per runtime format (onnx, coreml, tensorrt) and the ONNX tools they share.
 
-Each module registers its format on import; optional dependencies (coremltools, tensorrt)
+Each registers its format on import, found by format name; optional dependencies (coremltools, tensorrt)
 are imported only when a backend of that format is used.
 """
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import torch
 
 from edgeprune.errors import UnsupportedError
+from edgeprune.measure.agent_wire import UploadModel
 from edgeprune.profile import Profile
 from edgeprune.verify import Verification
 
@@ -82,6 +83,7 @@ class Backend(Protocol):
     name: str
     precisions: frozenset[str]
     sparsity_storage: frozenset[str]
+    computes_int8: bool  # int8 arithmetic at run time, not only int8 storage
 
     def check(self, request: LowerRequest) -> None:
         """Raises UnsupportedError if the request cannot be served, before any work starts."""
@@ -103,6 +105,9 @@ class Backend(Protocol):
 
     def verify_structure(self, artifact: Artifact, model: torch.nn.Module, request: LowerRequest) -> Verification:
         """Returns what can be checked without running the artifact (spec, storage, bit widths)."""
+
+    def upload(self, artifact: Artifact) -> UploadModel:
+        """Returns what a device agent is sent to time the artifact: the file, its agent format and runtime."""
 
 
 _BACKENDS: dict[str, Backend] = {}

@@ -12,7 +12,7 @@ from edgeprune.cli.build import build, check, plan_cmd, sweep_cmd
 from edgeprune.cli.common import err
 from edgeprune.cli.device import agent, bench, trt_build
 from edgeprune.cli.profiles import profiles
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import BudgetMissed, EdgepruneError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +38,9 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except BudgetMissed as exc:
+        err.print(f"[red]FAILED[/red] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(exc.exit_code)
     except EdgepruneError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # "[coreml]" is not markup
         sys.exit(exc.exit_code)

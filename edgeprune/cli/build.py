@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgeprune.cli.common import csv, emit_json, err, out, progress
+from edgeprune.errors import BudgetMissed, missed_budgets
 from edgeprune.vocabulary import AUTO, FORMATS, QUANTIZE, STRATEGIES
 
 STRATEGY_CHOICE = click.Choice([AUTO, *STRATEGIES])
@@ -80,7 +81,7 @@ def build(model_or_target: str, as_json: bool, **given) -> None:
         click.echo(render_markdown(report.to_dict()))
         err.print(f"build written to {options.output}/")
     if not report.passed:
-        raise SystemExit(3)
+        raise BudgetMissed(missed_budgets(report.budgets, report.artifact["verified"]["passed"]), report)
 
 
 @click.command("plan")
@@ -181,4 +182,4 @@ def check(report_path: Path, as_json: bool, **limits) -> None:
             out.print("[red]artifact not verified[/red]")
         out.print("PASSED" if passed else "FAILED")
     if not passed:
-        raise SystemExit(3)
+        raise BudgetMissed(missed_budgets(results, verified))

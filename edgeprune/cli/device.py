@@ -23,8 +23,8 @@ def trt_build(bundle: Path, cache_dir: Path | None, force: bool, as_json: bool) 
     bundle's PyTorch reference outputs, timed, and the sparse tactics TensorRT chose are
     reported. Needs tensorrt and a CUDA GPU (exit 2 with the reason otherwise).
     """
-    from edgeprune.backends.trt_bundle import read_bundle
-    from edgeprune.backends.trt_engine import build_bundle, tensorrt_unavailable
+    from edgeprune.backends.tensorrt.bundle import read_bundle
+    from edgeprune.backends.tensorrt.engine import build_bundle, tensorrt_unavailable
 
     folder, spec = read_bundle(bundle)
     reason = tensorrt_unavailable()

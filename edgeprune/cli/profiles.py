@@ -27,7 +27,7 @@ def profiles_list(as_json: bool) -> None:
         rows.append({
             "name": name, "family": p.family, "formats": p.formats, "precisions": p.precisions,
             "sparsity": ["structured"] + [k for k in ("nm", "unstructured") if getattr(p.sparsity, k)],
-            "kernels": {c: p.kernel_class(c) for c in ("fp32", "int8")} if p.family in ("x86", "arm", "custom") else {},
+            "kernels": {c: p.kernel_class(c) for c in ("fp32", "int8")} if p.is_cpu else {},
             "description": p.description, "path": path,
         })
     if as_json:

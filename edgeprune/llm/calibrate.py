@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeprune.prune.calibration import InputStats
+
 
 class _StopForward(Exception):
     """Raised by a hook once it has what it needs, so the rest of the forward pass is skipped."""
@@ -89,33 +91,6 @@ def capture_block_inputs(
     finally:
         handle.remove()
     return BlockInputs(hidden, extra_args, extra_kwargs)
-
-
-class InputStats:
-    """Running statistics of one projection's input over the calibration tokens.
-
-    ``gram`` keeps X^T X (features x features), which least-squares restoration and the
-    SparseGPT update need; otherwise only the per-feature sums of squares are kept (Wanda).
-    """
-
-    def __init__(self, features: int, gram: bool) -> None:
-        self.features = features
-        self.tokens = 0
-        self.sum_sq = torch.zeros(features)
-        self.gram = torch.zeros(features, features) if gram else None
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, self.features).float()
-        self.tokens += x.shape[0]
-        if self.gram is not None:
-            self.gram.addmm_(x.t(), x)
-        else:
-            self.sum_sq += (x * x).sum(0)
-
-    def norms(self) -> torch.Tensor:
-        """Returns ||X_j||_2 of each input feature over all calibration tokens."""
-        sum_sq = torch.diagonal(self.gram) if self.gram is not None else self.sum_sq
-        return sum_sq.clamp_min(0).sqrt()
 
 
 @torch.no_grad()

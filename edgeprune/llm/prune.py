@@ -23,8 +23,9 @@ from edgeprune.llm.calibrate import BlockInputs, capture_block_inputs, collect_i
 from edgeprune.llm.hf import is_causal_lm
 from edgeprune.llm.logits import CausalLMLogits
 from edgeprune.llm.sparsegpt import sparsegpt_
-from edgeprune.llm.sparsify import magnitude_scores, sparsify_, wanda_scores
+from edgeprune.llm.sparsify import magnitude_scores, sparsify_
 from edgeprune.llm.width import apply_width_to_config, plan_width, prune_block_width
+from edgeprune.prune.masks import wanda_scores
 
 METHODS = ("unstructured", "nm", "structured")
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
@@ -93,7 +94,7 @@ def _sparsify_block(
         if criterion == "sparsegpt":
             sparsegpt_(weight, stats[name].gram, sparsity, nm)
         elif criterion == "wanda":
-            sparsify_(weight, wanda_scores(weight, stats[name].norms()), sparsity, nm, per_row=True)
+            sparsify_(weight, wanda_scores(weight, stats[name].norms().unsqueeze(0)), sparsity, nm, per_row=True)
         else:
             sparsify_(weight, magnitude_scores(weight), sparsity, nm, per_row=False)
 

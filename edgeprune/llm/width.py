@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from edgeprune.llm.blocks import DecoderArch, ffn_width, head_layout, weight_matrix
-from edgeprune.llm.calibrate import BlockInputs, InputStats, collect_input_stats
+from edgeprune.llm.calibrate import BlockInputs, collect_input_stats
 from edgeprune.llm.surgery import keep_inputs_, keep_outputs_
+from edgeprune.prune.calibration import InputStats
 
 
 @dataclass(frozen=True)

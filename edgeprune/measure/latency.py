@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 
-from edgeprune.backends import Artifact
-from edgeprune.backends.onnx_export import export_onnx
-from edgeprune.errors import UnsupportedError
+from edgeprune.backends import Artifact, get_backend
+from edgeprune.backends.onnx_tools.export import export_onnx
 from edgeprune.gate import Budgets, check_latency
 from edgeprune.host import Host
 from edgeprune.measure.agent_client import AgentClient
-from edgeprune.measure.agent_wire import UploadModel, upload_format
+from edgeprune.measure.agent_wire import UploadModel
 from edgeprune.measure.local import StandIn, local_device, measure_onnx_files, stand_in
 from edgeprune.measure.protocol import Protocol
 from edgeprune.profile import Profile
@@ -199,25 +198,10 @@ def remeasure_if_undecided(first: dict, measure: Callable[[], dict], budgets: Bu
     return {**kept, "remeasured": {"first_spread": spreads[0], "second_spread": spreads[1]}}
 
 
-def device_upload(artifact: Artifact) -> UploadModel:
-    """Returns what the device runs for an artifact: the file, its format and runtime."""
-    path = Path(artifact.path)
-    if artifact.format == "tensorrt":
-        if path.suffix in (".engine", ".plan", ".trt"):
-            return UploadModel("artifact", "engine", path, "tensorrt", artifact.precision)
-        onnx_file = next((Path(p) for p in [path, artifact.measure_path, *artifact.files]
-                          if p is not None and Path(p).suffix == ".onnx"), None)
-        if onnx_file is None:
-            raise UnsupportedError("the TensorRT artifact has neither an engine nor an ONNX file to send to the device")
-        # The engine is built on the device: engines do not move between GPUs or versions.
-        return UploadModel("artifact", "onnx", onnx_file, "tensorrt", artifact.precision)
-    return UploadModel("artifact", upload_format(path), path, None, artifact.precision)
-
-
 def measure_on_agent(timing: Timing, artifact: Artifact, baseline: Path, same_as_baseline: bool,
                      inputs: Sequence[torch.Tensor]) -> dict:
     """Returns the latency measured on the remote device (side by side with the dense baseline when final)."""
-    upload = device_upload(artifact)
+    upload = get_backend(artifact.format).upload(artifact)
     models = [upload]
     if timing.final and not same_as_baseline:
         runtime = "tensorrt" if upload.runtime == "tensorrt" else "onnxruntime"

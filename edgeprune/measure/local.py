@@ -8,13 +8,11 @@ from pathlib import Path
 
 import torch
 
-from edgeprune.backends import onnx_runtime
+from edgeprune.backends.onnx_tools import runtime as onnx_runtime
 from edgeprune.errors import InputError
 from edgeprune.host import Host, this_host
 from edgeprune.measure.protocol import LatencyStats, Protocol, time_side_by_side
 from edgeprune.profile import Profile
-
-CPU_FAMILIES = ("x86", "arm", "custom")
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ def stand_in(profile: Profile, precision: str, host: Host | None = None, measure
     """
     host = host or this_host()
     check_measure_flags(profile, measure_here, threads)
-    if profile.family not in CPU_FAMILIES or "onnx" not in profile.formats:
+    if not profile.is_cpu or "onnx" not in profile.formats:
         return StandIn(False, f"this machine ({host.description}) is not a {profile.family} device", host=host.description)
     cores = profile.cores or host.cores
     differences = _differences(profile, precision, host)
@@ -81,7 +79,7 @@ def stand_in(profile: Profile, precision: str, host: Host | None = None, measure
 
 def check_measure_flags(profile: Profile, measure_here: bool = False, threads: int | None = None) -> None:
     """Raises InputError for --measure-here on a non-CPU profile or --threads beyond its cores."""
-    if measure_here and (profile.family not in CPU_FAMILIES or "onnx" not in profile.formats):
+    if measure_here and (not profile.is_cpu or "onnx" not in profile.formats):
         raise InputError(f"--measure-here times a CPU profile on this CPU; {profile.name} is a {profile.family} "
                          "device: attach it with --device http://HOST:PORT (edgeprune agent serve)")
     if threads is not None and profile.cores is not None and threads > profile.cores:

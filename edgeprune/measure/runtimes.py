@@ -103,7 +103,7 @@ def load(path: Path, fmt: str, runtime: str, inputs: Sequence[np.ndarray], threa
 def _onnxruntime(path: Path, inputs: Sequence[np.ndarray], threads: int | None) -> Loaded:
     import onnxruntime as ort
 
-    from edgeprune.backends import onnx_runtime
+    from edgeprune.backends.onnx_tools import runtime as onnx_runtime
 
     try:
         available = ort.get_available_providers()
@@ -151,76 +151,39 @@ def _coreml(path: Path, inputs: Sequence[np.ndarray]) -> Loaded:
 
 
 def _tensorrt(path: Path, fmt: str, inputs: Sequence[np.ndarray], precision: str) -> Loaded:
+    """Returns a TensorRT engine ready to time: the one uploaded, or one built here by the shared builder.
+
+    Engines are specific to a GPU and a TensorRT version, so an ONNX model is built on the
+    device itself, with the same builder and engine cache as ``edgeprune trt-build``.
+    """
     if not importlib.util.find_spec("tensorrt"):
         raise RuntimeFailure("TensorRT is not installed on this device: pip install 'edgeprune[tensorrt]'")
+    from edgeprune.backends.tensorrt.engine import (
+        EngineRunner,
+        engine_for_onnx,
+        tensorrt_unavailable,
+    )
+    from edgeprune.errors import EdgepruneError, UnsupportedError
+
+    reason = tensorrt_unavailable()
+    if reason is not None:
+        raise RuntimeFailure(f"TensorRT cannot run here: {reason}")
+    shapes = [tuple(a.shape) for a in inputs]
+    try:
+        engine = path if fmt == "engine" else engine_for_onnx(path, precision, True, shapes).engine
+        runner = EngineRunner(engine, shapes)
+        if len(runner.inputs) != len(inputs):
+            raise RuntimeFailure(f"the engine takes {len(runner.inputs)} inputs, {len(inputs)} were sent")
+        runner.load(*inputs)
+        runner.execute()
+    except UnsupportedError as exc:  # a parser rejection, a foreign engine, a wrong shape
+        raise BadArtifact(f"TensorRT cannot use the model: {_first_line(exc)}") from None
+    except EdgepruneError as exc:  # the builder found no engine
+        raise RuntimeFailure(_first_line(exc)) from None
     import tensorrt as trt
     import torch
 
-    if not torch.cuda.is_available():
-        raise RuntimeFailure("TensorRT needs a CUDA GPU and a CUDA build of torch on the device")
-    logger = trt.Logger(trt.Logger.WARNING)
-    if fmt == "engine":
-        serialized = path.read_bytes()
-    else:
-        # Engines are specific to a GPU and a TensorRT version: build on the device itself.
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(path.read_bytes()):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise BadArtifact(f"TensorRT cannot parse the ONNX model: {errors[:300]}")
-        config = builder.create_builder_config()
-        if precision in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16)
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)  # TensorRT keeps a sparse tactic only where faster
-        opt = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            shape = tuple(inputs[i].shape)
-            opt.set_shape(network.get_input(i).name, shape, shape, shape)
-        config.add_optimization_profile(opt)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise RuntimeFailure("TensorRT could not build an engine for the model")
-    engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(serialized))
-    if engine is None:
-        raise BadArtifact("not a TensorRT engine for this GPU and TensorRT version")
-    context = engine.create_execution_context()
-    buffers = []
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    if len(input_names) != len(inputs):
-        raise RuntimeFailure(f"the engine takes {len(input_names)} inputs, {len(inputs)} were sent")
-    for name, array in zip(input_names, inputs, strict=True):
-        context.set_input_shape(name, tuple(array.shape))
-        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-        tensor = torch.from_numpy(np.ascontiguousarray(array.astype(dtype))).cuda()
-        buffers.append(tensor)
-        context.set_tensor_address(name, tensor.data_ptr())
-    for name in names:
-        if name in input_names:
-            continue
-        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-        tensor = torch.empty(tuple(context.get_tensor_shape(name)), dtype=_torch_dtype(dtype), device="cuda")
-        buffers.append(tensor)
-        context.set_tensor_address(name, tensor.data_ptr())
-    stream = torch.cuda.Stream()
-
-    def run() -> None:
-        context.execute_async_v3(stream.cuda_stream)
-        stream.synchronize()
-
-    run()
-    return Loaded(run=run, runtime=f"tensorrt {trt.__version__} ({torch.cuda.get_device_name()})")
-
-
-def _torch_dtype(dtype: np.dtype):
-    import torch
-
-    return {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
-            np.dtype(np.int8): torch.int8, np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64,
-            np.dtype(np.bool_): torch.bool, np.dtype(np.uint8): torch.uint8}[dtype]
+    return Loaded(run=runner.execute, runtime=f"tensorrt {trt.__version__} ({torch.cuda.get_device_name()})")
 
 
 def _first_line(exc: BaseException) -> str:

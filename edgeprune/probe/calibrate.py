@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from edgeprune.backends import onnx_runtime
+from edgeprune.backends.onnx_tools import runtime as onnx_runtime
 from edgeprune.host import this_host
 from edgeprune.probe.bench import (
     UNCALIBRATED,

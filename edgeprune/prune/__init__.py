@@ -1,12 +1,12 @@
-"""Pruning: structured, unstructured, N:M and hybrid, behind one verb ``prune_(model, config)``.
+"""Pruning: structured, unstructured, N:M and hybrid, behind one verb ``prune(model, config)``.
 
     config = config_for("structured", 0.5, profile=profile)   # or StructuredConfig(0.5, ...)
-    result = prune_(model, config, calibration, example_inputs)
+    result = prune(model, config, calibration, example_inputs)
     recover(result.model, model, finetune_data, steps=200, masks=result.masks)
 """
 
 from edgeprune.prune import causal_lm, hybrid, nm, structured, unstructured  # noqa: F401  (register handlers)
-from edgeprune.prune.api import PruneResult, prune_, register_pruner
+from edgeprune.prune.api import PruneResult, prune, register_pruner
 from edgeprune.prune.attention import ExplicitAttention, rewrite_multihead_attention
 from edgeprune.prune.config import (
     CausalLMConfig,
@@ -29,7 +29,7 @@ __all__ = [
     "StructuredConfig",
     "UnstructuredConfig",
     "config_for",
-    "prune_",
+    "prune",
     "recover",
     "register_pruner",
     "rewrite_multihead_attention",

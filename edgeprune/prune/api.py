@@ -1,4 +1,4 @@
-"""The pruning verb: ``prune_(model, config)``, dispatched through a registry of handlers.
+"""The pruning verb: ``prune(model, config)``, dispatched through a registry of handlers.
 
 Adding a method means adding a config dataclass and a handler registered for it; nothing
 else changes (as torchao's ``quantize_`` does for quantization methods).
@@ -61,7 +61,7 @@ def needs_calibration(config: Any) -> str | None:
     return None
 
 
-def prune_(model: nn.Module, config: Any, calibration: Iterable[Batch] | None = None,
+def prune(model: nn.Module, config: Any, calibration: Iterable[Batch] | None = None,
            example_inputs: Sequence[torch.Tensor] | None = None) -> PruneResult:
     """Returns the pruned model with its masks and report details.
 

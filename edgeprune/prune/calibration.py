@@ -11,21 +11,46 @@ from torch import nn
 Batch = Sequence[torch.Tensor]
 
 
+class InputStats:
+    """Running statistics of one projection's input over the calibration tokens.
+
+    ``gram`` keeps X^T X (features x features), which least-squares restoration and the
+    SparseGPT update need; otherwise only the per-feature sums of squares are kept (Wanda).
+    """
+
+    def __init__(self, features: int, gram: bool) -> None:
+        self.features = features
+        self.tokens = 0
+        self.sum_sq = torch.zeros(features)
+        self.gram = torch.zeros(features, features) if gram else None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, self.features).float()
+        self.tokens += x.shape[0]
+        if self.gram is not None:
+            self.gram.addmm_(x.t(), x)
+        else:
+            self.sum_sq += (x * x).sum(0)
+
+    def norms(self) -> torch.Tensor:
+        """Returns ||X_j||_2 of each input feature over all calibration tokens."""
+        sum_sq = torch.diagonal(self.gram) if self.gram is not None else self.sum_sq
+        return sum_sq.clamp_min(0).sqrt()
+
+
 def input_norms(model: nn.Module, calibration: Iterable[Batch], layers: Iterable[nn.Module]) -> dict[nn.Module, torch.Tensor]:
     """Returns, for each layer, the L2 norm of every input channel over all calibration tokens.
 
     For a linear that is ||X_j||_2 over every row of its input; for a convolution, over the
     batch and all spatial positions of input channel j (Wanda's ||X_j||).
     """
-    sums: dict[nn.Module, torch.Tensor] = {}
+    stats: dict[nn.Module, InputStats] = {}
 
     def hook(module, args, _output):
-        x = args[0].detach().float()
+        x = args[0].detach()
         if isinstance(module, nn.modules.conv._ConvNd):
-            per_channel = x.transpose(0, 1).reshape(x.shape[1], -1).pow(2).sum(1)
-        else:
-            per_channel = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
-        sums[module] = sums.get(module, 0) + per_channel
+            x = x.movedim(1, -1)  # channels last: every position of channel j is a row of feature j
+        stats.setdefault(module, InputStats(x.shape[-1], gram=False)).add(x)
 
     handles = [m.register_forward_hook(hook) for m in set(layers)]
     was_training = model.training
@@ -38,7 +63,7 @@ def input_norms(model: nn.Module, calibration: Iterable[Batch], layers: Iterable
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {m: s.sqrt() for m, s in sums.items()}
+    return {m: s.norms() for m, s in stats.items()}
 
 
 def _pseudo_label_loss(output) -> torch.Tensor:

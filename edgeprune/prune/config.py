@@ -203,7 +203,7 @@ def config_for(strategy: str, sparsity: float | None = None, criterion: str | No
     The profile supplies the channel multiple (structured, hybrid) and the smallest layer
     width worth N:M sparsity. ``sparsity`` is required except for ``nm``, where N:M fixes it;
     ``criterion`` None picks the method's default. Criteria that need calibration data are
-    checked against the workload in ``prune_``.
+    checked against the workload in ``prune``.
     """
     _check_choice("--strategy", strategy, STRATEGIES)
     if nm is not None and strategy != "nm":

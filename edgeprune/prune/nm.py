@@ -16,7 +16,7 @@ from edgeprune.prune.api import PruneResult, register_pruner
 from edgeprune.prune.attention import rewrite_multihead_attention
 from edgeprune.prune.calibration import input_norms
 from edgeprune.prune.config import NMConfig
-from edgeprune.prune.masks import Masks, apply_masks, sparsity
+from edgeprune.prune.masks import Masks, apply_masks, keep_n_of_m, sparsity
 from edgeprune.prune.roles import layer_roles
 from edgeprune.prune.targets import WeightTarget, weight_targets
 from edgeprune.prune.unstructured import weight_scores
@@ -52,16 +52,6 @@ def why_dense(target: WeightTarget, config: NMConfig) -> str | None:
     return None
 
 
-def nm_mask(target: WeightTarget, scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Returns the bool mask keeping the ``n`` best of every ``m`` consecutive inputs."""
-    # move the input axis last so that consecutive inputs form the blocks
-    moved = scores.movedim(target.in_dim, -1)
-    blocks = moved.reshape(-1, m)
-    keep = torch.zeros_like(blocks, dtype=torch.bool)
-    keep.scatter_(1, torch.topk(blocks, n, dim=1).indices, True)
-    return keep.view(moved.shape).movedim(-1, target.in_dim)
-
-
 @register_pruner(NMConfig)
 def _handle(model: nn.Module, config: NMConfig, calibration: list[Batch] | None,
             example_inputs: Batch) -> PruneResult:
@@ -79,7 +69,7 @@ def _handle(model: nn.Module, config: NMConfig, calibration: list[Batch] | None,
     if config.criterion == "wanda":
         norms = input_norms(model, calibration or [], [t.module for t in targets])
     scores = weight_scores(targets, config.criterion, norms)
-    masks: Masks = {t.name: nm_mask(t, scores[t], config.n, config.m) for t in targets}
+    masks: Masks = {t.name: keep_n_of_m(scores[t], config.n, config.m, t.in_dim) for t in targets}
     apply_masks(model, masks)
     details = {
         "kind": "nm",

@@ -10,7 +10,7 @@ from torch import nn
 from edgeprune.errors import InputError
 from edgeprune.planning import Plan
 from edgeprune.profile import Profile
-from edgeprune.prune.api import prune_
+from edgeprune.prune.api import prune
 from edgeprune.prune.config import CausalLMConfig, PruneConfig, config_for
 from edgeprune.prune.recover import recalibrate_batchnorm, recover
 from edgeprune.workload import Workload, is_hf_causal_lm_workload
@@ -55,7 +55,7 @@ def prune_for_plan(workload: Workload, plan: Plan, profile: Profile) -> Pruned:
     if config is None:
         return Pruned(workload.model)
     check_prunable(plan, profile, workload)
-    result = prune_(workload.model, config, workload.calibration, workload.example_inputs)
+    result = prune(workload.model, config, workload.calibration, workload.example_inputs)
     details = dict(result.details)
     if plan.kind in ("structured", "hybrid") and workload.calibration and not isinstance(config, CausalLMConfig):
         details["batchnorm_recalibrated"] = recalibrate_batchnorm(result.model, workload.calibration_batches())

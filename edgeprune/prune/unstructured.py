@@ -9,7 +9,7 @@ from edgeprune.prune.api import PruneResult, register_pruner
 from edgeprune.prune.attention import rewrite_multihead_attention
 from edgeprune.prune.calibration import input_norms
 from edgeprune.prune.config import UnstructuredConfig
-from edgeprune.prune.masks import Masks, apply_masks, sparsity
+from edgeprune.prune.masks import Masks, apply_masks, drop_lowest, sparsity, wanda_scores
 from edgeprune.prune.roles import layer_roles
 from edgeprune.prune.targets import WeightTarget, weight_targets
 
@@ -33,19 +33,12 @@ def weight_scores(targets: list[WeightTarget], criterion: str, norms: dict[nn.Mo
     have no input activations, fall back to |W|)."""
     scores = {}
     for t in targets:
-        w = t.weight.detach().float().abs()
+        w = t.weight.detach().float()
         if criterion == "wanda" and norms is not None and t.module in norms:
-            w = w * t.input_scale(norms[t.module].to(w))
-        scores[t] = w
+            scores[t] = wanda_scores(w, t.input_scale(norms[t.module]))
+        else:
+            scores[t] = w.abs()
     return scores
-
-
-def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Returns a bool mask of ``scores``' shape that is False at exactly ``count`` lowest entries."""
-    keep = torch.ones(scores.numel(), dtype=torch.bool)
-    if count > 0:
-        keep[torch.topk(scores.reshape(-1), count, largest=False).indices] = False
-    return keep.view(scores.shape)
 
 
 def sparsify(model: nn.Module, targets: list[WeightTarget], config: UnstructuredConfig,
@@ -62,7 +55,7 @@ def sparsify(model: nn.Module, targets: list[WeightTarget], config: Unstructured
     masks: Masks = {}
     if config.scope == "global" and targets:
         flat = torch.cat([s.reshape(-1) for s in scores.values()])
-        keep = lowest(flat, round(config.sparsity * flat.numel()))
+        keep = drop_lowest(flat, round(config.sparsity * flat.numel()))
         for t, part in zip(targets, keep.split([s.numel() for s in scores.values()]), strict=True):
             masks[t.name] = part.view(t.weight.shape)
     else:
@@ -70,13 +63,9 @@ def sparsify(model: nn.Module, targets: list[WeightTarget], config: Unstructured
             s = scores[t]
             if config.criterion == "wanda" and t.module in (norms or {}):
                 rows = t.rows(s)
-                per_row = round(config.sparsity * rows.shape[1])
-                keep = torch.ones_like(rows, dtype=torch.bool)
-                if per_row:
-                    keep.scatter_(1, torch.topk(rows, per_row, dim=1, largest=False).indices, False)
-                masks[t.name] = t.from_rows(keep)
+                masks[t.name] = t.from_rows(drop_lowest(rows, round(config.sparsity * rows.shape[1]), per_row=True))
             else:
-                masks[t.name] = lowest(s, round(config.sparsity * s.numel()))
+                masks[t.name] = drop_lowest(s, round(config.sparsity * s.numel()))
     apply_masks(model, masks)
     layers = [{"name": t.name, "shape": list(t.weight.shape), "sparsity": round(1 - float(masks[t.name].float().mean()), 4)}
               for t in targets]

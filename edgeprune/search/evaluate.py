@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.backends import Artifact, LowerRequest, get_backend
-from edgeprune.backends.onnx_export import export_onnx
+from edgeprune.backends.onnx_tools.export import export_onnx
 from edgeprune.gate import Budgets, Measurements
 from edgeprune.host import Host
 from edgeprune.measure.agent_client import AgentClient

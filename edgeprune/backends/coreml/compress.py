@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from edgeprune.backends.coreml_convert import COMPRESSION, JOINT_COMPRESSION, quiet, target_level
+from edgeprune.backends.coreml.convert import COMPRESSION, JOINT_COMPRESSION, quiet, target_level
 from edgeprune.errors import UnsupportedError
 
 PALETTE_BITS = (4, 6, 8)

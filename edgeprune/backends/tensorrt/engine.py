@@ -1,8 +1,11 @@
-"""TensorRT engines from a bundle, with the tensorrt Python API: build, cache, inspect, run, time.
+"""TensorRT engines with the tensorrt Python API: build, cache, inspect, run, time.
 
-Needs the ``tensorrt`` package and a CUDA GPU (``pip install edgeprune[tensorrt]`` on the
-device). An engine is cached under a key of GPU name + TensorRT version + ONNX hash (+ the
-build flags), because an engine built for one of them is not valid for another.
+The one engine builder: ``edgeprune trt-build`` builds a bundle's engine with it, a build on
+a GPU machine does, and the device agent does for an ONNX model it is asked to time with
+TensorRT. Needs the ``tensorrt`` package and a CUDA GPU (``pip install edgeprune[tensorrt]``
+on the device). An engine is cached under a key of GPU name + TensorRT version + ONNX hash
+(+ the build flags and input shapes), because an engine built for one of them is not valid
+for another.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgeprune.backends.trt_bundle import TIMING_CACHE, BundleSpec
+from edgeprune.backends.tensorrt.bundle import TIMING_CACHE, BundleSpec
 from edgeprune.errors import EdgepruneError, UnsupportedError
 from edgeprune.verify import TOLERANCE
 
@@ -64,12 +68,14 @@ def cache_root() -> Path:
     return Path(base) / "tensorrt"
 
 
-def cache_key(gpu: str, tensorrt_version: str, spec: BundleSpec) -> str:
-    """Returns the cache key: GPU name, TensorRT version, ONNX hash and the build flags."""
+def cache_key(gpu: str, tensorrt_version: str, onnx_sha256: str, precision: str, sparse: bool,
+              shapes: Sequence[Sequence[int]] | None = None) -> str:
+    """Returns the cache key: GPU name, TensorRT version, ONNX hash, the build flags and the input shapes."""
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
-    flags = f"{spec.precision}{'-sparse' if spec.sparsity == '2:4' else ''}"
-    digest = hashlib.sha256(f"{gpu}|{tensorrt_version}|{spec.onnx_sha256}|{flags}".encode()).hexdigest()[:12]
-    return f"{slug}-trt{tensorrt_version}-{spec.onnx_sha256[:12]}-{flags}-{digest}"
+    flags = f"{precision}{'-sparse' if sparse else ''}"
+    fixed = "x".join("-".join(map(str, s)) for s in shapes) if shapes else "static"
+    digest = hashlib.sha256(f"{gpu}|{tensorrt_version}|{onnx_sha256}|{flags}|{fixed}".encode()).hexdigest()[:12]
+    return f"{slug}-trt{tensorrt_version}-{onnx_sha256[:12]}-{flags}-{digest}"
 
 
 @dataclass
@@ -122,13 +128,27 @@ def _recording_logger(trt):
 
 def build_engine(folder: Path, spec: BundleSpec, root: Path | None = None, force: bool = False) -> EngineBuild:
     """Returns the engine for the bundle on this GPU, built now or taken from the cache."""
+    return engine_for_onnx(folder / spec.onnx, spec.precision, spec.sparsity == "2:4", None, root, force,
+                           onnx_sha256=spec.onnx_sha256)
+
+
+def engine_for_onnx(onnx_path: Path, precision: str, sparse: bool, shapes: Sequence[Sequence[int]] | None = None,
+                    root: Path | None = None, force: bool = False, onnx_sha256: str | None = None) -> EngineBuild:
+    """Returns the engine of an ONNX model on this GPU, built now or taken from the cache.
+
+    ``shapes`` fixes the input shapes (min = opt = max) of a model whose inputs are dynamic;
+    a bundle's ONNX is static and needs none. ``sparse`` lets TensorRT pick 2:4 sparse
+    tactics (it keeps one only where it is faster).
+    """
     import tensorrt as trt
 
     reason = tensorrt_unavailable()
     if reason is not None:
         raise UnsupportedError(f"cannot build a TensorRT engine here: {reason}")
+    onnx_path = Path(onnx_path)
     gpu = gpu_name() or "unknown-gpu"
-    key = cache_key(gpu, trt.__version__, spec)
+    digest = onnx_sha256 or hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    key = cache_key(gpu, trt.__version__, digest, precision, sparse, shapes)
     target = (root or cache_root()) / key
     engine_path = target / "model.engine"
     meta_path = target / "build.json"
@@ -144,17 +164,22 @@ def build_engine(folder: Path, spec: BundleSpec, root: Path | None = None, force
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(folder / spec.onnx)):
+    if not parser.parse_from_file(str(onnx_path)):
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
         described = "; ".join(f"node {e.node()} ({_operator(e)}): {e.desc()}" for e in errors[:5])
-        raise UnsupportedError(f"TensorRT's ONNX parser rejected {spec.onnx}: {described}")
+        raise UnsupportedError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {described}")
     config = builder.create_builder_config()
-    if spec.precision in ("fp16", "int8"):
+    if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
-    if spec.precision == "int8":
+    if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # the ONNX carries explicit Q/DQ scales: no calibrator
-    if spec.sparsity == "2:4":
+    if sparse:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    if shapes and any(-1 in tuple(network.get_input(i).shape) for i in range(network.num_inputs)):
+        profile = builder.create_optimization_profile()
+        for i, shape in enumerate(shapes):
+            profile.set_shape(network.get_input(i).name, tuple(shape), tuple(shape), tuple(shape))
+        config.add_optimization_profile(profile)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     timing_file = target.parent / f"{key.rsplit('-', 3)[0]}-{TIMING_CACHE}"  # shared by engines of this GPU
     timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.exists() else b"")
@@ -204,9 +229,13 @@ def _inspect(trt, logger, plan: bytes) -> tuple[int, list[str]]:
 
 
 class EngineRunner:
-    """Runs a serialized engine on this GPU with torch CUDA tensors as its buffers."""
+    """Runs a serialized engine on this GPU with torch CUDA tensors as its buffers.
 
-    def __init__(self, engine_path: Path) -> None:
+    ``shapes`` are the input shapes of an engine built with dynamic inputs (an optimization
+    profile); a static engine's own shapes are used otherwise.
+    """
+
+    def __init__(self, engine_path: Path, shapes: Sequence[Sequence[int]] | None = None) -> None:
         import tensorrt as trt
 
         if not torch.cuda.is_available():
@@ -214,20 +243,32 @@ class EngineRunner:
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self._engine is None:
+            raise UnsupportedError("not a TensorRT engine for this GPU and TensorRT version")
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
-        self.inputs: list[str] = []
-        self.outputs: list[str] = []
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self.inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        for name, shape in zip(self.inputs, shapes or (), strict=False):
+            if -1 in tuple(self._engine.get_tensor_shape(name)):
+                self._context.set_input_shape(name, tuple(shape))
         self._buffers: dict[str, torch.Tensor] = {}
-        for i in range(self._engine.num_io_tensors):
-            name = self._engine.get_tensor_name(i)
-            shape = tuple(self._engine.get_tensor_shape(name))
+        for name in names:
+            shape = tuple(self._context.get_tensor_shape(name))
             dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(self._engine.get_tensor_dtype(name)))).dtype
             self._buffers[name] = torch.empty(shape, dtype=dtype, device="cuda")
             self._context.set_tensor_address(name, self._buffers[name].data_ptr())
-            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self.inputs if is_input else self.outputs).append(name)
         self.batch = int(self._buffers[self.inputs[0]].shape[0])
+
+    def load(self, *inputs) -> None:
+        """Copies one batch of inputs (tensors or arrays of the engine's shapes) into the input buffers."""
+        for name, value in zip(self.inputs, inputs, strict=True):
+            tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+            if tuple(tensor.shape) != tuple(self._buffers[name].shape):
+                raise UnsupportedError(f"input {name} has shape {tuple(tensor.shape)}, the engine takes "
+                                       f"{tuple(self._buffers[name].shape)}")
+            self._buffers[name].copy_(tensor.to(self._buffers[name].dtype))
 
     def execute(self) -> None:
         """Runs the engine once on the current buffers and waits for it."""

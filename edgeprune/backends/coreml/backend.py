@@ -22,7 +22,7 @@ from edgeprune.backends.base import (
     check_precision,
     register_backend,
 )
-from edgeprune.backends.coreml_compress import (
+from edgeprune.backends.coreml.compress import (
     MIN_STORED_SPARSITY,
     WEIGHT_THRESHOLD,
     Compression,
@@ -30,7 +30,7 @@ from edgeprune.backends.coreml_compress import (
     compress,
     compression_for,
 )
-from edgeprune.backends.coreml_convert import (
+from edgeprune.backends.coreml.convert import (
     MLPROGRAM,
     capture,
     check_operators,
@@ -40,8 +40,9 @@ from edgeprune.backends.coreml_convert import (
     quiet,
     target_level,
 )
-from edgeprune.backends.coreml_inspect import ProgramSummary, read_program
+from edgeprune.backends.coreml.program import ProgramSummary, read_program
 from edgeprune.errors import UnsupportedError
+from edgeprune.measure.agent_wire import UploadModel
 from edgeprune.verify import Verification, structural
 
 PACKAGE = "model.mlpackage"
@@ -55,6 +56,7 @@ class CoreMLBackend:
     # fp16 is Core ML's default compute precision; int8 means int8 weights (computed in fp16).
     precisions = frozenset({"fp32", "fp16", "int8"})
     sparsity_storage = frozenset({"structured", "unstructured", "nm", "palettized"})
+    computes_int8 = False  # int8 means int8 weights, computed in fp16
 
     def check(self, request: LowerRequest) -> None:
         check_precision(self, request)
@@ -109,6 +111,9 @@ class CoreMLBackend:
             return torch.cat(rows)
 
         return predict
+
+    def upload(self, artifact: Artifact) -> UploadModel:
+        return UploadModel("artifact", "mlpackage", Path(artifact.path), None, artifact.precision)
 
     def cannot_run_reason(self) -> str | None:
         if platform.system() == "Darwin":

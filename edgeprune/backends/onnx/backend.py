@@ -8,7 +8,6 @@ from pathlib import Path
 import onnx
 import torch
 
-from edgeprune.backends import onnx_runtime
 from edgeprune.backends.base import (
     Artifact,
     Inputs,
@@ -18,11 +17,13 @@ from edgeprune.backends.base import (
     dense_storage_note,
     register_backend,
 )
-from edgeprune.backends.onnx_export import export_onnx
-from edgeprune.backends.onnx_fp16 import convert_fp16
-from edgeprune.backends.onnx_fusion import fp16_notes, inspect_kernels, int8_fusion_notes
-from edgeprune.backends.onnx_quantize import int8_config_for, quantize_int8
+from edgeprune.backends.onnx_tools import runtime as onnx_runtime
+from edgeprune.backends.onnx_tools.export import export_onnx
+from edgeprune.backends.onnx_tools.fp16 import convert_fp16
+from edgeprune.backends.onnx_tools.fusion import fp16_notes, inspect_kernels, int8_fusion_notes
+from edgeprune.backends.onnx_tools.quantize import int8_config_for, quantize_int8
 from edgeprune.errors import UnsupportedError
+from edgeprune.measure.agent_wire import UploadModel
 from edgeprune.verify import Verification, structural
 
 INT8_MODES = ("static", "dynamic")
@@ -41,6 +42,7 @@ class OnnxBackend:
     precisions = frozenset({"fp32", "fp16", "int8"})
     # ONNX initializers are dense tensors: zeros are stored (and compress well), never skipped.
     sparsity_storage = frozenset({"structured"})
+    computes_int8 = True  # int8 QDQ graphs run ONNX Runtime's integer kernels
 
     def check(self, request: LowerRequest) -> None:
         check_precision(self, request)
@@ -85,6 +87,9 @@ class OnnxBackend:
 
     def cannot_run_reason(self) -> str | None:
         return None
+
+    def upload(self, artifact: Artifact) -> UploadModel:
+        return UploadModel("artifact", "onnx", Path(artifact.path), None, artifact.precision)
 
     def verify_structure(self, artifact: Artifact, model: torch.nn.Module, request: LowerRequest) -> Verification:
         try:

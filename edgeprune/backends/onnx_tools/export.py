@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from edgeprune.backends.onnx_export_cache import EXPORTS, fingerprint
+from edgeprune.backends.onnx_tools.export_cache import EXPORTS, fingerprint
 from edgeprune.errors import UnsupportedError
 
 OPSET = 18
@@ -36,8 +36,14 @@ def export_onnx(
 
     The TorchScript exporter is tried first (a fraction of a second where torch.export takes
     seconds, which adds up over a search's candidates); if it cannot convert the model, the
-    torch.export-based exporter is tried. Every artifact is verified against PyTorch either way. If both fail, the error names the operators the exporters
-    could not convert, and is an UnsupportedError (exit 2), reported before any later stage.
+    torch.export-based exporter is tried. Every artifact is verified against PyTorch either
+    way. If both fail, the error names the operators the exporters could not convert, and is
+    an UnsupportedError (exit 2), reported before any later stage.
+
+    With ``dynamic_batch``, a batch-1 example is traced on two rows first: both exporters pin
+    an axis whose example size is 1 (a transformer's reshapes then bake batch 1 into the
+    graph, and it cannot score an evaluation batch). A model that runs only at batch 1 is
+    exported from the example as it is.
     """
     path = Path(path)
     model = model.eval()
@@ -48,23 +54,32 @@ def export_onnx(
         return path
     errors: list[str] = []
     operators: list[str] = []
-    for exporter in (_export_torchscript, _export_dynamo):
-        try:
-            with _quiet():
-                exporter(model, inputs, path, names, dynamic_batch)
-            onnx.checker.check_model(str(path))
-            EXPORTS.put(key, path)
-            return path
-        except Exception as exc:  # exporters raise many types; collect and report them together
-            errors.append(f"{exporter.__name__.removeprefix('_export_')}: {_first_line(exc)}")
-            operators += [op for op in unsupported_operators(exc) if op not in operators]
-            path.unlink(missing_ok=True)
+    widened = _two_rows(inputs) if dynamic_batch else None
+    for traced in ([widened, inputs] if widened is not None else [inputs]):
+        for exporter in (_export_torchscript, _export_dynamo):
+            try:
+                with _quiet():
+                    exporter(model, traced, path, names, dynamic_batch)
+                onnx.checker.check_model(str(path))
+                EXPORTS.put(key, path)
+                return path
+            except Exception as exc:  # exporters raise many types; collect and report them together
+                errors.append(f"{exporter.__name__.removeprefix('_export_')}: {_first_line(exc)}")
+                operators += [op for op in unsupported_operators(exc) if op not in operators]
+                path.unlink(missing_ok=True)
     if operators:
         raise UnsupportedError(
             f"cannot export the model to ONNX: no ONNX conversion for operator {', '.join(operators)} "
             f"(opset {OPSET}); replace it in the model or register a conversion"
         )
     raise UnsupportedError("cannot export the model to ONNX: " + "; ".join(errors))
+
+
+def _two_rows(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+    """Returns the batch-1 example repeated to two rows (None when the batch is already wider)."""
+    if not inputs or any(t.dim() == 0 or t.shape[0] != 1 for t in inputs):
+        return None
+    return tuple(t.expand(2, *t.shape[1:]).contiguous() for t in inputs)
 
 
 # How the two exporters name an operator they cannot convert.

@@ -18,7 +18,6 @@ from pathlib import Path
 import onnx
 import torch
 
-from edgeprune.backends import onnx_runtime
 from edgeprune.backends.base import (
     Artifact,
     Inputs,
@@ -28,9 +27,10 @@ from edgeprune.backends.base import (
     dense_storage_note,
     register_backend,
 )
-from edgeprune.backends.onnx_export import export_onnx
-from edgeprune.backends.onnx_quantize import quantize_int8, tensorrt_int8_config
-from edgeprune.backends.trt_bundle import (
+from edgeprune.backends.onnx_tools import runtime as onnx_runtime
+from edgeprune.backends.onnx_tools.export import export_onnx
+from edgeprune.backends.onnx_tools.quantize import quantize_int8, tensorrt_int8_config
+from edgeprune.backends.tensorrt.bundle import (
     BUNDLE_DIR,
     ONNX_FILE,
     REFERENCE,
@@ -44,8 +44,9 @@ from edgeprune.backends.trt_bundle import (
     write_manifest,
     write_reference,
 )
-from edgeprune.backends.trt_engine import EngineRunner, build_bundle, tensorrt_unavailable
+from edgeprune.backends.tensorrt.engine import EngineRunner, build_bundle, tensorrt_unavailable
 from edgeprune.errors import EdgepruneError, UnsupportedError
+from edgeprune.measure.agent_wire import UploadModel
 from edgeprune.verify import Verification, structural
 
 
@@ -60,6 +61,7 @@ class TensorRTBackend:
     precisions = frozenset({"fp32", "fp16", "int8"})
     # 2:4 zeros become sparse tensor-core tactics (BuilderFlag.SPARSE_WEIGHTS); other zeros stay dense math.
     sparsity_storage = frozenset({"structured", "nm"})
+    computes_int8 = True  # explicit Q/DQ become int8 tensor-core kernels
 
     def check(self, request: LowerRequest) -> None:
         check_precision(self, request)
@@ -133,6 +135,20 @@ class TensorRTBackend:
         if artifact.engine is not None:
             return EngineRunner(artifact.engine)
         return onnx_runtime.predictor(artifact.reference, reference=True) if artifact.reference else None
+
+    def upload(self, artifact: Artifact) -> UploadModel:
+        """Returns the engine built here, or the bundle's ONNX for the device to build its own engine.
+
+        Engines do not move between GPUs or TensorRT versions: the agent builds one with the
+        same builder and cache as ``edgeprune trt-build``.
+        """
+        if artifact.engine is not None:
+            return UploadModel("artifact", "engine", artifact.engine, "tensorrt", artifact.precision)
+        onnx_file = next((Path(p) for p in [artifact.path, artifact.measure_path, *artifact.files]
+                          if p is not None and Path(p).suffix == ".onnx"), None)
+        if onnx_file is None:
+            raise UnsupportedError("the TensorRT artifact has neither an engine nor an ONNX file to send to the device")
+        return UploadModel("artifact", "onnx", onnx_file, "tensorrt", artifact.precision)
 
     def cannot_run_reason(self) -> str | None:
         return tensorrt_unavailable()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from edgeprune.backends import onnx_runtime
+from edgeprune.backends.onnx_tools import runtime as onnx_runtime
 
 # Integer kernels ONNX Runtime runs for quantized Conv/MatMul/Gemm (ai.onnx and com.microsoft).
 QUANTIZED_KERNELS = frozenset({
