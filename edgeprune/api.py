@@ -85,16 +85,21 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
     """
     bad = [k for k in strategies if k not in SWEEP_STRATEGIES]
     if bad or not strategies:
-        raise InputError(f"strategies: unknown strategy {bad[0] if bad else ''!r} ({', '.join(SWEEP_STRATEGIES)})")
-    if not sparsities or any(isinstance(a, bool) or not 0 < a < 1 for a in sparsities):
-        raise InputError("sparsities must each be in (0, 1), and at least one is needed")
+        raise InputError(f"--strategies: {'unknown strategy ' + repr(bad[0]) if bad else 'none given'} "
+                         f"(choose from {', '.join(SWEEP_STRATEGIES)})")
+    if not sparsities or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1
+                             for a in sparsities):
+        raise InputError("--sparsities must each be a number in (0, 1), and at least one is needed")
+    if Path(output).exists() and not Path(output).is_dir():
+        raise InputError(f"-o {output} exists and is not a folder")
     workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec))
     prof = load_profile(profile)
     base = make_plan(workload, prof, "none", None, "auto" if quantize == "auto" else "none", format, criterion)
     precisions = list(base.quantize_candidates) if quantize == "auto" else list(quantize)
     bad = [q for q in precisions if q not in QUANTIZE]
     if bad or not precisions:
-        raise InputError(f"quantize: unknown precision {bad[0] if bad else ''!r} (none, fp16, int8)")
+        raise InputError(f"--quantize: {'unknown precision ' + repr(bad[0]) if bad else 'none given'} "
+                         f"(choose from {', '.join(QUANTIZE)})")
     backend = get_backend(base.format)
     for q in precisions:  # a precision the profile or format does not run is refused before any work, as build does
         backend.check(replace(base, precision=precision_for(q, base.format)).lower_request(prof, ()))

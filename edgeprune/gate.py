@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,10 +23,18 @@ class Budgets:
     estimate_margin: float = 0.2
 
     def __post_init__(self) -> None:
+        flags = {"latency_ms": "latency-budget-ms", "max_size_mb": "max-size-mb", "max_memory_mb": "max-memory-mb",
+                 "max_accuracy_drop": "max-accuracy-drop", "estimate_margin": "estimate-margin"}
+        for name, flag in flags.items():
+            value = getattr(self, name)
+            if value is None and name != "estimate_margin":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"--{flag} must be a finite number, got {value!r}")
         for name in ("latency_ms", "max_size_mb", "max_memory_mb"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise InputError(f"budget {name.replace('_', '-')} must be a positive number, got {value}")
+                raise InputError(f"--{flags[name]} must be a positive number, got {value}")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise InputError(f"--max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
         if self.latency_stat not in LATENCY_STATS:

@@ -15,7 +15,7 @@ from edgeprune.errors import UnsupportedError
 from edgeprune.gate import check_budgets
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.local import check_measure_flags
-from edgeprune.output import check_output_folder, staged_output
+from edgeprune.output import check_output_folder, claimed_output, staged_output
 from edgeprune.planning import Plan, make_plan
 from edgeprune.profile import load_profile
 from edgeprune.prune.stage import check_prunable
@@ -24,7 +24,7 @@ from edgeprune.search import Context, Evaluation, choose_plan, evaluate
 from edgeprune.search.evaluate import silent_step
 from edgeprune.stats import model_stats
 from edgeprune.target import BuildOptions
-from edgeprune.workload import Workload, is_hf_causal_lm_workload, load_workload
+from edgeprune.workload import Workload, check_runs, is_hf_causal_lm_workload, load_workload
 
 
 def run_build(options: BuildOptions, step: Callable = silent_step, workload: Workload | None = None) -> Report:
@@ -36,8 +36,9 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
     """
     check_output_folder(Path(options.output))
     with step("load workload and profile"):
-        workload = workload or load_workload(options.model)
         profile = load_profile(options.profile)
+        workload = workload or load_workload(options.model)
+        check_runs(workload)
     plan = make_plan(workload, profile, options.strategy, options.sparsity, options.quantize, options.format,
                      options.criterion, options.nm, options.budgets, options.recover, options.palettize)
     check_prunable(plan, profile, workload)
@@ -46,12 +47,14 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
     check_measure_flags(profile, options.measure_here, options.threads)  # before any work
     # Reach the device before the long stages, so a wrong token or URL fails in a second.
     agent = connect_agent(options.device) if options.device else None
-    preflight = getattr(backend, "preflight", None)
-    if preflight is not None and plan.kind != "none":  # an unlowerable operator fails before pruning runs
-        with step(f"check {plan.format} can lower every operator"):
-            preflight(workload.model, tuple(workload.example_inputs), plan.lower_request(profile, ()))
-    with Context(workload, profile, options.budgets, options.host, options.measure_here, options.threads,
-                 agent) as ctx:
+    with claimed_output(options.output), Context(workload, profile, options.budgets, options.host,
+                                                  options.measure_here, options.threads, agent) as ctx:
+        preflight = getattr(backend, "preflight", None)
+        if preflight is not None and plan.kind != "none":  # an unlowerable operator fails before pruning runs
+            with step(f"check {plan.format} can lower every operator"):
+                preflight(workload.model, tuple(workload.example_inputs), plan.lower_request(profile, ()))
+        with step("score the dense model"):
+            ctx.baseline_metric()  # an evaluate() that fails or returns no number fails here, not after the work
         search = None
         if plan.search is not None:
             low, high = plan.search

@@ -12,7 +12,7 @@ from edgeprune.gate import Budgets
 from edgeprune.layers import Layer, inventory
 from edgeprune.profile import Profile
 from edgeprune.prune.config import parse_nm
-from edgeprune.vocabulary import AUTO
+from edgeprune.vocabulary import AUTO, MAX_RECOVER_STEPS
 from edgeprune.workload import Workload, is_hf_causal_lm_workload
 
 STRATEGIES = (AUTO, *vocabulary.STRATEGIES)
@@ -179,7 +179,8 @@ def make_plan(
         raise InputError(f"unknown strategy {strategy!r}; strategies: {', '.join(STRATEGIES)}")
     if quantize not in QUANTIZE:
         raise InputError(f"unknown --quantize {quantize!r}; choose one of: {', '.join(QUANTIZE)}")
-    if sparsity is not None and not 0.0 <= sparsity < 1.0:
+    if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
+                                 or not 0.0 <= sparsity < 1.0):
         raise InputError(f"--sparsity must be in [0, 1), got {sparsity}")
     fmt = resolve_format(fmt, profile)
     reasons: list[str] = []
@@ -230,6 +231,6 @@ def make_plan(
 
 
 def _steps(recover) -> int:
-    if isinstance(recover, bool) or not isinstance(recover, int) or recover < 0:
-        raise InputError(f"--recover must be a whole number of steps >= 0, got {recover!r}")
+    if isinstance(recover, bool) or not isinstance(recover, int) or not 0 <= recover <= MAX_RECOVER_STEPS:
+        raise InputError(f"--recover must be a whole number of steps from 0 to {MAX_RECOVER_STEPS}, got {recover!r}")
     return recover

@@ -215,8 +215,12 @@ def load_profile_file(path: str | Path) -> Profile:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"profile file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"profile {path} is a folder, not a .toml file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"profile {path}: not valid TOML: {exc}") from None
+        raise InputError(f"profile {path}: not valid TOML: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read profile {path}: {exc.strerror or exc}") from None
     return _validate(data, path)
 
 
@@ -254,8 +258,11 @@ def load_profile(name_or_path: str | Path) -> Profile:
         from edgeprune.host import this_host
 
         return host_profile(this_host())
-    if text.endswith(".toml") or os.sep in text or Path(text).is_file():
-        return load_profile_file(text)
+    if text.endswith(".toml") or os.sep in text or Path(text).exists():
+        profile = load_profile_file(text)
+        if profile.name != Path(text).stem:
+            raise InputError(f"profile {text}: its name {profile.name!r} must match its file name {Path(text).stem!r}")
+        return profile
     return _load_named(text, str(available_profiles().get(text, "")))
 
 

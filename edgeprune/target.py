@@ -6,6 +6,7 @@ of ``edgeprune build`` (dashes or underscores).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import tomllib
 from edgeprune.errors import InputError
 from edgeprune.gate import Budgets
 from edgeprune.host import Host
+from edgeprune.vocabulary import MAX_RECOVER_STEPS
 
 # option keys that are budgets, and the Budgets field each fills
 BUDGET_KEYS = {
@@ -67,15 +69,33 @@ def options_from(spec: str, given: dict[str, Any], default_output: Path | None =
     budgets = budgets_from(keys)
     plain = {k: v for k, v in keys.items() if k not in BUDGET_KEYS}
     plain["output"] = Path(plain.get("output") or default_output or Path("out") / Path(str(spec).split(":")[0]).stem)
-    if plain.get("sparsity") is not None:
-        plain["sparsity"] = number("sparsity", plain["sparsity"])
-    for name in ("recover", "threads", "palettize"):
-        value = plain.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InputError(f"{name} must be a whole number, got {value!r}")
-    if not isinstance(plain.get("measure_here", False), bool):
-        raise InputError(f"measure-here must be true or false, got {plain['measure_here']!r}")
+    check_option_types(plain)
     return BuildOptions(**plain, budgets=budgets)
+
+
+# the same rules for flags, target files and Python calls
+TEXT_OPTIONS = ("model", "profile", "strategy", "criterion", "nm", "quantize", "format", "device")
+
+
+def check_option_types(options: dict[str, Any]) -> None:
+    """Raises InputError naming the option for a value of the wrong type or out of range."""
+    for name in TEXT_OPTIONS:
+        value = options.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{name.replace('_', '-')} must be text, got {value!r}")
+    if options.get("sparsity") is not None:
+        options["sparsity"] = number("sparsity", options["sparsity"])
+        if not 0.0 <= options["sparsity"] < 1.0:
+            raise InputError(f"--sparsity must be in [0, 1), got {options['sparsity']}")
+    for name, low, high in (("recover", 0, MAX_RECOVER_STEPS), ("threads", 1, 4096)):
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            raise InputError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    if options.get("palettize") is not None and options["palettize"] not in (4, 6, 8) \
+            or isinstance(options.get("palettize"), bool):
+        raise InputError(f"palettize must be 4, 6 or 8 (bits), got {options['palettize']!r}")
+    if not isinstance(options.get("measure_here", False), bool):
+        raise InputError(f"measure-here must be true or false, got {options['measure_here']!r}")
 
 
 def budgets_from(keys: dict[str, Any]) -> Budgets:
@@ -85,9 +105,9 @@ def budgets_from(keys: dict[str, Any]) -> Budgets:
 
 
 def number(name: str, value: Any) -> float:
-    """Returns ``value`` as a float; InputError naming the option for anything but a number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{name.replace('_', '-')} must be a number, got {value!r}")
+    """Returns ``value`` as a float; InputError naming the option for anything but a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
     return float(value)
 
 

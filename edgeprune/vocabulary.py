@@ -14,3 +14,5 @@ STRATEGIES = ("none", "structured", "unstructured", "nm", "hybrid")
 QUANTIZE = ("none", "fp16", "int8")
 FORMATS = get_args(Format)
 AUTO = "auto"
+# Distillation steps a build may spend (each a forward and backward pass of both models).
+MAX_RECOVER_STEPS = 100_000

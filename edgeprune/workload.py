@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -67,15 +68,78 @@ class Workload:
         return baseline - value if self.higher_is_better else value - baseline
 
     def score(self, predict: Predict) -> float | None:
-        """Returns ``evaluate(predict)`` as a float (None when the workload has no evaluate)."""
+        """Returns ``evaluate(predict)`` as a float (None when the workload has no evaluate).
+
+        InputError when evaluate raises or returns anything but a finite number: a NaN would
+        pass every budget comparison silently and is not JSON.
+        """
         if self.evaluate is None:
             return None
-        with torch.no_grad():
-            return float(self.evaluate(predict))
+        try:
+            with torch.no_grad():
+                value = self.evaluate(predict)
+        except InputError:
+            raise
+        except Exception as exc:  # the user's code can raise anything
+            raise InputError(f"workload {self.name}: evaluate() failed: {type(exc).__name__}: {_line(exc)}") from exc
+        return finite_metric(value, f"workload {self.name}: evaluate()")
 
     def score_model(self, model: torch.nn.Module) -> float | None:
         """Returns the metric of a PyTorch model (the dense one, or a pruned copy)."""
         return self.score(torch_predictor(model))
+
+
+def finite_metric(value: Any, what: str) -> float:
+    """Returns a metric as a float; InputError for anything but a finite real number."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise InputError(f"{what} must return a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InputError(f"{what} returned {number}: the metric must be a finite number")
+    return number
+
+
+def check_runs(workload: Workload) -> None:
+    """Raises InputError, before any work, unless the model runs on its example inputs and calibration.
+
+    The model's forward must run on ``example_inputs`` and on the first calibration batch
+    and return a tensor (or a tuple whose first item is one, or an object with ``logits``);
+    the message names the input and its shapes when it does not.
+    """
+    batches = [("example_inputs", tuple(workload.example_inputs))]
+    if workload.calibration:
+        batches.append(("calibration batch 0", tuple(workload.calibration[0])))
+    outputs = []
+    for what, inputs in batches:
+        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs)
+        try:
+            with torch.no_grad():
+                out = workload.model(*inputs)
+        except Exception as exc:  # the user's model can raise anything
+            raise InputError(f"workload {workload.name}: the model's forward failed on {what} ({shapes}): "
+                             f"{type(exc).__name__}: {_line(exc)}") from exc
+        tensor = _first_output(out)
+        if tensor is None:
+            raise InputError(f"workload {workload.name}: the model's forward returned {type(out).__name__} on {what}; "
+                             "return a tensor, a tuple whose first item is the output, or an object with .logits")
+        outputs.append((what, tensor))
+    if len(outputs) == 2 and outputs[0][1].shape[1:] != outputs[1][1].shape[1:]:
+        raise InputError(f"workload {workload.name}: calibration batch 0 gives output {tuple(outputs[1][1].shape)}, "
+                         f"example_inputs {tuple(outputs[0][1].shape)}: calibration must have the examples' shape "
+                         "but for the batch")
+
+
+def _first_output(out: Any) -> torch.Tensor | None:
+    out = out[0] if isinstance(out, (tuple, list)) and out else out
+    out = getattr(out, "logits", out)
+    return out if isinstance(out, torch.Tensor) else None
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "")[:200]
 
 
 def torch_predictor(model: torch.nn.Module) -> Predict:
@@ -109,25 +173,31 @@ def load_workload(spec: str | Path) -> Workload:
     if not path.is_file():
         raise InputError(f"workload file not found: {path}")
     module_name = f"edgeprune_workload_{abs(hash(path.resolve()))}"
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # a workload may import helper modules that sit beside it
     try:
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
-    except InputError:
-        raise
-    except Exception as exc:  # a user's file can raise anything; report it in one line
-        raise InputError(f"workload file {path} failed to load: {type(exc).__name__}: {exc}") from exc
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise InputError(f"{path} has no function {func_name}() returning an edgeprune.Workload")
-    try:
-        workload = func()
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{path}:{func_name}() failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            module_spec.loader.exec_module(module)
+        except InputError:
+            raise
+        except Exception as exc:  # a user's file can raise anything; report it in one line
+            raise InputError(f"workload file {path} failed to load: {type(exc).__name__}: {_line(exc)}") from exc
+        func = getattr(module, func_name, None)
+        if not callable(func):
+            raise InputError(f"{path} has no function {func_name}() returning an edgeprune.Workload")
+        try:
+            workload = func()
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"{path}:{func_name}() failed: {type(exc).__name__}: {_line(exc)}") from exc
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
     if not isinstance(workload, Workload):
         raise InputError(f"{path}:{func_name}() returned {type(workload).__name__}, not an edgeprune.Workload")
     return workload

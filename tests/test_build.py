@@ -77,15 +77,21 @@ def test_a_failed_build_leaves_the_previous_good_build_untouched(tmp_path, digit
     broken.write_text(
         f"import sys; sys.path.insert(0, {str(DIGITS.parent)!r})\n"
         "import digits_cnn\n"
+        "calls = []\n"
         "def workload():\n"
         "    w = digits_cnn.workload()\n"
+        "    score = w.evaluate\n"
         "    def evaluate(predict):\n"
-        "        raise RuntimeError('evaluation crashed')\n"
+        "        calls.append(1)\n"
+        "        if len(calls) > 1:  # the dense model scores; the artifact, at the end of the build, crashes\n"
+        "            raise RuntimeError('evaluation crashed')\n"
+        "        return score(predict)\n"
         "    w.evaluate = evaluate\n"
         "    return w\n"
     )
     proc = run_cli("build", str(broken), "--profile", "x86-avx2", "-o", str(out))
-    assert proc.returncode == 1 and "evaluation crashed" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "evaluation crashed" in proc.stderr and "Traceback" not in proc.stderr
+    assert "lower to onnx" in proc.stderr  # it failed late, with an artifact already lowered
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

@@ -28,12 +28,14 @@ for command in (profiles, build, plan_cmd, sweep_cmd, check, trt_build, bench, a
 def main() -> None:
     """Runs the CLI: one clear line and exit 2 for bad input, no tracebacks for user mistakes."""
     try:
-        code = cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False, prog_name="edgeprune")
     except click.exceptions.Abort:
         err.print("interrupted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # a flag click itself refused: one line too, and where help is
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        err.print(f"[red]error:[/red] {escape(exc.format_message())}{where}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -8,7 +8,7 @@ import click
 
 from edgeprune.cli.common import csv, emit_json, err, out, progress
 from edgeprune.errors import BudgetMissed, missed_budgets
-from edgeprune.vocabulary import AUTO, FORMATS, QUANTIZE, STRATEGIES
+from edgeprune.vocabulary import AUTO, FORMATS, MAX_RECOVER_STEPS, QUANTIZE, STRATEGIES
 
 STRATEGY_CHOICE = click.Choice([AUTO, *STRATEGIES])
 QUANTIZE_CHOICE = click.Choice([AUTO, *QUANTIZE])
@@ -26,7 +26,8 @@ PLAN_OPTIONS = [
     click.option("--sparsity", type=float, help="Fraction to prune, in [0, 1)."),
     click.option("--criterion", help="Importance criterion (see the README)."),
     click.option("--nm", help="N:M pattern for --strategy nm (default 2:4)."),
-    click.option("--recover", type=click.IntRange(min=0), help="Distillation steps after pruning."),
+    click.option("--recover", type=click.IntRange(0, MAX_RECOVER_STEPS),
+                 help=f"Distillation steps after pruning (at most {MAX_RECOVER_STEPS:,})."),
     click.option("--quantize", type=QUANTIZE_CHOICE,
                  help="Quantization (default auto: what the profile runs fastest, tried when a budget needs it)."),
     click.option("--palettize", type=click.Choice(["4", "6", "8"]), callback=_palettize,
@@ -131,14 +132,22 @@ def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsitie
     from edgeprune.api import sweep
 
     precisions = quantize if quantize == AUTO else csv(str, quantize, "--quantize")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=False) as bar:
-        task = bar.add_task("sweep", total=None)
+    # the bar appears once the sweep knows its candidates: a refused sweep prints only its error
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=False)
+    task = bar.add_task("sweep", total=None)
+
+    def start(n: int) -> None:
+        bar.update(task, total=n)
+        bar.start()
+
+    try:
         summary = sweep(model, profile, output, strategies=csv(str, strategies, "--strategies"),
                         sparsities=csv(float, sparsities, "--sparsities"), quantize=precisions, format=fmt,
-                        criterion=criterion, use_cache=not no_cache, measure_here=measure_here,
-                        total=lambda n: bar.update(task, total=n),
+                        criterion=criterion, use_cache=not no_cache, measure_here=measure_here, total=start,
                         advance=lambda o: bar.update(task, advance=1, description=f"sweep: {o.candidate.label}"))
+    finally:
+        bar.stop()
     if as_json:
         emit_json(summary)
     else:

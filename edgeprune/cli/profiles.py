@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from edgeprune.cli.common import emit_json, err, out, progress
+from edgeprune.errors import InputError
 
 
 @click.group()
@@ -78,12 +79,17 @@ def profiles_show(name: str, as_json: bool) -> None:
 @profiles.command("probe")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the profile of this machine (.toml).")
-@click.option("--name", default=None, help="Profile name (default: 'probed-<hostname>').")
+@click.option("--name", default=None, help="Profile name (default: the output file's name, which it must match).")
 @click.option("--seconds", default=1.0, show_default=True, type=click.FloatRange(0.1, 30),
               help="Time per micro-benchmark.")
 @click.option("--threads", type=click.IntRange(min=1), help="Cores to probe (default: all).")
 def profiles_probe(output: Path, name: str | None, seconds: float, threads: int | None) -> None:
     """Measure this machine and write a valid profile of it, estimator calibration included."""
+    if output.suffix != ".toml" or output.is_dir():
+        raise InputError(f"-o {output}: a profile is written to a .toml file")
+    if name is not None and name != output.stem:
+        raise InputError(f"--name {name!r} must match the file name {output.stem!r} (profiles are found by file name)")
+    name = name or output.stem
     from edgeprune.probe import probe_host, write_profile
 
     with progress("probe peaks, bandwidth and the estimator's efficiency"):

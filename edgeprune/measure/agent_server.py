@@ -125,7 +125,10 @@ class Agent:
 
     def measure(self, body: bytes) -> dict:
         """Returns the latency statistics of the models in an uploaded archive."""
-        job = parse_upload(body, self.config.max_upload_bytes)
+        return self.run_job(parse_upload(body, self.config.max_upload_bytes))
+
+    def run_job(self, job: Job) -> dict:
+        """Returns the latency statistics of a parsed upload, timed when the device is free."""
         waited = time.monotonic()
         if not self._measure_lock.acquire(timeout=self.config.queue_timeout_s):
             raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
@@ -141,7 +144,8 @@ class Agent:
             self._measure_lock.release()
 
     def _run(self, job: Job) -> dict:
-        threads = job.threads or self.config.threads or this_host().cores
+        cores = self.config.threads or this_host().cores
+        threads = min(job.threads or cores, cores)  # a client cannot start more threads than the device has
         with tempfile.TemporaryDirectory(prefix="edgeprune-agent-") as tmp:
             loaded: dict[str, runtimes.Loaded] = {}
             for i, model in enumerate(job.models):
@@ -245,16 +249,27 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authorize():
             return
+        try:
+            body = self._body()  # read whole, under a deadline, before it may take a slot
+            if body is None:
+                return
+            job = parse_upload(body, self.agent.config.max_upload_bytes)
+        except RequestError as exc:
+            self._error(exc, close=True)
+            return
+        except (ConnectionError, TimeoutError, OSError):
+            self.close_connection = True
+            return
+        except Exception as exc:  # a parser bug must still answer, and keep the agent serving
+            self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR,
+                                     f"internal error: {type(exc).__name__}: {str(exc)[:200]}"), close=True)
+            return
         if not self.agent.pending.acquire(blocking=False):
             self._error(RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "too many requests waiting; retry later",
                                      {"Retry-After": "30"}), close=True)
             return
         try:
-            body = self._body()
-            if body is None:
-                return
-            result = self.agent.measure(body)
-            self._reply(HTTPStatus.OK, result)
+            self._reply(HTTPStatus.OK, self.agent.run_job(job))
         except RequestError as exc:
             self._error(exc, close=True)
         except (ConnectionError, TimeoutError):
@@ -268,6 +283,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes | None:
         """Returns the request body, or None after answering 411/413/400 for a bad one."""
         limit = self.agent.config.max_upload_bytes
+        if len(self.headers.get_all("Content-Length") or []) > 1:
+            self._error(RequestError(HTTPStatus.BAD_REQUEST, "more than one Content-Length header"), close=True)
+            return None
         if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length") is None:
             self._error(RequestError(HTTPStatus.LENGTH_REQUIRED, "send the upload with a Content-Length"), close=True)
             return None
@@ -282,8 +300,12 @@ class _Handler(BaseHTTPRequestHandler):
                                      "(agent serve --max-upload-mb)"), close=True)
             return None
         chunks, left = [], length
+        deadline = time.monotonic() + self.agent.config.read_timeout_s
         while left:
-            chunk = self.rfile.read(min(left, 1 << 20))
+            if time.monotonic() > deadline:  # a slow client gets the read timeout for the whole body, not per chunk
+                raise RequestError(HTTPStatus.REQUEST_TIMEOUT,
+                                   f"the upload took longer than {self.agent.config.read_timeout_s:g} s")
+            chunk = self.rfile.read(min(left, 1 << 16))
             if not chunk:
                 raise RequestError(HTTPStatus.BAD_REQUEST, f"the upload was truncated ({length - left} of {length} bytes)")
             chunks.append(chunk)

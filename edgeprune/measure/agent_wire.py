@@ -241,10 +241,24 @@ def _parse_model(zf: zipfile.ZipFile, spec: object, budget: list[int]) -> Upload
 
 
 def _load_npy(data: bytes) -> np.ndarray:
+    """Returns an uploaded input array; its header is checked against its bytes before anything is allocated."""
+    try:
+        buf = io.BytesIO(data)
+        version = np.lib.format.read_magic(buf)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(buf)
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"an input is not a valid .npy array ({type(exc).__name__})") from None
+    if dtype.kind not in "biuf" or dtype.hasobject:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "inputs must be numeric .npy arrays")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    if count * dtype.itemsize != len(data) - buf.tell():
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"an input's header says {shape} {dtype} "
+                                                   f"({count * dtype.itemsize} bytes) but {len(data) - buf.tell()} follow")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"an input is not a valid .npy array ({type(exc).__name__})") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
-        raise RequestError(HTTPStatus.BAD_REQUEST, "inputs must be numeric .npy arrays")
     return array

@@ -82,6 +82,11 @@ def make_inputs(artifact: Path, shapes: Sequence[Sequence[int]] | None) -> list[
             shapes.append(dims)
     if declared and len(shapes) != len(declared):
         raise InputError(f"{artifact.name} takes {len(declared)} inputs, {len(shapes)} --input-shape given")
+    for i, (shape, (dims, _)) in enumerate(zip(shapes, declared, strict=False)):
+        fixed = [d for d in dims]
+        if len(shape) != len(fixed) or any(d not in (None, 0) and d != s for d, s in zip(fixed, shape, strict=False)):
+            want = "x".join("?" if d in (None, 0) else str(d) for d in fixed)
+            raise InputError(f"--input-shape {'x'.join(map(str, shape))} does not fit input {i} of {artifact.name} ({want})")
     rng = np.random.default_rng(0)
     arrays = []
     for i, shape in enumerate(shapes):

@@ -82,10 +82,40 @@ def check_onnx_bytes(data: bytes) -> None:
         raise BadArtifact(f"not a valid ONNX model ({type(exc).__name__})") from None
     if not model.graph.node:
         raise BadArtifact("not a valid ONNX model (the graph has no nodes)")
-    # External data would make the runtime open paths named by the client.
-    for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL or init.external_data:
-            raise BadArtifact("ONNX models with external data are not accepted: save the weights inside the file")
+    # External data would make the runtime open paths named by the client: refused wherever a
+    # tensor can sit (initializers, sparse initializers, Constant values, node attributes, subgraphs).
+    if any(_external(t) for t in _tensors(model.graph)):
+        raise BadArtifact("ONNX models with external data are not accepted: save the weights inside the file")
+
+
+def _tensors(graph):
+    """Yields every TensorProto of a graph and of its subgraphs."""
+    import onnx
+
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield attr.sparse_tensor.values
+                yield attr.sparse_tensor.indices
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _tensors(sub)
+
+
+def _external(tensor) -> bool:
+    import onnx
+
+    return tensor.data_location == onnx.TensorProto.EXTERNAL or bool(tensor.external_data)
 
 
 def load(path: Path, fmt: str, runtime: str, inputs: Sequence[np.ndarray], threads: int | None,

@@ -6,6 +6,7 @@ import platform
 import re
 import time
 
+from edgeprune.errors import InputError
 from edgeprune.host import RELEVANT_FLAGS, memory_gb, this_host
 from edgeprune.probe.bench import (
     GEMM_SIZES,
@@ -44,6 +45,9 @@ def probe_host(name: str | None = None, seconds: float = 1.0, calibrate: bool = 
     flags = sorted(f for f in RELEVANT_FLAGS if f in host.flags)
     kernels = {p: c for p in ("fp32", "int8") if (c := host.kernel_class(p)) is not None}
     simd_lanes = 16 if "avx512f" in host.flags else 8 if "avx2" in host.flags else 4
+    if name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+        raise InputError(f"--name {name!r}: a profile name is lowercase letters, digits, '.', '_' and '-' "
+                         "(it is also the file name)")
     hostname = re.sub(r"[^a-z0-9._-]+", "-", platform.node().lower()).strip("-") or "host"
     data = {
         "name": name or f"probed-{hostname}",

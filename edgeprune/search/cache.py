@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -27,8 +29,17 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:24]
 
 
+def warn(message: str) -> None:
+    """Prints one warning line: the cache only saves time, so its trouble never stops a build."""
+    sys.stderr.write(f"warning: {message}\n")
+
+
 class Cache:
-    """JSON entries under ``cache_dir()``, one per key; written atomically, unreadable entries ignored."""
+    """JSON entries under ``cache_dir()``, one per key; written atomically.
+
+    A damaged entry (not JSON, not an object, a folder in its place) is discarded with a
+    one-line warning and rebuilt; a cache folder that cannot be written is skipped the same way.
+    """
 
     def __init__(self, base: object, enabled: bool = True) -> None:
         self.base = json.dumps(base)
@@ -40,19 +51,36 @@ class Cache:
 
     def load(self, *key: object) -> dict | None:
         path = self.path(*key)
-        if not self.enabled or not path.is_file():
+        if not self.enabled or not path.exists():
             return None
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            self.discard(path, f"{type(exc).__name__}: {exc}"[:120])
             return None
-        return data if isinstance(data, dict) else None
+        return data
+
+    def discard(self, path: Path, why: str) -> None:
+        """Removes a damaged entry, saying so in one line."""
+        warn(f"discarded a damaged cache entry {path} ({why}); it is rebuilt")
+        try:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def store(self, data: dict, *key: object) -> None:
         if not self.enabled:
             return
         path = self.path(*key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                self.discard(path, "a folder in place of an entry")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, allow_nan=False))
+            tmp.replace(path)
+        except (OSError, ValueError) as exc:
+            warn(f"cannot write the candidate cache under {path.parent} ({type(exc).__name__}: {exc}); "
+                 f"going on without it")

@@ -126,7 +126,12 @@ class CandidateEvaluator:
         if cached is not None:
             try:
                 outcome = Outcome.from_dict(cached)
-            except (TypeError, KeyError, ValueError):
+                if not isinstance(outcome.misses, list) or any(
+                        v is not None and not isinstance(v, (int, float)) for v in
+                        (outcome.latency_ms, outcome.size_bytes, outcome.metric, outcome.drop)):
+                    raise TypeError("fields of the wrong type")
+            except (TypeError, KeyError, ValueError, AttributeError) as exc:
+                self.cache.discard(self.cache.path(asdict(candidate), stage), f"{type(exc).__name__}: {exc}"[:120])
                 outcome = None
             if outcome is not None:
                 # the cache holds costs and scores; which budgets they miss depends on this build's budgets

@@ -1,0 +1,102 @@
+"""Faults a build must survive: killed mid-way, two builds into one folder, interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import CACHE, DIGITS, ROOT, run_cli
+
+
+def _start(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEPRUNE_CACHE_DIR": str(CACHE)}
+    return subprocess.Popen([sys.executable, "-m", "edgeprune.cli", "build", str(DIGITS), "--profile", "host",
+                             "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for(condition, proc: subprocess.Popen, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, f"the build ended before the moment to kill it: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the moment to kill the build never came"
+        time.sleep(0.02)
+
+
+def _staging(out: Path) -> list[Path]:
+    return list(out.parent.glob(f".{out.name}.staging-*"))
+
+
+def test_a_build_killed_while_lowering_or_measuring_leaves_the_previous_build_whole(tmp_path):
+    out = tmp_path / "digits"
+    first = run_cli("build", str(DIGITS), "--profile", "host", "-o", str(out))
+    assert first.returncode == 0, first.stderr
+    good = (out / "report.json").read_text()
+    moments = {
+        # the staging folder appears as the evaluation starts: pruning and lowering run in it
+        "lowering": lambda: bool(_staging(out)),
+        # the artifact is in place: verification, then the measurement, run now
+        "measuring": lambda: any((s / "model.onnx").exists() for s in _staging(out)),
+    }
+    for moment, reached in moments.items():
+        proc = _start(out)
+        _wait_for(reached, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert (out / "report.json").read_text() == good, f"killed while {moment}: the previous build changed"
+        assert json.loads(good)["passed"] and (out / "model.onnx").exists()
+        assert _staging(out), "the killed build left its staging folder (it cannot clean up after SIGKILL)"
+    again = run_cli("build", str(DIGITS), "--profile", "host", "-o", str(out))
+    assert again.returncode == 0, again.stderr
+    assert not _staging(out) and not list(tmp_path.glob(".digits.lock")), "leftovers survived the next build"
+
+
+def test_two_builds_into_one_folder_one_wins_the_other_is_refused(tmp_path):
+    out = tmp_path / "digits"
+    procs = [_start(out), _start(out)]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    codes = sorted(r[2] for r in results)
+    assert codes == [0, 2], [r[1][-300:] for r in results]
+    loser = next(r for r in results if r[2] == 2)
+    assert "another build" in loser[1] and len(loser[1].strip().splitlines()) <= 2  # its progress line, its error
+    assert json.loads((out / "report.json").read_text())["passed"]
+    assert not _staging(out)
+
+
+def test_ctrl_c_during_a_build_exits_130_and_keeps_the_previous_build(tmp_path):
+    out = tmp_path / "digits"
+    assert run_cli("build", str(DIGITS), "--profile", "host", "-o", str(out)).returncode == 0
+    good = (out / "report.json").read_text()
+    proc = _start(out)
+    _wait_for(lambda: bool(_staging(out)), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert (out / "report.json").read_text() == good and not _staging(out)
+
+
+def test_a_damaged_candidate_cache_is_discarded_with_a_warning_and_rebuilt(tmp_path):
+    tiny = str(ROOT / "tests" / "tiny_workload.py")
+    args = ("build", tiny, "--profile", "jetson-orin-nano", "--format", "onnx", "--latency-budget-ms", "50")
+    cache = tmp_path / "cache"
+    first = run_cli(*args, "-o", str(tmp_path / "a"), "--json", env={"EDGEPRUNE_CACHE_DIR": str(cache)})
+    assert first.returncode == 0, first.stderr
+    entries = sorted((cache / "candidates").glob("*.json"))
+    assert len(entries) >= 2
+    entries[0].write_text("{ not json")
+    entries[1].write_text(json.dumps({"candidate": {"kind": "structured", "sparsity": 0.0, "quantize": "none"},
+                                      "latency_ms": "fast", "misses": "none"}))
+    for extra in entries[2:]:
+        extra.unlink()
+        extra.mkdir()  # a folder where an entry should be
+    again = run_cli(*args, "-o", str(tmp_path / "b"), "--json", env={"EDGEPRUNE_CACHE_DIR": str(cache)})
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("warning: discarded a damaged cache entry") >= 2 and "Traceback" not in again.stderr
+    assert json.loads(again.stdout)["search"]["chosen"] == json.loads(first.stdout)["search"]["chosen"]
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "candidates").write_text("a file where the cache folder should be")
+    third = run_cli(*args, "-o", str(tmp_path / "c"), env={"EDGEPRUNE_CACHE_DIR": str(blocked)})
+    assert third.returncode == 0 and "cannot write the candidate cache" in third.stderr, third.stderr
