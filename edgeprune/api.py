@@ -20,6 +20,7 @@ from typing import Any
 from edgeprune.backends import get_backend
 from edgeprune.errors import BudgetMissed, InputError, missed_budgets
 from edgeprune.gate import Budgets
+from edgeprune.output import check_writable
 from edgeprune.planning import Plan, make_plan, precision_for
 from edgeprune.profile import load_profile
 from edgeprune.report import Report
@@ -92,6 +93,7 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
         raise InputError("--sparsities must each be a number in (0, 1), and at least one is needed")
     if Path(output).exists() and not Path(output).is_dir():
         raise InputError(f"-o {output} exists and is not a folder")
+    check_writable(Path(output))
     workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec))
     prof = load_profile(profile)
     base = make_plan(workload, prof, "none", None, "auto" if quantize == "auto" else "none", format, criterion)

@@ -33,9 +33,17 @@ def check_output_folder(final: Path) -> None:
         raise InputError(f"output {final} exists and is not a folder")
     if final.is_dir() and any(final.iterdir()) and not (final / MARKER).exists():
         raise InputError(f"output folder {final} is not empty and holds no edgeprune build; choose another -o")
-    existing = next(p for p in [final.parent, *final.parent.parents] if p.exists())
+    check_writable(final)
+
+
+def check_writable(target: Path) -> None:
+    """Raises InputError, before any work, when ``target`` could not be created or replaced."""
+    target = Path(target)
+    existing = next(p for p in [target.parent, *target.parent.parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write the output {final}: {existing} is not a writable folder")
+        raise InputError(f"cannot write the output {target}: {existing} is not a writable folder")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise InputError(f"cannot write the output {target}: it is not writable")
 
 
 @contextlib.contextmanager

@@ -208,13 +208,12 @@ def _is_windows_drive(text: str) -> bool:
 
 
 def is_hf_causal_lm_workload(workload: Workload) -> bool:
-    """Returns whether a Workload wraps a transformers causal LM (pruned by edgeprune.llm).
+    """Returns whether a Workload's model is, or wraps, a transformers causal LM (pruned by edgeprune.llm).
 
-    A hand-written decoder with ``task='causal-lm'`` is not one: the general engines prune it.
-    transformers is looked at only for causal-LM workloads.
+    However the user wrapped it (``CausalLMLogits``, an adapter of their own, a head on top),
+    the LM inside takes the block-wise path. A hand-written decoder is not one: the general
+    engines prune it.
     """
-    if workload.task != "causal-lm":
-        return False
-    from edgeprune.llm.hf import is_causal_lm
+    from edgeprune.llm.hf import find_causal_lm
 
-    return is_causal_lm(getattr(workload.model, "lm", workload.model))
+    return find_causal_lm(workload.model) is not None

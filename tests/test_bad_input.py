@@ -67,6 +67,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (d / "not_a_build").mkdir()
     (d / "not_a_build" / "keep.txt").write_text("mine")
     out["not_a_build"] = d / "not_a_build"
+    (d / "broken_build").mkdir()
+    (d / "broken_build" / "report.json").write_text(json.dumps({"schema": 1, "latency": {}, "budgets": [], "artifact": 3}))
+    out["broken_build"] = d / "broken_build"
     (d / "empty_dir").mkdir()
     out["empty_dir"] = d / "empty_dir"
     (d / "bundle").mkdir()
@@ -185,6 +188,7 @@ CASES = [
     ("sweep precision the profile lacks", ["sweep", TINY, "--profile", "x86-amx", "-o", "{dir}/sw", "--quantize", "fp16"], "fp16"),
     ("sweep unknown profile", ["sweep", TINY, "--profile", "nope", "-o", "{dir}/sw"], "nope"),
     ("sweep output is a file", ["sweep", TINY, "--profile", "host", "-o", "{notes.txt}"], "notes.txt"),
+    ("sweep output under a file", ["sweep", TINY, "--profile", "host", "-o", "{notes.txt}/sw"], "writable"),
     # check
     ("check missing report", ["check", "{dir}/missing.json"], "not found"),
     ("check not JSON", ["check", "{not_json.json}"], "not valid JSON"),
@@ -206,6 +210,7 @@ CASES = [
     ("bench shape of the wrong rank", ["bench", "{tiny_onnx}", "--input-shape", "1x3"], "shape"),
     ("bench baseline not ONNX", ["bench", "{tiny_onnx}", "--baseline", "{notes.txt}"], "baseline"),
     ("bench unknown profile", ["bench", "{tiny_onnx}", "--profile", "nope"], "nope"),
+    ("bench a build with a malformed report", ["bench", "{broken_build}"], "report"),
     # profiles
     ("show unknown profile", ["profiles", "show", "nope"], "nope"),
     ("show a folder", ["profiles", "show", "{empty_dir}"], "empty_dir"),
@@ -213,6 +218,8 @@ CASES = [
     ("probe name with a slash", ["profiles", "probe", "-o", "{dir}/p.toml", "--name", "a/b", "--seconds", "0.1"], "name"),
     ("probe output is a folder", ["profiles", "probe", "-o", "{empty_dir}", "--seconds", "0.1"], "empty_dir"),
     ("probe seconds zero", ["profiles", "probe", "-o", "{dir}/p.toml", "--seconds", "0"], "seconds"),
+    ("probe output under a file", ["profiles", "probe", "-o", "{notes.txt}/p.toml", "--seconds", "0.1"], "writable"),
+    ("probe name not the file's", ["profiles", "probe", "-o", "{dir}/p.toml", "--name", "q", "--seconds", "0.1"], "match"),
     # trt-build
     ("trt-build missing folder", ["trt-build", "{dir}/nothing"], "nothing"),
     ("trt-build a folder that is no bundle", ["trt-build", "{bundle}"], "bundle"),

@@ -100,3 +100,19 @@ def test_a_damaged_candidate_cache_is_discarded_with_a_warning_and_rebuilt(tmp_p
     (blocked / "candidates").write_text("a file where the cache folder should be")
     third = run_cli(*args, "-o", str(tmp_path / "c"), env={"EDGEPRUNE_CACHE_DIR": str(blocked)})
     assert third.returncode == 0 and "cannot write the candidate cache" in third.stderr, third.stderr
+
+
+def test_ctrl_c_at_any_moment_of_start_up_is_exit_130_never_an_internal_error(tmp_path):
+    # Ctrl-C while native libraries load (onnxruntime, torch) must read as an interrupt too
+    for i, delay in enumerate((0.3, 0.8, 1.3, 1.8, 2.5)):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEPRUNE_CACHE_DIR": str(CACHE)}
+        proc = subprocess.Popen([sys.executable, "-m", "edgeprune.cli", "build", str(DIGITS), "--profile", "host",
+                                 "-o", str(tmp_path / f"b{i}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode == 0:
+            continue  # the build was done before the signal came
+        assert proc.returncode == 130 and "internal error" not in err and "Traceback" not in err, (delay, err)
+        assert not (tmp_path / f"b{i}").exists() and not _staging(tmp_path / f"b{i}")

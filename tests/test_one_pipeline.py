@@ -134,3 +134,16 @@ def test_every_report_is_checked_against_the_published_schema(tmp_path, digits_b
         proc = run_cli("check", str(path))
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (broken, proc.stderr)
         assert "report" in proc.stderr
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_hugging_face_lm_in_a_plain_wrapper_is_pruned_block_by_block(tmp_path, family):
+    pytest.importorskip("transformers")
+    workload = edgeprune.load_workload(f"{ROOT / 'tests' / 'wrapped_lm.py'}:{family}")
+    report = edgeprune.build(workload, profile="host", strategy="structured", sparsity=0.3, quantize="none",
+                             output=tmp_path / "b").to_dict()
+    details = report["strategy"]["details"]
+    assert details["architecture"] == family and details["wrapped_as"] == "Logits.model"
+    assert details["ffn_width"]["after"] < details["ffn_width"]["before"]
+    assert report["model"]["params_after"] < report["model"]["params_before"]
+    assert report["artifact"]["verified"]["passed"] and report["artifact"]["hf_model"]["reload_max_abs_diff"] < 1e-4

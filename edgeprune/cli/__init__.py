@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
@@ -25,8 +26,27 @@ for command in (profiles, build, plan_cmd, sweep_cmd, check, trt_build, bench, a
     cli.add_command(command)
 
 
+_interrupted: list[bool] = []
+
+
+def _on_sigint(signum, frame) -> None:
+    _interrupted.append(True)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Runs the CLI: one clear line and exit 2 for bad input, no tracebacks for user mistakes."""
+    # Ctrl-C inside a native library's import or call can surface as that library's own error
+    # (onnxruntime's "ImportError: initialization failed"); the flag says it was an interrupt.
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    _interrupted.clear()
+    try:
+        _run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run() -> None:
     try:
         code = cli.main(standalone_mode=False, prog_name="edgeprune")
     except click.exceptions.Abort:
@@ -49,6 +69,9 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # the unexpected: one line, a traceback only on request
+        if _interrupted:
+            err.print("interrupted")
+            sys.exit(130)
         if os.environ.get("EDGEPRUNE_DEBUG"):
             raise
         err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (set EDGEPRUNE_DEBUG=1 for a traceback)",

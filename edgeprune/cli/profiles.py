@@ -90,6 +90,9 @@ def profiles_probe(output: Path, name: str | None, seconds: float, threads: int 
     if name is not None and name != output.stem:
         raise InputError(f"--name {name!r} must match the file name {output.stem!r} (profiles are found by file name)")
     name = name or output.stem
+    from edgeprune.output import check_writable
+
+    check_writable(output)  # before the minute of measuring
     from edgeprune.probe import probe_host, write_profile
 
     with progress("probe peaks, bandwidth and the estimator's efficiency"):

@@ -9,12 +9,15 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
-from edgeprune.llm.hf import transformers
+from edgeprune.llm.hf import find_causal_lm, transformers
 from edgeprune.llm.logits import CausalLMLogits
 
 
 def _lm(model: nn.Module) -> nn.Module:
-    return model.lm if isinstance(model, CausalLMLogits) else model
+    found = find_causal_lm(model)
+    if found is None:
+        raise InputError(f"{type(model).__name__} holds no transformers causal LM to save")
+    return found[1]
 
 
 def load_causal_lm(path: str | Path) -> nn.Module:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,16 +39,15 @@ def resolve_artifact(path: Path) -> tuple[Path, list[list[int]] | None, str | No
     if path.is_dir() and path.suffix != ".mlpackage":
         if not report_file.is_file():
             raise InputError(f"{path} is neither an artifact nor a build folder (no report.json)")
-        try:
-            report = json.loads(report_file.read_text())
-            recorded = Path(report["artifact"]["path"])
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-            raise InputError(f"{report_file} is not an edgeprune report") from None
+        from edgeprune.report import read_report
+
+        report = read_report(report_file)  # checked against the report schema: exit 2 for a malformed one
+        recorded = Path(report.artifact["path"])
         # The folder may have moved since the build: look inside it first.
         artifact = path / recorded.name if (path / recorded.name).exists() else recorded
         if not artifact.exists():
             raise InputError(f"the build's artifact {recorded.name} is not in {path}")
-        return artifact, (report.get("latency") or {}).get("inputs"), report["artifact"].get("precision")
+        return artifact, report.latency.get("inputs"), report.artifact.get("precision")
     return path, None, None
 
 

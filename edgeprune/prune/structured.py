@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +25,8 @@ from edgeprune.prune.roles import layer_roles
 from edgeprune.prune.ties import restore_ties, tied_parameters
 
 Batch = tuple[torch.Tensor, ...]
+# How long the channel-dependency analysis may take before the model is given up on (not hung on).
+GRAPH_ANALYSIS_S = 120
 # layers that must keep their shape entirely, with the reason, chosen per call (hybrid uses it)
 Avoid = Callable[[nn.Module, list[AttentionModule]], dict[nn.Module, str]]
 
@@ -91,8 +96,13 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
     )
     ties = tied_parameters(model)
     try:
-        graph = build_graph(model, example_inputs)
-        groups = coupled_groups(graph, model, attention, protected, avoided)
+        with time_limit(GRAPH_ANALYSIS_S):
+            graph = build_graph(model, example_inputs)
+            groups = coupled_groups(graph, model, attention, protected, avoided)
+    except AnalysisTimeout:
+        raise UnsupportedError(f"the channel-dependency analysis of the model did not finish in {GRAPH_ANALYSIS_S} s; "
+                               "prune it unstructured or N:M instead (a transformers causal LM, however wrapped, "
+                               "is pruned block by block by `edgeprune build`)") from None
     except Exception as exc:  # the tracer fails in many ways on models it cannot follow
         raise UnsupportedError(f"cannot trace the model's channel dependencies for structured pruning: "
                                f"{type(exc).__name__}: {_first_line(exc)}") from exc
@@ -101,8 +111,14 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
             if g.is_heads:
                 g.skip = keep_heads
     active = [g for g in groups if g.skip is None]
-    scored = [score(g) for g in active]
-    unit_scores = [g.unit_scores(s) for g, (s, _) in zip(active, scored, strict=True)]
+    scored, unit_scores = [], []
+    for g in active:
+        try:  # scoring walks the dependency library's groups too, and fails on couplings it cannot follow
+            scored.append(score(g))
+            unit_scores.append(g.unit_scores(scored[-1][0]))
+        except Exception as exc:
+            raise UnsupportedError(f"cannot score the channels of {', '.join(g.names[:3])} for structured pruning: "
+                                   f"{type(exc).__name__}: {_first_line(exc)}") from exc
     budgets = [Budget(g.units, g.unit_size, s) for g, s in zip(active, unit_scores, strict=True)]
     kept = allocate(budgets, config.sparsity, config.allocation, config.max_layer_sparsity, config.channel_multiple)
 
@@ -149,6 +165,29 @@ def _prune_group(graph, group: ChannelGroup, idxs: list[int]) -> None:
                                f"{type(exc).__name__}: {_first_line(exc)}; name a layer in ignore") from exc
     if not ok:
         raise UnsupportedError(f"pruning {group.names[0]} would remove every channel of a coupled layer")
+
+
+class AnalysisTimeout(Exception):
+    """The dependency analysis ran past its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Raises AnalysisTimeout in the block after ``seconds`` (main thread on POSIX; elsewhere no limit)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise AnalysisTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _first_line(exc: BaseException) -> str:
