@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 # Imported on first use: the workload contract and the pipeline need torch, and importing
 # them lazily keeps `edgeprune profiles ...` quick.
 _LAZY = {
-    "Workload": "edgeprune.workload", "load_workload": "edgeprune.workload",
+    "Workload": "edgeprune.workload", "load_workload": "edgeprune.specs",
     "build": "edgeprune.api", "plan": "edgeprune.api", "sweep": "edgeprune.api", "load_target": "edgeprune.api",
     "BuildOptions": "edgeprune.target", "Budgets": "edgeprune.gate", "Report": "edgeprune.report",
 }

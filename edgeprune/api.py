@@ -27,10 +27,11 @@ from edgeprune.report import Report
 from edgeprune.search.candidates import CandidateEvaluator, Outcome
 from edgeprune.search.evaluate import Context, silent_step
 from edgeprune.search.sweep import grid, run_sweep, write_sweep
+from edgeprune.specs import load_workload
 from edgeprune.target import BuildOptions, budgets_from, options_from
 from edgeprune.target import load_target as load_target_keys
 from edgeprune.vocabulary import QUANTIZE, STRATEGIES
-from edgeprune.workload import Workload, load_workload
+from edgeprune.workload import Workload
 
 SWEEP_STRATEGIES = tuple(s for s in STRATEGIES if s != "none")
 

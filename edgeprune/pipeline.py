@@ -22,9 +22,10 @@ from edgeprune.prune.stage import check_prunable
 from edgeprune.report import ModelCounts, Report, write_report
 from edgeprune.search import Context, Evaluation, choose_plan, evaluate
 from edgeprune.search.evaluate import silent_step
+from edgeprune.specs import load_workload
 from edgeprune.stats import model_stats
 from edgeprune.target import BuildOptions
-from edgeprune.workload import Workload, check_runs, is_hf_causal_lm_workload, load_workload
+from edgeprune.workload import Workload, check_runs, is_hf_causal_lm_workload
 
 
 def run_build(options: BuildOptions, step: Callable = silent_step, workload: Workload | None = None) -> Report:

@@ -68,7 +68,7 @@ def options_from(spec: str, given: dict[str, Any], default_output: Path | None =
         raise InputError("no profile: give --profile NAME (see `edgeprune profiles list`) or a target file with profile")
     budgets = budgets_from(keys)
     plain = {k: v for k, v in keys.items() if k not in BUDGET_KEYS}
-    plain["output"] = Path(plain.get("output") or default_output or Path("out") / Path(str(spec).split(":")[0]).stem)
+    plain["output"] = Path(plain.get("output") or default_output or Path("out") / _default_name(str(spec)))
     check_option_types(plain)
     return BuildOptions(**plain, budgets=budgets)
 
@@ -96,6 +96,13 @@ def check_option_types(options: dict[str, Any]) -> None:
         raise InputError(f"palettize must be 4, 6 or 8 (bits), got {options['palettize']!r}")
     if not isinstance(options.get("measure_here", False), bool):
         raise InputError(f"measure-here must be true or false, got {options['measure_here']!r}")
+
+
+def _default_name(spec: str) -> str:
+    """Returns the default build folder's name: the workload file's stem, or a spec's model name."""
+    if spec.startswith("hf:"):
+        return Path(spec[3:]).name or "model"
+    return Path(spec.split(":")[0]).stem
 
 
 def budgets_from(keys: dict[str, Any]) -> Budgets:

@@ -162,7 +162,7 @@ def _as_inputs(batch: Any, what: str) -> Inputs:
     raise InputError(f"Workload.{what} must hold tensors or tuples of tensors, got {type(batch).__name__}")
 
 
-def load_workload(spec: str | Path) -> Workload:
+def load_workload_file(spec: str | Path) -> Workload:
     """Returns the Workload that ``path/to/file.py[:function]`` builds (default ``workload``)."""
     text = str(spec)
     path_text, _, func_name = text.partition(":") if not _is_windows_drive(text) else (text, "", "")

@@ -252,8 +252,8 @@ def test_the_matrix_is_large():
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
+    from edgeprune import load_workload
     from edgeprune.backends.onnx_tools.export import export_onnx
-    from edgeprune.workload import load_workload
 
     w = load_workload(TINY)
     return export_onnx(w.model, w.example_inputs, tmp_path_factory.mktemp("onnx") / "tiny.onnx")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from edgeprune import load_workload
 from edgeprune.backends import Artifact
 from edgeprune.gate import Budgets, Measurements, check_budgets
 from edgeprune.measure.estimate import estimate_onnx
@@ -11,7 +12,6 @@ from edgeprune.measure.latency import Timing, latency_of
 from edgeprune.measure.memory import peak_memory
 from edgeprune.profile import load_profile
 from edgeprune.target import BuildOptions
-from edgeprune.workload import load_workload
 
 from conftest import ROOT, build_report, run_cli
 

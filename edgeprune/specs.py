@@ -1,0 +1,95 @@
+"""What a model argument names: a workload file, or a model one argument away (``hf:DIR``).
+
+``hf:DIR`` takes a local directory that ``from_pretrained`` loads (nothing is downloaded):
+a causal LM becomes a perplexity workload on the interpreter's own help topics (as
+``causal_lm_workload``); an image or sequence classifier becomes a workload whose inputs
+are random (images at the config's size, token ids within its vocabulary), scored by top-1
+agreement with the dense model on held-out inputs, and named so in the report: with no
+data of the user's, agreement with the original is the only honest metric.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeprune.errors import InputError
+from edgeprune.workload import Workload, load_workload_file, torch_predictor
+
+HF_PREFIX = "hf:"
+AGREEMENT = "top1_agreement_with_dense"
+SEQ_LEN = 32
+
+
+class ClassifierLogits(nn.Module):
+    """A transformers classifier as ``inputs -> logits`` (pixel values or token ids)."""
+
+    def __init__(self, model: nn.Module, key: str) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(**{self.key: x}).logits
+
+
+def load_workload(spec: str | Path) -> Workload:
+    """Returns the Workload a model argument names: ``path/to/file.py[:function]`` or ``hf:DIR``."""
+    text = str(spec)
+    return load_spec(text) if text.startswith(HF_PREFIX) else load_workload_file(text)
+
+
+def load_spec(text: str) -> Workload:
+    """Returns the Workload a model spec (``hf:DIR``) names; InputError naming what is missing."""
+    folder = Path(text[len(HF_PREFIX):])
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"{text}: {folder} is not a Hugging Face model directory (no config.json)")
+    try:
+        architectures = json.loads(config_file.read_text()).get("architectures") or []
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise InputError(f"{text}: {config_file} is not valid JSON") from None
+    kind = next((k for a in architectures for k in ("ForCausalLM", "ForImageClassification",
+                                                     "ForSequenceClassification") if a.endswith(k)), None)
+    if kind == "ForCausalLM":
+        from edgeprune.llm.workload import causal_lm_workload
+
+        return causal_lm_workload(folder, name=f"hf:{folder.name}")
+    if kind is None:
+        raise InputError(f"{text}: architectures {architectures or 'none'} are not a causal LM, an image "
+                         "classifier or a sequence classifier")
+    return _classifier(folder, kind)
+
+
+def _classifier(folder: Path, kind: str) -> Workload:
+    from edgeprune.llm.hf import transformers
+
+    hf = transformers()
+    auto = hf.AutoModelForImageClassification if kind == "ForImageClassification" else hf.AutoModelForSequenceClassification
+    try:
+        model = auto.from_pretrained(str(folder)).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot load hf:{folder}: {str(exc).splitlines()[0]}") from None
+    config = model.config
+    generator = torch.Generator().manual_seed(0)
+    if kind == "ForImageClassification":
+        size = int(getattr(config, "image_size", 224))
+        inputs = torch.rand(96, int(getattr(config, "num_channels", 3)), size, size, generator=generator)
+        wrapped = ClassifierLogits(model, "pixel_values")
+    else:
+        inputs = torch.randint(0, int(config.vocab_size), (96, SEQ_LEN), generator=generator)
+        wrapped = ClassifierLogits(model, "input_ids")
+    calibration, heldout = inputs[:32], inputs[32:]
+    with torch.no_grad():
+        reference = torch_predictor(wrapped)(heldout).argmax(-1)
+
+    def agreement(predict) -> float:
+        return float((predict(heldout).argmax(-1) == reference).float().mean())
+
+    return Workload(model=wrapped, example_inputs=(inputs[:1],),
+                    calibration=[(calibration[i:i + 8],) for i in range(0, len(calibration), 8)],
+                    evaluate=agreement, metric=AGREEMENT, higher_is_better=True, name=f"hf:{folder.name}",
+                    extras={"hf_path": str(folder), "inputs": "random (no data given)"})
