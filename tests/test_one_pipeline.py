@@ -174,3 +174,21 @@ def test_a_hugging_face_directory_is_one_argument_away(tmp_path):
     assert 0.0 <= accuracy["pruned"] <= 1.0 and report["model"]["macs_after"] < report["model"]["macs_before"]
     bad = run_cli("build", f"hf:{tmp_path}", "--profile", "host", "-o", str(tmp_path / "never"))
     assert bad.returncode == 2 and "no config.json" in bad.stderr
+
+
+def test_hugging_face_attention_is_pruned_by_whole_heads(tmp_path):
+    # BertSelfAttention keeps q/k/v; its output projection sits in the sibling BertSelfOutput
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128))
+    bert.save_pretrained(tmp_path / "bert")
+    proc = run_cli("build", f"hf:{tmp_path / 'bert'}", "--profile", "host", "--strategy", "structured",
+                   "--sparsity", "0.5", "-o", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    heads = [g for g in report["strategy"]["details"]["groups"] if g.get("unit") == "head"]
+    assert len(heads) == 2 and all(g["heads"] == 4 and g["heads_after"] == 2 for g in heads)
+    assert report["artifact"]["verified"]["passed"] and report["accuracy"]["metric"] == "top1_agreement_with_dense"

@@ -156,13 +156,15 @@ def _attention_unit(group: ChannelGroup, attention: list[AttentionModule]) -> st
     """
     if not group.members:
         return None
-    owners = {attention_of(m.module, attention) for m in group.members}
-    if len(owners) != 1 or None in owners:
-        return None
-    attn = owners.pop()
     outs = [m for m in group.members if m.kind == "out" and isinstance(m.module, nn.Linear)]
     consumers = [m for m in group.members if m.kind == "in" and isinstance(m.module, nn.Linear)]
-    if not outs or not consumers:
+    # the q/k/v projections decide: the output projection may sit in a sibling module
+    # (Hugging Face's BertSelfOutput and ViTSelfOutput hold it beside the self-attention)
+    owners = {attention_of(m.module, attention) for m in outs}
+    if not outs or not consumers or len(owners) != 1 or None in owners:
+        return None
+    attn = owners.pop()
+    if any(attention_of(m.module, attention) not in (attn, None) for m in consumers):
         return None
     widths = {m.module.out_features for m in outs}
     if len(outs) != 3 or len(consumers) != 1 or len(widths) != 1:

@@ -16,6 +16,8 @@ from edgeprune.prune.attention import ExplicitAttention
 HEAD_COUNT_NAMES = ("num_heads", "n_heads", "n_head", "num_attention_heads", "heads")
 # attributes holding the inner width (heads * head_dim) that a forward pass may reshape to
 INNER_WIDTH_NAMES = ("all_head_size", "inner_dim", "inner_size", "attn_dim")
+# attributes holding the width of one head
+HEAD_DIM_NAMES = ("head_dim", "attention_head_size", "head_size")
 
 
 @dataclass(eq=False)
@@ -39,7 +41,7 @@ class AttentionModule:
         if isinstance(self.module, ExplicitAttention):
             gone = set(removed)
             self.module.kept_heads = tuple(h for i, h in enumerate(self.module.kept_heads) if i not in gone)
-        per_head = getattr(self.module, "head_dim", None)
+        per_head = next((v for a in HEAD_DIM_NAMES if isinstance(v := getattr(self.module, a, None), int)), None)
         for attr in INNER_WIDTH_NAMES:
             value = getattr(self.module, attr, None)
             if isinstance(value, int) and isinstance(per_head, int) and value == old * per_head:
