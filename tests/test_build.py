@@ -126,3 +126,20 @@ def test_onnx_predictor_matches_session_outputs(digits_build):
     predict = onnx_runtime.predictor(out / "model.onnx")
     x = torch.zeros(3, 1, 32, 32)
     assert predict(x).shape == (3, 10)
+
+
+def test_an_artifact_with_a_fixed_batch_is_run_at_the_batch_it_accepts(tmp_path):
+    # an exporter that pins the batch to 1 (as TorchScript does for some transformers) must not
+    # make verification or scoring fail on batches of calibration data
+    import torch
+
+    from edgeprune import load_workload
+    from edgeprune.backends.onnx_tools.export import export_onnx
+
+    workload = load_workload(str(ROOT / "tests" / "tiny_workload.py"))
+    pinned = export_onnx(workload.model, workload.example_inputs, tmp_path / "pinned.onnx", dynamic_batch=False)
+    predict = onnx_runtime.predictor(pinned)
+    assert onnx_runtime.fixed_batch(onnx_runtime.session(pinned)) == 1
+    x = workload.calibration[0][0]
+    with torch.no_grad():
+        assert torch.allclose(predict(x), workload.model(x), atol=1e-4) and predict(x).shape[0] == len(x)

@@ -45,12 +45,29 @@ def feeds(sess, inputs: Sequence[torch.Tensor | np.ndarray]) -> dict[str, np.nda
     return out
 
 
+def fixed_batch(sess) -> int | None:
+    """Returns the batch size the model's first input is fixed to, or None when its batch axis is free."""
+    shape = sess.get_inputs()[0].shape
+    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+
 def predictor(path: str | Path, threads: int | None = None, reference: bool = False):
-    """Returns ``predict(*inputs) -> torch.Tensor`` (first output, as float32) for the file."""
+    """Returns ``predict(*inputs) -> torch.Tensor`` (first output, as float32) for the file.
+
+    A model whose batch axis is fixed (an exporter pinned it, or the format wants static
+    shapes) is run in blocks of that batch, so verification and scoring see every input
+    at the batch the artifact accepts.
+    """
     sess = session(path, threads, reference=reference)
+    batch = fixed_batch(sess)
+
+    def run(inputs) -> np.ndarray:
+        return np.asarray(sess.run(None, feeds(sess, inputs))[0], dtype=np.float32)
 
     def predict(*inputs: torch.Tensor) -> torch.Tensor:
-        result = sess.run(None, feeds(sess, inputs))[0]
-        return torch.from_numpy(np.asarray(result, dtype=np.float32))
+        rows = inputs[0].shape[0] if inputs and inputs[0].dim() else None
+        if batch is None or rows is None or rows == batch or rows % batch:
+            return torch.from_numpy(run(inputs))
+        return torch.from_numpy(np.concatenate([run([t[i:i + batch] for t in inputs]) for i in range(0, rows, batch)]))
 
     return predict
