@@ -34,6 +34,15 @@ def _on_sigint(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _exit_interrupted() -> None:
+    """Exits 130 after one line. os._exit, because an interrupt that landed inside a native library's
+    own Python code marks the interpreter to kill itself with SIGINT at exit (status -2, not 130)."""
+    err.print("interrupted")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main() -> None:
     """Runs the CLI: one clear line and exit 2 for bad input, no tracebacks for user mistakes."""
     # Ctrl-C inside a native library's import or call can surface as that library's own error
@@ -50,16 +59,14 @@ def _run() -> None:
     try:
         code = cli.main(standalone_mode=False, prog_name="edgeprune")
     except click.exceptions.Abort:
-        err.print("interrupted")
-        sys.exit(130)
+        _exit_interrupted()
     except click.ClickException as exc:  # a flag click itself refused: one line too, and where help is
         ctx = getattr(exc, "ctx", None)
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         err.print(f"[red]error:[/red] {escape(exc.format_message())}{where}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        _exit_interrupted()
     except BudgetMissed as exc:
         err.print(f"[red]FAILED[/red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -70,8 +77,7 @@ def _run() -> None:
         raise
     except Exception as exc:  # the unexpected: one line, a traceback only on request
         if _interrupted:
-            err.print("interrupted")
-            sys.exit(130)
+            _exit_interrupted()
         if os.environ.get("EDGEPRUNE_DEBUG"):
             raise
         err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (set EDGEPRUNE_DEBUG=1 for a traceback)",
