@@ -120,7 +120,8 @@ def evaluate(ctx: Context, plan: Plan, folder: Path, *, final: bool = True, scor
     with step(f"lower to {plan.format} ({plan.precision})"):
         artifact = backend.lower(pruned.model, tuple(workload.example_inputs), request, folder)
     with step("verify the artifact against PyTorch"):
-        verification = verify_artifact(workload, pruned.model, artifact, request)
+        predict = backend.predictor(artifact)  # one runtime session verifies and scores the artifact
+        verification = verify_artifact(workload, pruned.model, artifact, request, predict)
     timing = ctx.timing(final)
     here = timing.stand_in(artifact.precision).here and artifact.measure_path is not None
     with step("measure latency" if ctx.agent or here or artifact.latency else "estimate latency"):
@@ -130,18 +131,19 @@ def evaluate(ctx: Context, plan: Plan, folder: Path, *, final: bool = True, scor
     evaluation = Evaluation(plan, pruned, stats, artifact, verification, latency, memory)
     if score:
         with step("evaluate accuracy on the artifact"):
-            score_artifact(ctx, evaluation)
+            score_artifact(ctx, evaluation, predict)
     return evaluation
 
 
-def verify_artifact(workload: Workload, model, artifact: Artifact, request: LowerRequest) -> Verification:
+def verify_artifact(workload: Workload, model, artifact: Artifact, request: LowerRequest,
+                    predict: Callable | None) -> Verification:
     """Returns whether the artifact computes what the pruned PyTorch model computes.
 
-    Numerically on a handful of real batches where the artifact runs here (the full metric
-    is scored separately); structurally (spec, storage, bit widths) where it cannot.
+    Numerically on a handful of real batches where the artifact runs here (``predict``, the
+    backend's predictor; the full metric is scored separately); structurally (spec, storage,
+    bit widths) where it cannot (``predict`` None).
     """
     backend = get_backend(artifact.format)
-    predict = backend.predictor(artifact)
     if predict is None:
         check = getattr(backend, "verify_structure", None)
         if check is None:
@@ -152,9 +154,10 @@ def verify_artifact(workload: Workload, model, artifact: Artifact, request: Lowe
                           classifier=workload.task == "classification", subject=artifact.evaluated_on)
 
 
-def score_artifact(ctx: Context, evaluation: Evaluation) -> dict:
+def score_artifact(ctx: Context, evaluation: Evaluation, predict: Callable | None = None) -> dict:
     """Returns (and records) the accuracy section: the workload's metric computed by the artifact.
 
+    ``predict`` is the artifact's predictor when the caller holds one (a new one otherwise).
     Where the artifact cannot run here, the section says so and has no drop: an accuracy
     budget is then unproven, for a search's candidate exactly as for the final build.
     """
@@ -165,7 +168,7 @@ def score_artifact(ctx: Context, evaluation: Evaluation) -> dict:
         section = {"metric": workload.metric, "higher_is_better": workload.higher_is_better,
                    "baseline": ctx.baseline_metric()}
         backend = get_backend(evaluation.artifact.format)
-        predict = backend.predictor(evaluation.artifact)
+        predict = predict or backend.predictor(evaluation.artifact)
         if predict is None:
             section["note"] = f"not evaluated on the artifact: {backend.cannot_run_reason()}"
         else:
