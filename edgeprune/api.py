@@ -29,7 +29,6 @@ from edgeprune.search.evaluate import Context, silent_step
 from edgeprune.search.sweep import grid, run_sweep, write_sweep
 from edgeprune.specs import load_workload
 from edgeprune.target import BuildOptions, budgets_from, options_from
-from edgeprune.target import load_target as load_target_keys
 from edgeprune.vocabulary import QUANTIZE, STRATEGIES
 from edgeprune.workload import Workload
 
@@ -40,7 +39,6 @@ def load_target(path: str | Path, **overrides: Any) -> BuildOptions:
     """Returns the build options a target file holds (``overrides`` win over its keys)."""
     if not str(path).endswith(".toml"):
         raise InputError(f"a target file is a .toml file, got {path}")
-    load_target_keys(path)  # a missing or malformed file fails here with its own message
     return options_from(str(path), overrides)
 
 

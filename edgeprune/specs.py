@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
+from edgeprune.vocabulary import HF_PREFIX
 from edgeprune.workload import Workload, load_workload_file, torch_predictor
 
-HF_PREFIX = "hf:"
 AGREEMENT = "top1_agreement_with_dense"
 SEQ_LEN = 32
 

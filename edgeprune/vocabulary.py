@@ -14,5 +14,7 @@ STRATEGIES = ("none", "structured", "unstructured", "nm", "hybrid")
 QUANTIZE = ("none", "fp16", "int8")
 FORMATS = get_args(Format)
 AUTO = "auto"
+# A model argument naming a Hugging Face model directory: hf:path/to/dir
+HF_PREFIX = "hf:"
 # Distillation steps a build may spend (each a forward and backward pass of both models).
 MAX_RECOVER_STEPS = 100_000
