@@ -102,7 +102,12 @@ def test_every_method_saves_a_directory_that_reloads_with_the_same_logits(build,
     assert sum(p.numel() for p in reloaded.parameters()) == result.details["params_after"]
 
     details = result.details
-    if method == "structured":
+    if method == "structured" and decoder_arch(model).hidden_pruning:
+        # every width loses about 0.3: hidden channels, FFN neurons, key/value groups
+        for width in ("hidden_width", "ffn_width"):
+            assert details[width]["after"] / details[width]["before"] == pytest.approx(0.7, abs=0.06), width
+        assert details["heads"]["after"][1] == 3
+    elif method == "structured":  # OPT keeps hidden width and heads: the FFN takes the whole cut
         assert details["params_after"] < details["params_before"]
         assert details["block_sparsity"] == pytest.approx(0.3, abs=0.04)
     else:
@@ -142,19 +147,24 @@ def test_structured_llama_removes_whole_kv_groups_and_updates_the_config(tmp_pat
     result = prune_causal_lm(model, "structured", 0.3, calibration())
     pruned = result.model
     config = pruned.config
-    # 8 heads of 8 in 4 groups; 6 heads would break LLaMA's hidden_size % heads rule, so 4 remain
-    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (4, 2, 8)
-    assert result.details["heads"] == {"before": [8, 4], "after": [4, 2]}
+    # 8 heads in 4 groups -> 3 groups; the hidden width 64 * 0.7 = 44.8 would break LLaMA's
+    # hidden_size % heads rule, so the nearest width it accepts with 6 heads, 42, is kept
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (6, 3, 8)
+    assert config.hidden_size == 42 and result.details["hidden_width"] == {"before": 64, "after": 42}
+    assert result.details["heads"] == {"before": [8, 4], "after": [6, 3]}
     for block in pruned.model.layers:
         attn = block.self_attn
-        assert attn.q_proj.weight.shape == (32, 64)
-        assert attn.k_proj.weight.shape == attn.v_proj.weight.shape == (16, 64)
-        assert attn.o_proj.weight.shape == (64, 32)
-        assert block.mlp.gate_proj.weight.shape[0] == config.intermediate_size
-        assert block.mlp.down_proj.weight.shape[1] == config.intermediate_size
-    assert config.intermediate_size < 96
+        assert attn.q_proj.weight.shape == (48, 42)
+        assert attn.k_proj.weight.shape == attn.v_proj.weight.shape == (24, 42)
+        assert attn.o_proj.weight.shape == (42, 48)
+        assert block.input_layernorm.weight.shape == block.post_attention_layernorm.weight.shape == (42,)
+        assert block.mlp.gate_proj.weight.shape == (config.intermediate_size, 42)
+        assert block.mlp.down_proj.weight.shape == (42, config.intermediate_size)
+    assert pruned.model.embed_tokens.weight.shape == (VOCAB, 42) and pruned.lm_head.weight.shape == (VOCAB, 42)
+    assert config.intermediate_size == 67
     save_pretrained(pruned, tmp_path)
-    assert load_causal_lm(tmp_path).config.num_key_value_heads == 2
+    assert load_causal_lm(tmp_path).config.num_key_value_heads == 3
+    assert reload_max_abs_diff(pruned, tmp_path, calibration(1)[0][0]) < 1e-5
 
 
 def test_structured_qwen2_keeps_a_head_count_between_the_extremes(tmp_path):
@@ -165,10 +175,17 @@ def test_structured_qwen2_keeps_a_head_count_between_the_extremes(tmp_path):
     assert reload_max_abs_diff(result.model, tmp_path, calibration(1)[0][0]) < 1e-5
 
 
-def test_structured_gpt2_prunes_the_ffn_only_and_reloads(tmp_path):
+def test_structured_gpt2_prunes_heads_with_the_hidden_width_and_reloads(tmp_path):
+    # GPT-2's head size is hidden / heads: the residual stream narrows by whole heads
     result = prune_causal_lm(tiny_gpt2(), "structured", 0.2, calibration())
-    assert result.details["heads"]["after"] == [4, 4]
-    assert result.model.config.n_inner == result.details["ffn_width"]["after"] < 256
+    assert result.details["heads"]["after"] == [3, 3]
+    assert result.details["hidden_width"] == {"before": 64, "after": 48}
+    config = result.model.config
+    assert (config.n_embd, config.n_head) == (48, 3)
+    assert config.n_inner == result.details["ffn_width"]["after"] == 205
+    attn = result.model.transformer.h[0].attn
+    assert attn.c_attn.weight.shape == (48, 3 * 48) and (attn.num_heads, attn.split_size) == (3, 48)
+    assert result.model.lm_head.weight is result.model.transformer.wte.weight  # still tied
     save_pretrained(result.model, tmp_path)
     assert reload_max_abs_diff(result.model, tmp_path, calibration(1)[0][0]) < 1e-5
 

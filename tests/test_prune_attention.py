@@ -59,11 +59,13 @@ def test_vit_heads_are_pruned_whole_and_the_module_stays_consistent():
     assert isinstance(attn, ExplicitAttention)
     assert attn.num_heads == 2 and attn.head_dim == 16 and len(attn.kept_heads) == 2
     assert attn.q_proj.out_features == attn.k_proj.out_features == attn.v_proj.out_features == 32
-    assert attn.out_proj.in_features == 32 and attn.out_proj.out_features == 64
+    # the residual stream (patch embedding, class token, positions, norms) is narrowed too
+    assert attn.out_proj.in_features == 32 and attn.out_proj.out_features == 32
+    assert result.model.patch_embed.out_channels == 32 and result.model.pos_embed.shape[-1] == 32
     assert result.details["attention_rewritten"] == ["blocks.0.attn", "blocks.1.attn"]
     # a per-head mask written for the original four heads still applies to the kept two
     assert attn.kept_heads != (0, 1)  # so that picking the first rows would be caught
-    x = torch.randn(1, 17, 64)
+    x = torch.randn(1, 17, attn.q_proj.in_features)
     mask = torch.zeros(4, 17, 17)
     mask[list(attn.kept_heads), :, 0] = float("-inf")
     blocked = attn(x, x, x, attn_mask=mask, need_weights=True, average_attn_weights=False)[1]

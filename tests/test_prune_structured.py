@@ -64,17 +64,17 @@ def _zero_slice(member, idxs: list[int]) -> None:
         raise AssertionError(f"cannot plant zeros in {type(module).__name__}")
 
 
-def plant(model: nn.Module, inputs, sparsity: float, protect_first_last: bool, seed: int = 0):
+def plant(model: nn.Module, inputs, sparsity: float, ignore: tuple[str, ...], seed: int = 0):
     """Returns (planted copy, number of groups planted): random units of every prunable group zeroed."""
     model = copy.deepcopy(model)
     rewrite_multihead_attention(model)
     modules = dict(model.named_modules())
     roles = layer_roles(model, inputs)
-    protected = {modules[n]: "last" for n in roles.last}
-    if protect_first_last:
-        protected.update({modules[n]: "first" for n in roles.first})
+    protected = {modules[n]: "last" for n in roles.last} | {modules[n]: "ignored" for n in ignore}
+    stems = {modules[n]: "first" for n in roles.first}
     groups: list[ChannelGroup] = [
-        g for g in coupled_groups(build_graph(model, inputs), model, find_attention(model), protected) if g.skip is None
+        g for g in coupled_groups(build_graph(model, inputs), model, find_attention(model), protected, stems=stems)
+        if g.skip is None
     ]
     kept = allocate([Budget(g.units, g.unit_size, torch.ones(g.units)) for g in groups], sparsity, "uniform", 0.8, 1)
     gen = torch.Generator().manual_seed(seed)
@@ -88,9 +88,8 @@ def plant(model: nn.Module, inputs, sparsity: float, protect_first_last: bool, s
     return model, len(groups)
 
 
-PLANTED = {  # transformers keep their residual stream (LayerNorm statistics would change)
-    "resnet": False, "mobilenet": False, "unet": False, "vit": True, "gpt": True,
-}
+# transformers keep their residual stream here (zeroed channels would change what LayerNorm computes)
+PLANTED = {"resnet": (), "mobilenet": (), "unet": (), "vit": ("patch_embed",), "gpt": ("tok_emb",)}
 
 
 @pytest.mark.parametrize("arch", list(ZOO))
@@ -98,7 +97,7 @@ def test_pruning_planted_zero_channels_computes_the_same_function(arch):
     model, inputs = ZOO[arch]()
     planted, groups = plant(model, inputs, 0.5, PLANTED[arch])
     assert groups >= 3
-    result = prune(planted, StructuredConfig(0.5, "l2", protect_first_last=PLANTED[arch]), example_inputs=inputs)
+    result = prune(planted, StructuredConfig(0.5, "l2", ignore=PLANTED[arch]), example_inputs=inputs)
     # every planted group (heads included) was really narrowed, none kept whole as a fallback
     assert len(result.details["groups"]) == groups
     assert all(g["channels_after"] < g["channels"] for g in result.details["groups"])
@@ -145,13 +144,21 @@ def test_first_last_protection_and_ignore():
     model, inputs = resnet()
     result = prune(model, StructuredConfig(0.5, ignore=("layer3.0.conv1.0",)), example_inputs=inputs)
     pruned = result.model
-    assert pruned.stem[0][0].out_channels == 16          # first layer protected
+    # the stem writes the first stage's residual stream: keeping it would keep the whole stage
+    assert pruned.stem[0][0].out_channels == 8
+    assert pruned.layer1[0].conv2[0].out_channels == 8
     assert pruned.fc.out_features == 10                   # output width kept
     assert pruned.layer3[0].conv1[0].out_channels == 64   # ignored
     assert pruned.layer2[0].conv1[0].out_channels == 16
+    # a stem that feeds only its own consumers keeps its width, unless protection is off
+    model, inputs = ZOO["unet"]()
+    result = prune(model, StructuredConfig(0.5), example_inputs=inputs)
+    assert result.model.enc1[0][0].out_channels == model.enc1[0][0].out_channels
+    assert {"layers": ["enc1.0.0", "enc1.0.1", "enc1.2.0"], "reason": "first layer enc1.0.0 is protected"} in [
+        {"layers": k["layers"][:3], "reason": k["reason"]} for k in result.details["kept_whole"]]
     unprotected = prune(model, StructuredConfig(0.5, protect_first_last=False), example_inputs=inputs).model
-    assert unprotected.stem[0][0].out_channels == 8
-    assert unprotected.fc.out_features == 10
+    assert unprotected.enc1[0][0].out_channels == model.enc1[0][0].out_channels // 2
+    assert unprotected.out.out_channels == model.out.out_channels
     with pytest.raises(InputError, match="not a module"):
         prune(model, StructuredConfig(0.5, ignore=("nope",)), example_inputs=inputs)
 

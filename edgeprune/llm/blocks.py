@@ -22,6 +22,10 @@ class DecoderArch:
     ffn_field: the config field holding the MLP width.
     head_pruning: whether the config can describe fewer heads at the same hidden size
         (OPT and GPT-2 derive head_dim from hidden_size / heads, so they cannot).
+    hidden_pruning: how the hidden width (the residual stream) can shrink: ``"free"`` (the
+        config states head_dim, so any width), ``"with_heads"`` (head_dim is hidden_size /
+        heads: heads go with it, hidden = heads x head_dim), or ``""`` (kept).
+    attn_module: the attention module inside a block, whose width attributes follow its heads.
     """
 
     family: str
@@ -32,6 +36,8 @@ class DecoderArch:
     mlp_out: str
     ffn_field: str
     head_pruning: bool
+    hidden_pruning: str = ""
+    attn_module: str = "self_attn"
 
     def input_groups(self) -> list[tuple[str, ...]]:
         """Returns the block's projections grouped by shared input, in execution order."""
@@ -61,6 +67,7 @@ _LLAMA = DecoderArch(
     mlp_out="mlp.down_proj",
     ffn_field="intermediate_size",
     head_pruning=True,
+    hidden_pruning="free",
 )
 _GPT2 = DecoderArch(
     family="gpt2",
@@ -71,6 +78,8 @@ _GPT2 = DecoderArch(
     mlp_out="mlp.c_proj",
     ffn_field="n_inner",
     head_pruning=False,
+    hidden_pruning="with_heads",
+    attn_module="attn",
 )
 # LLaMA-family models share LLaMA's module names and config fields.
 ARCHITECTURES = {"opt": _OPT, "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "gpt2": _GPT2}

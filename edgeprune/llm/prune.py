@@ -21,6 +21,7 @@ from edgeprune.llm.blocks import (
 )
 from edgeprune.llm.calibrate import BlockInputs, capture_block_inputs, collect_input_stats
 from edgeprune.llm.hf import is_causal_lm
+from edgeprune.llm.hidden import hidden_scores, kept_channels, prune_hidden_
 from edgeprune.llm.logits import CausalLMLogits
 from edgeprune.llm.sparsegpt import sparsegpt_
 from edgeprune.llm.sparsify import magnitude_scores, sparsify_
@@ -136,7 +137,8 @@ def prune_causal_lm(
         ``CausalLMLogits`` wrapper a causal-LM Workload carries; the result has the same form.
     method: ``unstructured`` (``sparsity`` of each projection's weights zeroed), ``nm``
         (``nm`` = (N, M): N kept in every M consecutive inputs; ``sparsity`` is ignored) or
-        ``structured`` (heads and FFN neurons removed, about ``sparsity`` of the block weights).
+        ``structured`` (key/value head groups, FFN neurons and hidden channels removed:
+        ``sparsity`` of each width where the architecture allows it, see ``plan_width``).
     calibration: token-id batches (a Workload's calibration); not needed for magnitude.
     criterion: ``magnitude``, ``wanda`` or ``sparsegpt`` (weights updated; not structured).
     restore: structured only: refit the projection after each pruned width by least squares.
@@ -144,7 +146,8 @@ def prune_causal_lm(
     multiple: structured only: keep FFN widths a multiple of this (8 for fp16 tensor cores).
     inplace: prune ``model`` itself instead of a copy.
 
-    Embeddings, the LM head and norms stay dense; only decoder-block projections are pruned.
+    Unstructured and N:M sparsity touch only decoder-block projections; structured pruning
+    of the hidden width also narrows the embeddings, every norm and the LM head.
     """
     check_arguments(method, sparsity, criterion, nm)
     wrapped = isinstance(model, CausalLMLogits)
@@ -169,8 +172,15 @@ def prune_causal_lm(
     batches = calibration_batches(calibration, batch_size) if needs_activations else []
     if needs_activations and not batches:
         raise InputError(f"{criterion} pruning needs calibration token ids; none were given")
-    inputs = capture_block_inputs(lm, layers[0], batches) if batches else None
     plan = plan_width(config, arch, sparsity, multiple) if method == "structured" else None
+    hidden_before = config.hidden_size
+    if plan is not None and plan.hidden < hidden_before:
+        # the residual stream first, scored on the dense model: every block then prunes and
+        # restores its heads and neurons on the narrowed stream
+        dense_inputs = capture_block_inputs(lm, layers[0], batches) if criterion == "wanda" and batches else None
+        prune_hidden_(lm, arch, layers, kept_channels(hidden_scores(lm, arch, layers, dense_inputs), plan.hidden))
+        del dense_inputs
+    inputs = capture_block_inputs(lm, layers[0], batches) if batches else None
     peak_inputs = inputs.nbytes if inputs else 0
 
     for block in layers:
@@ -211,6 +221,7 @@ def prune_causal_lm(
         "block_sparsity": 1.0 - block_nonzero / block_weights_before,
         "heads": {"before": list(layout[:2]), "after": list(head_layout(config)[:2])},
         "ffn_width": {"before": ffn_before, "after": weight_matrix(layers[0].get_submodule(arch.mlp_out)).shape[1]},
+        "hidden_width": {"before": hidden_before, "after": config.hidden_size},
         "time_s": time.perf_counter() - started,
     }
     pruned = CausalLMLogits(lm) if wrapped else lm

@@ -20,18 +20,20 @@ from torch import nn
 
 from edgeprune.llm.blocks import DecoderArch, ffn_width, head_layout, weight_matrix
 from edgeprune.llm.calibrate import BlockInputs, collect_input_stats
+from edgeprune.llm.hidden import inner_attributes
 from edgeprune.llm.surgery import keep_inputs_, keep_outputs_
 from edgeprune.prune.calibration import InputStats
 
 
 @dataclass(frozen=True)
 class WidthPlan:
-    """The widths every block keeps: query heads, key/value heads and FFN neurons."""
+    """The widths every block keeps: query heads, key/value heads, FFN neurons, and the hidden width."""
 
     heads: int
     kv_heads: int
     head_dim: int
     ffn: int
+    hidden: int
 
 
 def column_scores(weight: torch.Tensor, input_norms: torch.Tensor | None) -> torch.Tensor:
@@ -56,7 +58,7 @@ def least_squares_restore(
     return torch.linalg.solve(g_kk, rhs).t().to(weight.dtype)
 
 
-def valid_kv_heads(config, kv_heads: int, group: int, head_dim: int) -> list[int]:
+def valid_kv_heads(config, kv_heads: int, group: int, head_dim: int, hidden: int | None = None) -> list[int]:
     """Returns the key/value head counts whose config the architecture's own class accepts.
 
     LLaMA's config, for one, insists that hidden_size be a multiple of the head count, so not
@@ -69,6 +71,7 @@ def valid_kv_heads(config, kv_heads: int, group: int, head_dim: int) -> list[int
             "num_attention_heads": kept * group,
             "num_key_value_heads": kept,
             "head_dim": head_dim,
+            **({"hidden_size": hidden} if hidden is not None else {}),
         }
         try:
             type(config).from_dict(fields)
@@ -81,16 +84,21 @@ def valid_kv_heads(config, kv_heads: int, group: int, head_dim: int) -> list[int
 def plan_width(
     config, arch: DecoderArch, sparsity: float, multiple: int = 1, prune_heads: bool = True
 ) -> WidthPlan:
-    """Returns the widths that remove about ``sparsity`` of each block's projection weights.
+    """Returns the widths each block keeps.
 
-    Heads go at the same ratio as the target, rounded to whole key/value groups and to a
-    head count the config accepts; the FFN then takes whatever is left of the target, rounded
-    to a multiple of ``multiple`` neurons.
+    Where the architecture lets its hidden width shrink (LLaMA family, GPT-2), ``sparsity`` of
+    every width goes, as structured pruning does for any model: key/value head groups (to a
+    count the config accepts), FFN neurons and hidden channels (rounded to ``multiple``;
+    GPT-2's hidden width is its heads x head_dim, so it follows the heads). Elsewhere (OPT)
+    heads and hidden width stay, and the FFN loses enough to remove about ``sparsity`` of
+    each block's projection weights.
     """
     heads, kv_heads, head_dim = head_layout(config)
     group = heads // kv_heads
     hidden = config.hidden_size
     ffn = ffn_width(config, arch)
+    if arch.hidden_pruning and prune_heads:
+        return _plan_every_width(config, arch, sparsity, multiple, (heads, kv_heads, head_dim))
     mlp_mats = len(arch.mlp_in) + 1
     attn_params = hidden * head_dim * (2 * heads + 2 * kv_heads)
     total = attn_params + mlp_mats * hidden * ffn
@@ -103,10 +111,33 @@ def plan_width(
         kept_kv = min(candidates, key=lambda k: (abs(k - target), -k))
     attn_removed = attn_params * (1 - kept_kv / kv_heads)
     ffn_removed = max(0.0, sparsity * total - attn_removed) / (mlp_mats * hidden)
-    kept_ffn = ffn - ffn_removed
-    kept_ffn = int(round(kept_ffn / multiple) * multiple)
-    kept_ffn = min(ffn, max(multiple, kept_ffn))
-    return WidthPlan(heads=kept_kv * group, kv_heads=kept_kv, head_dim=head_dim, ffn=kept_ffn)
+    kept_ffn = _round(ffn - ffn_removed, multiple, ffn)
+    return WidthPlan(heads=kept_kv * group, kv_heads=kept_kv, head_dim=head_dim, ffn=kept_ffn, hidden=hidden)
+
+
+def _round(width: float, multiple: int, limit: int) -> int:
+    return min(limit, max(multiple, int(round(width / multiple) * multiple)))
+
+
+def _plan_every_width(config, arch: DecoderArch, sparsity: float, multiple: int,
+                      layout: tuple[int, int, int]) -> WidthPlan:
+    heads, kv_heads, head_dim = layout
+    group = heads // kv_heads
+    hidden = config.hidden_size
+    kept_ffn = _round(ffn_width(config, arch) * (1 - sparsity), multiple, ffn_width(config, arch))
+    target = kv_heads * (1 - sparsity)
+    if arch.hidden_pruning == "with_heads":
+        kept_kv = min(range(1, kv_heads + 1), key=lambda k: (abs(k - target), -k))
+        kept_hidden = kept_kv * group * head_dim
+    else:
+        # the (hidden width, head groups) pair the config accepts nearest the target, relative
+        # to each width, among the 32 widths (multiples of ``multiple``) nearest it
+        want = hidden * (1 - sparsity)
+        widths = sorted(range(multiple, hidden + 1, multiple), key=lambda w: (abs(w - want), -w))[:32]
+        pairs = [(w, k) for w in widths for k in valid_kv_heads(config, kv_heads, group, head_dim, w)]
+        kept_hidden, kept_kv = min(pairs, key=lambda p: (abs(p[0] - want) / hidden + abs(p[1] - target) / kv_heads,
+                                                         -p[0], -p[1]), default=(hidden, kv_heads))
+    return WidthPlan(heads=kept_kv * group, kv_heads=kept_kv, head_dim=head_dim, ffn=kept_ffn, hidden=kept_hidden)
 
 
 def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -135,12 +166,18 @@ def prune_heads_(
     kept_q_heads = (kept_groups.unsqueeze(1) * group + torch.arange(group)).flatten()
     q_rows = (kept_q_heads.unsqueeze(1) * head_dim + torch.arange(head_dim)).flatten()
     kv_rows = (kept_groups.unsqueeze(1) * head_dim + torch.arange(head_dim)).flatten()
-    q_name, k_name, v_name = arch.attn_in
-    keep_outputs_(block.get_submodule(q_name), q_rows)
-    keep_outputs_(block.get_submodule(k_name), kv_rows)
-    keep_outputs_(block.get_submodule(v_name), kv_rows)
+    if len(arch.attn_in) == 1:  # one fused projection: q, k and v in equal thirds (GPT-2's c_attn)
+        inner = heads * head_dim
+        keep_outputs_(block.get_submodule(arch.attn_in[0]), torch.cat([q_rows, q_rows + inner, q_rows + 2 * inner]))
+    else:
+        q_name, k_name, v_name = arch.attn_in
+        keep_outputs_(block.get_submodule(q_name), q_rows)
+        keep_outputs_(block.get_submodule(k_name), kv_rows)
+        keep_outputs_(block.get_submodule(v_name), kv_rows)
     restored = least_squares_restore(w_out, stats.gram, q_rows) if restore else None
     keep_inputs_(out_proj, q_rows, restored)
+    inner_attributes(block.get_submodule(arch.attn_module), (heads, heads * head_dim),
+                     (plan.heads, plan.heads * head_dim))
 
 
 def prune_ffn_(
@@ -190,6 +227,9 @@ def prune_block_width(
 def apply_width_to_config(config, arch: DecoderArch, plan: WidthPlan) -> None:
     """Writes the pruned widths into the model config so that ``from_pretrained`` rebuilds it."""
     setattr(config, arch.ffn_field, plan.ffn)
+    config.hidden_size = plan.hidden
+    if arch.hidden_pruning == "with_heads":
+        config.num_attention_heads = plan.heads
     if arch.head_pruning:
         config.num_attention_heads = plan.heads
         config.num_key_value_heads = plan.kv_heads

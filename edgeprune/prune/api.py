@@ -85,11 +85,39 @@ def prune(model: nn.Module, config: Any, calibration: Iterable[Batch] | None = N
         example_inputs = batches[0]
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    model = copy.deepcopy(model).eval()
+    model = copy_model(model).eval()
     result = handler(model, config, batches, tuple(example_inputs))
     result.model.eval()
     result.details.setdefault("config", _config_dict(config))
     return result
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """Returns a deep copy of the model, tied parameters still tied.
+
+    Tensors a module caches between calls (LeViT keeps its attention biases, computed in an
+    earlier forward pass, as non-leaf tensors) cannot be deep-copied: they are copied detached.
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in _cached_values(vars(module)):
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def _cached_values(value: Any, depth: int = 0):
+    """Yields the tensors in a module's attributes, inside dicts, lists and tuples."""
+    if depth > 3:
+        return
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _cached_values(v, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _cached_values(v, depth + 1)
 
 
 def _config_dict(config: Any) -> dict[str, Any]:

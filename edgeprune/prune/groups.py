@@ -83,11 +83,18 @@ class ChannelGroup:
         return {"layers": self.names, "channels": self.channels, "unit": "head" if self.is_heads else "channel"}
 
 
-def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tp.DependencyGraph:
-    """Returns the dependency graph of the model, traced on the example inputs."""
+def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor],
+                attention: Sequence[AttentionModule] = ()) -> tp.DependencyGraph:
+    """Returns the dependency graph of the model, traced on the example inputs.
+
+    Parameters indexed by attention head (not by channel) are left out: the heads' own
+    bookkeeping slices them (AttentionModule.remove_heads).
+    """
+    ignored = [p for a in attention for p in a.per_head_parameters()]
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=tuple(example_inputs), verbose=False)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=tuple(example_inputs), verbose=False,
+                                                     ignored_params=ignored)
 
 
 def _channel_groups(module) -> int:
@@ -100,14 +107,19 @@ def _channel_groups(module) -> int:
 
 
 def coupled_groups(graph: tp.DependencyGraph, model: nn.Module, attention: list[AttentionModule],
-                   protected: dict[nn.Module, str], avoid: dict[nn.Module, str] | None = None) -> list[ChannelGroup]:
+                   protected: dict[nn.Module, str], avoid: dict[nn.Module, str] | None = None,
+                   stems: dict[nn.Module, str] | None = None) -> list[ChannelGroup]:
     """Returns every group of coupled channels, each with its unit and, if it must stay, why.
 
     ``protected`` maps layers whose output channels must stay to the reason; ``avoid`` maps
-    layers that must not change at all (in or out) to the reason.
+    layers that must not change at all (in or out) to the reason. ``stems`` maps first layers
+    whose output channels stay only when no other layer writes them: a stem feeding its own
+    consumers keeps its width, while one that opens a residual stream (a ResNet stage, a
+    transformer's embeddings) is pruned with the stream, which keeping would keep whole.
     """
     names = {m: n for n, m in model.named_modules()}
     avoid = avoid or {}
+    stems = stems or {}
     out: list[ChannelGroup] = []
     for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
         members = []
@@ -132,9 +144,12 @@ def coupled_groups(graph: tp.DependencyGraph, model: nn.Module, attention: list[
             channels=len(root_item.idxs), members=members,
             names=list(dict.fromkeys(m.name for m in members)),
         )
+        producers = [m.module for m in members if m.kind == "out" and isinstance(m.module, ROOT_TYPES + (nn.Parameter,))]
         for m in members:
             if m.kind == "out" and m.module in protected:
                 skip = skip or protected[m.module]
+            if m.kind == "out" and m.module in stems and len(set(producers)) == 1:
+                skip = skip or stems[m.module]
             if m.module in avoid:
                 skip = skip or avoid[m.module]
         cg.skip = skip or _attention_unit(cg, attention)

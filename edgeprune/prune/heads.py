@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from edgeprune.prune.attention import ExplicitAttention
 
+# layers whose parameters the dependency tracer follows itself
+LAYERS_WITH_WEIGHTS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.LayerNorm, nn.GroupNorm,
+                       nn.modules.batchnorm._BatchNorm)
 HEAD_COUNT_NAMES = ("num_heads", "n_heads", "n_head", "num_attention_heads", "heads")
 # attributes holding the inner width (heads * head_dim) that a forward pass may reshape to
 INNER_WIDTH_NAMES = ("all_head_size", "inner_dim", "inner_size", "attn_dim")
@@ -22,22 +26,37 @@ HEAD_DIM_NAMES = ("head_dim", "attention_head_size", "head_size")
 
 @dataclass(eq=False)
 class AttentionModule:
-    """An attention module, its head-count attribute and every module inside it."""
+    """An attention module, its head-count attribute and every module inside it.
+
+    ``per_head`` lists parameters indexed by head outside the projections (Swin's relative
+    position bias table, LeViT's attention biases) as (owner, attribute, head axis): the
+    dependency tracer would couple them to the projections' channels, so they are kept out
+    of its graph and sliced here when heads go.
+    """
 
     name: str
     module: nn.Module
     heads_attr: str
     parts: frozenset[nn.Module]
+    per_head: tuple[tuple[nn.Module, str, int], ...] = ()
 
     @property
     def num_heads(self) -> int:
         return int(getattr(self.module, self.heads_attr))
+
+    def per_head_parameters(self) -> list[nn.Parameter]:
+        return [getattr(owner, attr) for owner, attr, _ in self.per_head]
 
     def remove_heads(self, removed: list[int]) -> None:
         """Updates the head count (and inner-width attributes) after ``removed`` heads are gone."""
         old = self.num_heads
         new = old - len(removed)
         setattr(self.module, self.heads_attr, new)
+        kept = torch.tensor([h for h in range(old) if h not in set(removed)], dtype=torch.long)
+        for owner, attr, axis in self.per_head:
+            param = getattr(owner, attr)
+            setattr(owner, attr, nn.Parameter(param.detach().index_select(axis, kept).clone(),
+                                              requires_grad=param.requires_grad))
         if isinstance(self.module, ExplicitAttention):
             gone = set(removed)
             self.module.kept_heads = tuple(h for i, h in enumerate(self.module.kept_heads) if i not in gone)
@@ -58,11 +77,24 @@ def find_attention(model: nn.Module) -> list[AttentionModule]:
             continue
         parts = frozenset(module.modules())
         if any(isinstance(m, nn.Linear) for m in parts):
-            found.append(AttentionModule(name, module, attr, parts))
+            found.append(AttentionModule(name, module, attr, parts, _per_head(module, int(getattr(module, attr)))))
     # an inner attention module owns its layers; an outer one (a block that also records
     # its head count) only the rest
     found.sort(key=lambda a: len(a.parts))
     return found
+
+
+def _per_head(module: nn.Module, heads: int) -> tuple[tuple[nn.Module, str, int], ...]:
+    """Returns the parameters of ``module`` outside its weight layers with exactly one axis of length ``heads``."""
+    found = []
+    for owner in module.modules():
+        if isinstance(owner, LAYERS_WITH_WEIGHTS):
+            continue
+        for attr, param in owner.named_parameters(recurse=False):
+            axes = [i for i, n in enumerate(param.shape) if n == heads]
+            if heads > 1 and len(axes) == 1:
+                found.append((owner, attr, axes[0]))
+    return tuple(found)
 
 
 def attention_of(module, attention: list[AttentionModule]) -> AttentionModule | None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 
 from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.prune.allocation import Budget, allocate
-from edgeprune.prune.api import PruneResult, register_pruner
+from edgeprune.prune.api import PruneResult, copy_model, register_pruner
 from edgeprune.prune.attention import rewrite_multihead_attention
 from edgeprune.prune.calibration import input_norms, taylor_gradients
 from edgeprune.prune.config import StructuredConfig
@@ -31,8 +31,14 @@ GRAPH_ANALYSIS_S = 120
 Avoid = Callable[[nn.Module, list[AttentionModule]], dict[nn.Module, str]]
 
 
+# How many times a pruned model that no longer runs is pruned again with the failing layer kept
+MAX_REPAIRS = 8
+
+
 class _BrokenForward(Exception):
-    pass
+    def __init__(self, message: str, module: str | None) -> None:
+        super().__init__(message)
+        self.module = module  # the innermost module whose forward failed, if any
 
 
 @register_pruner(StructuredConfig)
@@ -46,33 +52,59 @@ def prune_structured(model: nn.Module, config: StructuredConfig, calibration: li
     """Returns the model with channels, neurons and heads removed, and what was removed.
 
     nn.MultiheadAttention is first rewritten into ExplicitAttention so its heads can go.
-    If the pruned model no longer runs because a hand-written attention derives a width the
-    engine cannot see, pruning is redone with every head kept, and the details say why.
+    If the pruned model no longer runs (a reshape to a fixed width, a coupling the tracer
+    mapped wrongly), the layer whose forward failed is found and pruning is redone with it
+    kept whole (its attention's heads kept, for a failure inside attention); the details say
+    which layers and why. A failure that persists is an UnsupportedError naming the layer.
     """
     rewritten = rewrite_multihead_attention(model)
     if config.criterion == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise InputError("criterion bn_scale needs BatchNorm layers, and the model has none; use l2 or taylor")
+    original = copy_model(model)
     reference = _output_shapes(model, example_inputs)
-    backup = copy.deepcopy(model) if find_attention(model) else None
-    try:
-        details = _prune(model, config, calibration, example_inputs, avoid, keep_heads=None)
-        _check_forward(model, example_inputs, reference)
-    except _BrokenForward as err:
-        if backup is None:
-            raise UnsupportedError(f"structured pruning broke the model's forward pass: {err}") from None
-        model = backup
-        reason = f"heads kept: the model failed to run after head pruning ({err})"
-        details = _prune(model, config, calibration, example_inputs, avoid, keep_heads=reason)
+    repairs = Repairs()
+    for _ in range(MAX_REPAIRS + 1):
         try:
+            details = _prune(model, config, calibration, example_inputs, avoid, repairs)
             _check_forward(model, example_inputs, reference)
-        except _BrokenForward as err2:
-            raise UnsupportedError(f"structured pruning broke the model's forward pass: {err2}") from None
+            break
+        except _BrokenForward as err:
+            if not repairs.add(err, find_attention(original)):
+                at = f" at {err.module}" if err.module else ""
+                raise UnsupportedError(f"structured pruning broke the model's forward pass{at}: {err}; "
+                                       "name the layer in ignore") from None
+            model = copy_model(original)
+    else:
+        raise UnsupportedError(f"structured pruning broke the model's forward pass after keeping "
+                               f"{', '.join(repairs.whole)} whole; name the failing layers in ignore")
     details["attention_rewritten"] = rewritten
     return PruneResult(model=model, details=details)
 
 
+@dataclass
+class Repairs:
+    """What a pruned model that failed to run keeps on the next try: attention heads, then whole layers."""
+
+    heads: dict[str, str] = field(default_factory=dict)  # attention module name -> reason
+    whole: dict[str, str] = field(default_factory=dict)  # module name -> reason
+
+    def add(self, err: _BrokenForward, attention: list[AttentionModule]) -> bool:
+        """Records what to keep after ``err``; False when nothing new can be kept."""
+        if err.module is None:
+            return False
+        owner = next((a.name for a in attention if err.module == a.name or err.module.startswith(a.name + ".")), None)
+        if owner is not None and owner not in self.heads:
+            self.heads[owner] = f"heads kept: the model failed to run after head pruning ({err})"
+            return True
+        site = owner or err.module
+        if site in self.whole:
+            return False
+        self.whole[site] = f"kept whole: the model failed to run with it pruned ({err})"
+        return True
+
+
 def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] | None,
-           example_inputs: Batch, avoid: Avoid | None, keep_heads: str | None) -> dict[str, Any]:
+           example_inputs: Batch, avoid: Avoid | None, repairs: Repairs) -> dict[str, Any]:
     modules = dict(model.named_modules())
     roles = layer_roles(model, example_inputs)
     protected: dict[nn.Module, str] = {}
@@ -82,13 +114,14 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
         # a block or attention module named in ignore keeps the outputs of everything inside it
         for inner in modules[name].modules():
             protected[inner] = f"{name} is in ignore"
-    if config.protect_first_last:
-        for name in roles.first:
-            protected.setdefault(modules[name], f"first layer {name} is protected")
+    # a first layer keeps its width only where that costs one layer's width, not a residual stream
+    stems = {modules[name]: f"first layer {name} is protected" for name in roles.first} if config.protect_first_last else {}
     for name in roles.last:
         protected.setdefault(modules[name], f"output layer {name} keeps the output width")
     attention = find_attention(model)
     avoided = avoid(model, attention) if avoid else {}
+    for name, reason in repairs.whole.items():
+        avoided.update({inner: f"{name} {reason}" for inner in modules[name].modules()})
     score = scorer(
         config.criterion,
         grads=taylor_gradients(model, calibration) if config.criterion == "taylor" else None,
@@ -97,8 +130,8 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
     ties = tied_parameters(model)
     try:
         with time_limit(GRAPH_ANALYSIS_S):
-            graph = build_graph(model, example_inputs)
-            groups = coupled_groups(graph, model, attention, protected, avoided)
+            graph = build_graph(model, example_inputs, attention)
+            groups = coupled_groups(graph, model, attention, protected, avoided, stems)
     except AnalysisTimeout:
         raise UnsupportedError(f"the channel-dependency analysis of the model did not finish in {GRAPH_ANALYSIS_S} s; "
                                "prune it unstructured or N:M instead (a transformers causal LM, however wrapped, "
@@ -106,10 +139,9 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
     except Exception as exc:  # the tracer fails in many ways on models it cannot follow
         raise UnsupportedError(f"cannot trace the model's channel dependencies for structured pruning: "
                                f"{type(exc).__name__}: {_first_line(exc)}") from exc
-    if keep_heads:
-        for g in groups:
-            if g.is_heads:
-                g.skip = keep_heads
+    for g in groups:
+        if g.is_heads and g.attention.name in repairs.heads:
+            g.skip = repairs.heads[g.attention.name]
     active = [g for g in groups if g.skip is None]
     scored, unit_scores = [], []
     for g in active:
@@ -215,9 +247,24 @@ def _output_shapes(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> 
 
 
 def _check_forward(model: nn.Module, example_inputs: Sequence[torch.Tensor], reference: Any) -> None:
+    names = {m: n for n, m in model.named_modules() if n}
+    stack: list[str] = []
+    failed: list[str] = []
+
+    def enter(module, args):
+        stack.append(names[module])
+
+    def leave(module, args, output):
+        stack.pop()
+
+    handles = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     try:
         shapes = _output_shapes(model, example_inputs)
     except Exception as exc:  # any failure of the user's forward after pruning
-        raise _BrokenForward(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        failed.append(stack[-1] if stack else "")
+        raise _BrokenForward(f"{type(exc).__name__}: {_first_line(exc)}", failed[0] or None) from exc
+    finally:
+        for h in handles:
+            h.remove()
     if shapes != reference:
-        raise _BrokenForward(f"output shape changed from {reference} to {shapes}")
+        raise _BrokenForward(f"output shape changed from {reference} to {shapes}", None)

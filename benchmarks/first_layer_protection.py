@@ -1,0 +1,171 @@
+"""Is protecting the first layer worth its cost? Accuracy after recovery on digits, at equal latency.
+
+Two digits classifiers: the shipped VGG-style digits CNN (its stem feeds one layer) and a
+ResNet-shaped CNN trained here (its stem writes the first stage's residual stream, so
+protecting the stem keeps that whole stage). For each, structured pruning with the stem
+protected at sparsity 0.5 is compared with pruning that may cut the stem, at the sparsity
+whose MACs match (and at 0.5 too); both are recovered by the same distillation, and both are
+timed side by side with ONNX Runtime (one thread, interleaved runs). Results go into
+docs/benchmarks.md by hand.
+
+    python benchmarks/first_layer_protection.py
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples"))
+import digits_cnn  # noqa: E402
+
+from edgeprune.backends.onnx_tools.export import export_onnx  # noqa: E402
+from edgeprune.prune import StructuredConfig, prune  # noqa: E402
+from edgeprune.prune.recover import recalibrate_batchnorm, recover  # noqa: E402
+from edgeprune.stats import count_macs  # noqa: E402
+
+RECOVER_STEPS = 300
+SEEDS = (0, 1, 2)
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + (x if self.down is None else self.down(x)))
+
+
+class DigitsResNet(nn.Module):
+    """A stem and three stages of two basic blocks (32, 64, 128 channels) for 32x32 digits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        blocks, cin = [], 32
+        for i, cout in enumerate((32, 64, 128)):
+            blocks += [Block(cin, cout, 1 if i == 0 else 2), Block(cout, cout, 1)]
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(cin, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
+
+
+def train_resnet(epochs: int = 6) -> nn.Module:
+    torch.manual_seed(0)
+    x, y, _, _ = digits_cnn.load_digits_split()
+    model = DigitsResNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * ((len(x) + 31) // 32))
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), 32):
+            b = order[i:i + 32]
+            loss = F.cross_entropy(model(torch.roll(x[b], tuple(torch.randint(-2, 3, (2,)).tolist()), (2, 3))), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def accuracy(model: nn.Module) -> float:
+    _, _, xt, yt = digits_cnn.load_digits_split()
+    with torch.no_grad():
+        return digits_cnn.accuracy(model, xt, yt)
+
+
+def pruned(model: nn.Module, sparsity: float, protect: bool) -> nn.Module:
+    x_train = digits_cnn.load_digits_split()[0]
+    calib = [(x_train[i:i + 16],) for i in range(0, 128, 16)]
+    config = StructuredConfig(sparsity, protect_first_last=protect, channel_multiple=8)
+    result = prune(model, config, calib, (x_train[:1],)).model
+    recalibrate_batchnorm(result, calib)  # as every structured build does
+    return result
+
+
+def matching_sparsity(model: nn.Module, macs: int, x: torch.Tensor) -> float:
+    """Returns the sparsity at which the unprotected model's MACs are nearest ``macs``."""
+    best = min((abs(count_macs(pruned(model, s, False), (x,)) - macs), s) for s in np.arange(0.30, 0.56, 0.02))
+    return round(float(best[1]), 2)
+
+
+def latency_ms(models: dict[str, nn.Module], x: torch.Tensor, rounds: int = 30, runs: int = 50) -> dict[str, float]:
+    """Returns each model's median ONNX Runtime latency (1 thread), measured in interleaved rounds."""
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, m in models.items():
+            path = Path(tmp) / f"{name}.onnx"
+            export_onnx(m, (x,), path)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = x.numpy()
+        times: dict[str, list[float]] = {n: [] for n in sessions}
+        for _ in range(rounds):
+            for name, s in sessions.items():
+                inp = {s.get_inputs()[0].name: feed}
+                s.run(None, inp)
+                start = time.perf_counter()
+                for _ in range(runs):
+                    s.run(None, inp)
+                times[name].append((time.perf_counter() - start) / runs * 1e3)
+    return {n: float(np.median(t)) for n, t in times.items()}
+
+
+def recovered_accuracy(student: nn.Module, teacher: nn.Module) -> list[float]:
+    x_train = digits_cnn.load_digits_split()[0]
+    data = [(x_train[i:i + 32],) for i in range(0, len(x_train), 32)]
+    out = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        s = copy.deepcopy(student)
+        recover(s, teacher, data, RECOVER_STEPS)
+        out.append(accuracy(s))
+    return out
+
+
+def main() -> None:
+    x = digits_cnn.load_digits_split()[2][:1]
+    for label, dense in (("digits CNN (VGG-style)", digits_cnn.load_model()), ("digits ResNet", train_resnet())):
+        base = count_macs(dense, (x,))
+        protected = pruned(dense, 0.5, True)
+        target = count_macs(protected, (x,))
+        s_eq = matching_sparsity(dense, target, x)
+        variants = {"protected 0.5": protected, f"unprotected {s_eq}": pruned(dense, s_eq, False),
+                    "unprotected 0.5": pruned(dense, 0.5, False)}
+        lat = latency_ms({"dense": dense, **variants}, x)
+        print(f"\n{label}: dense accuracy {accuracy(dense):.4f}, dense latency {lat['dense']:.3f} ms")
+        print("| variant | MACs after / before | ONNX Runtime ms (1 thread) | accuracy after pruning | "
+              f"after {RECOVER_STEPS} recovery steps (seeds {', '.join(map(str, SEEDS))}) |")
+        print("|---|---|---|---|---|")
+        for name, m in variants.items():
+            accs = recovered_accuracy(m, dense)
+            print(f"| {name} | {count_macs(m, (x,)) / base:.3f} | {lat[name]:.3f} | {accuracy(m):.4f} | "
+                  f"{np.mean(accs):.4f} ({min(accs):.4f}-{max(accs):.4f}) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
