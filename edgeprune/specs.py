@@ -52,8 +52,7 @@ def load_spec(text: str) -> Workload:
         architectures = json.loads(config_file.read_text()).get("architectures") or []
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         raise InputError(f"{text}: {config_file} is not valid JSON") from None
-    kind = next((k for a in architectures for k in ("ForCausalLM", "ForImageClassification",
-                                                     "ForSequenceClassification") if a.endswith(k)), None)
+    kind = _task(architectures)
     if kind == "ForCausalLM":
         from edgeprune.llm.workload import causal_lm_workload
 
@@ -62,6 +61,27 @@ def load_spec(text: str) -> Workload:
         raise InputError(f"{text}: architectures {architectures or 'none'} are not a causal LM, an image "
                          "classifier or a sequence classifier")
     return _classifier(folder, kind)
+
+
+def _task(architectures: list[str]) -> str | None:
+    """Returns which of the tasks hf:DIR serves the saved architecture class is for, or None.
+
+    transformers' own task tables decide (GPT-2's causal LM is ``GPT2LMHeadModel``); a class
+    they do not list is judged by the usual suffixes.
+    """
+    from edgeprune.llm.hf import transformers
+
+    transformers()
+    from transformers.models.auto import modeling_auto as auto
+
+    tables = {"ForCausalLM": auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+              "ForImageClassification": auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+              "ForSequenceClassification": auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES}
+    for name in architectures:
+        for kind, table in tables.items():
+            if name in table.values() or name.endswith(kind):
+                return kind
+    return None
 
 
 def _classifier(folder: Path, kind: str) -> Workload:
@@ -83,8 +103,12 @@ def _classifier(folder: Path, kind: str) -> Workload:
         inputs = torch.randint(0, int(config.vocab_size), (96, SEQ_LEN), generator=generator)
         wrapped = ClassifierLogits(model, "input_ids")
     calibration, heldout = inputs[:32], inputs[32:]
-    with torch.no_grad():
-        reference = torch_predictor(wrapped)(heldout).argmax(-1)
+    try:
+        with torch.no_grad():
+            reference = torch_predictor(wrapped)(heldout).argmax(-1)
+    except Exception as exc:  # the user's model, run on inputs its config describes
+        raise InputError(f"hf:{folder}: the model's forward failed on inputs of shape {tuple(heldout.shape[1:])}: "
+                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
 
     def agreement(predict) -> float:
         return float((predict(heldout).argmax(-1) == reference).float().mean())

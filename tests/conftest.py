@@ -27,6 +27,23 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
                           env=full_env, cwd=cwd or ROOT, timeout=600)
 
 
+def run_main(args: list[str], capsys) -> tuple[int, str, str]:
+    """Runs `edgeprune ARGS` through the CLI's main in this process: (exit code, stdout, stderr)."""
+    from edgeprune.cli import main
+
+    argv = sys.argv
+    sys.argv = ["edgeprune", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.fixture(scope="session")
 def digits_build(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, dict]:
     """The dense digits build for this machine's own profile, made once through the CLI: (process, folder, report)."""

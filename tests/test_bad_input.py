@@ -5,33 +5,16 @@ cases that need a process of their own (a killed build) are in test_faults.py.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from edgeprune.cli import main
-
-from conftest import ROOT
+from conftest import ROOT, run_main
 
 TINY = str(ROOT / "tests" / "tiny_workload.py")
 BAD = ROOT / "tests" / "bad"
 SHAPES = str(BAD / "shapes.py")
 
-
-def run_main(args: list[str], capsys) -> tuple[int, str, str]:
-    """Runs `edgeprune ARGS` through the CLI's main in this process: (exit code, stdout, stderr)."""
-    argv = sys.argv
-    sys.argv = ["edgeprune", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
