@@ -1,9 +1,16 @@
-"""Where structured pruning stands on real architectures: transformers' own models, random init, at 0.5.
+"""Structured 0.5 on transformers' own architectures: edgeprune against Torch-Pruning, side by side.
 
-Each model is built from its library config (small widths, random weights: no download),
-wrapped to return logits, and pruned with the general structured engine at sparsity 0.5
-(channel multiple 8); the line says MACs after / before, or the error, with a 120 s limit
-per model. The figures go into docs/benchmarks.md by hand.
+Each family of tests/hf_zoo.py (random weights, small widths, nothing downloaded) is pruned
+as `edgeprune build hf:DIR --profile x86-avx2 --strategy structured --sparsity 0.5` prunes it
+(the same plan and pruning stage), and by Torch-Pruning's MagnitudePruner (L2 magnitude, pruning
+ratio 0.5, the output layer ignored, channels rounded to 8 as edgeprune's profile does, and
+each attention's q/k/v layers given with their head count so heads go whole, as its
+transformers examples do). MACs are counted by edgeprune's counter on one input; latency is
+ONNX Runtime's, one thread, the dense, edgeprune and Torch-Pruning models (each exported by
+the same exporter) timed in
+interleaved rounds in this one process. A Torch-Pruning run that raises, breaks the forward
+pass, fails to export or runs past 120 s is marked failed. Results go into
+docs/benchmarks.md by hand.
 
     python benchmarks/zoo_structured.py               # every family
     python benchmarks/zoo_structured.py vit bert      # some
@@ -11,76 +18,117 @@ per model. The figures go into docs/benchmarks.md by hand.
 
 from __future__ import annotations
 
+import copy
 import signal
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import torch
-import transformers as T
+import torch_pruning as tp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from edgeprune.prune import StructuredConfig, prune  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import edgeprune  # noqa: E402
+from edgeprune.backends.onnx_tools.export import export_onnx  # noqa: E402
+from edgeprune.profile import load_profile  # noqa: E402
+from edgeprune.prune.heads import find_attention  # noqa: E402
+from edgeprune.prune.roles import layer_roles  # noqa: E402
+from edgeprune.prune.stage import prune_for_plan  # noqa: E402
+from edgeprune.specs import load_workload  # noqa: E402
 from edgeprune.stats import count_macs  # noqa: E402
+from tests.hf_zoo import ZOO, save  # noqa: E402
 
-torch.manual_seed(0)
-
-class Logits(torch.nn.Module):
-    """The model's logits as one tensor."""
-
-    def __init__(self, m: torch.nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.m(x)
-        return out.logits if hasattr(out, "logits") else out[0]
+LIMIT_S = 120
+PROFILE = "x86-avx2"
 
 
-def img(cfg_cls, model_cls, **kw):
-    return model_cls(cfg_cls(**kw)).eval(), torch.rand(1, 3, 64, 64)
+class Timeout(Exception):
+    pass
 
 
-def txt(cfg_cls, model_cls, **kw):
-    return model_cls(cfg_cls(**kw)).eval(), torch.randint(0, 100, (1, 16))
+def _alarm(*_):
+    raise Timeout(f"over {LIMIT_S} s")
 
 
-ZOO = {
- "resnet": lambda: img(T.ResNetConfig, T.ResNetForImageClassification, embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1,1,1,1], num_labels=10),
- "convnext": lambda: img(T.ConvNextConfig, T.ConvNextForImageClassification, hidden_sizes=[32,64,128,256], depths=[1,1,1,1], num_labels=10),
- "mobilenetv2": lambda: img(T.MobileNetV2Config, T.MobileNetV2ForImageClassification, num_labels=10, depth_multiplier=0.5),
- "mobilevit": lambda: img(T.MobileViTConfig, T.MobileViTForImageClassification, num_labels=10, image_size=64),
- "swin": lambda: img(T.SwinConfig, T.SwinForImageClassification, image_size=64, embed_dim=32, depths=[1,1], num_heads=[2,4], window_size=4, num_labels=10),
- "vit": lambda: img(T.ViTConfig, T.ViTForImageClassification, image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, num_labels=10),
- "deit": lambda: img(T.DeiTConfig, T.DeiTForImageClassification, image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, num_labels=10),
- "regnet": lambda: img(T.RegNetConfig, T.RegNetForImageClassification, num_labels=10),
- "efficientnet": lambda: img(T.EfficientNetConfig, T.EfficientNetForImageClassification, image_size=64, width_coefficient=0.5, depth_coefficient=0.5, num_labels=10),
- "levit": lambda: img(T.LevitConfig, T.LevitForImageClassification, image_size=64, num_labels=10),
- "bert": lambda: txt(T.BertConfig, T.BertForSequenceClassification, vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
- "distilbert": lambda: txt(T.DistilBertConfig, T.DistilBertForSequenceClassification, vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128),
- "roberta": lambda: txt(T.RobertaConfig, T.RobertaForSequenceClassification, vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
- "gpt2": lambda: txt(T.GPT2Config, T.GPT2LMHeadModel, vocab_size=100, n_embd=64, n_layer=2, n_head=4),
- "llama": lambda: txt(T.LlamaConfig, T.LlamaForCausalLM, vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
- "qwen2": lambda: txt(T.Qwen2Config, T.Qwen2ForCausalLM, vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-}
+def torch_pruning(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.nn.Module:
+    """Returns the model pruned by Torch-Pruning's magnitude pruner at 0.5 (a copy)."""
+    model = copy.deepcopy(model)
+    roles = layer_roles(model, inputs)
+    modules = dict(model.named_modules())
+    heads = {}
+    for attn in find_attention(model):
+        for m in attn.parts:
+            if isinstance(m, torch.nn.Linear) and m.out_features % attn.num_heads == 0 and m not in heads:
+                heads[m] = attn.num_heads
+    pruner = tp.pruner.MagnitudePruner(
+        model, inputs, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+        ignored_layers=[modules[n] for n in roles.last], round_to=8, num_heads=heads,
+        prune_num_heads=bool(heads), prune_head_dims=False, head_pruning_ratio=0.5 if heads else 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner.step()
+    with torch.no_grad():
+        model(*inputs)
+    return model
 
-def alarm(*_):
-    raise TimeoutError("over 120 s")
+
+def latencies(paths: dict[str, Path], inputs: tuple[torch.Tensor, ...], rounds: int = 15,
+              runs: int = 20) -> dict[str, float]:
+    """Returns each ONNX model's median latency in ms (one thread), timed in interleaved rounds."""
+    sessions = {}
+    for name, path in paths.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    samples: dict[str, list[float]] = {n: [] for n in sessions}
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            feed = {i.name: t.numpy() for i, t in zip(s.get_inputs(), inputs, strict=True)}
+            s.run(None, feed)
+            start = time.perf_counter()
+            for _ in range(runs):
+                s.run(None, feed)
+            samples[name].append((time.perf_counter() - start) / runs * 1e3)
+    return {n: float(np.median(v)) for n, v in samples.items()}
 
 
-signal.signal(signal.SIGALRM, alarm)
-names = sys.argv[1:] or list(ZOO)
-for name in names:
-    start = time.time()
-    try:
-        model, x = ZOO[name]()
-        model = Logits(model).eval()
-        before = count_macs(model, (x,))
-        signal.alarm(120)
-        res = prune(model, StructuredConfig(0.5, channel_multiple=8), [(x.expand(4, *x.shape[1:]).clone(),)] if x.is_floating_point() else [(x.repeat(4, 1),)], (x,))
-        signal.alarm(0)
-        after = count_macs(res.model, (x,))
-        print(f"{name:14s} MACs {after / before:.2f}  ({time.time() - start:.1f} s)", flush=True)
-    except BaseException as exc:
-        signal.alarm(0)
-        print(f"{name:14s} FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:150] if str(exc) else ''} ({time.time() - start:.1f} s)", flush=True)
+def main(families: list[str]) -> None:
+    signal.signal(signal.SIGALRM, _alarm)
+    print("| family | edgeprune MACs | Torch-Pruning MACs | edgeprune speed-up | Torch-Pruning speed-up |")
+    print("|---|---|---|---|---|")
+    for family in families:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save(family, Path(tmp) / family)
+            workload = load_workload(f"hf:{folder}")
+            inputs = tuple(workload.example_inputs)
+            dense = count_macs(workload.model, inputs)
+            paths = {"dense": export_onnx(workload.model, inputs, Path(tmp) / "dense.onnx")}
+            try:  # the model a build prunes, exported as the other two are
+                plan = edgeprune.plan(workload, PROFILE, strategy="structured", sparsity=0.5)
+                ours_model = prune_for_plan(workload, plan, load_profile(PROFILE)).model
+                ours = f"{count_macs(ours_model, inputs) / dense:.2f}"
+                paths["edgeprune"] = export_onnx(ours_model, inputs, Path(tmp) / "edgeprune.onnx")
+            except edgeprune.EdgepruneError as exc:
+                ours = f"fails: {str(exc)[:80]}"
+            signal.alarm(LIMIT_S)
+            try:
+                theirs_model = torch_pruning(workload.model, inputs)
+                signal.alarm(0)
+                theirs = f"{count_macs(theirs_model, inputs) / dense:.2f}"
+                paths["tp"] = export_onnx(theirs_model, inputs, Path(tmp) / "tp.onnx")
+            except BaseException as exc:  # noqa: BLE001 - any failure of the other tool is a result
+                signal.alarm(0)
+                theirs = f"fails: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ''}"
+                paths.pop("tp", None)
+            lat = latencies(paths, inputs)
+            speed = {n: f"{lat['dense'] / lat[n]:.2f}x" if n in lat else "—" for n in ("edgeprune", "tp")}
+            print(f"| {family} | {ours} | {theirs} | {speed['edgeprune']} | {speed['tp']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or list(ZOO))

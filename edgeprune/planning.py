@@ -207,10 +207,16 @@ def make_plan(
             kind = "structured"
             reasons.append("a causal LM keeps its embeddings and LM head dense, so the block widths are pruned "
                            "instead (structured)")
+        if kind in ("structured", "hybrid") and workload.extras.get("graph_only"):
+            kind = "none"
+            reasons.append("a torch.export program has no layer modules to narrow, so it is not pruned "
+                           "(--strategy unstructured or nm prunes its weights)")
         nm_pair = nm_pair if kind == "nm" else None
         top = 1 - nm_pair[0] / nm_pair[1] if nm_pair else (0.8 if kind == "structured" else 0.9)
         if sparsity is None:
-            if budgets.latency_ms is None and budgets.max_size_mb is None:
+            if kind == "none":
+                sparsity = 0.0
+            elif budgets.latency_ms is None and budgets.max_size_mb is None:
                 sparsity = 0.0
                 reasons.append("no latency or size budget: nothing to prune for, the model stays dense")
             else:

@@ -16,7 +16,7 @@ import tomllib
 from edgeprune.errors import InputError
 from edgeprune.gate import Budgets
 from edgeprune.host import Host
-from edgeprune.vocabulary import HF_PREFIX, MAX_RECOVER_STEPS
+from edgeprune.vocabulary import HF_PREFIX, LIBRARY_PREFIXES, MAX_RECOVER_STEPS
 
 # option keys that are budgets, and the Budgets field each fills
 BUDGET_KEYS = {
@@ -102,6 +102,8 @@ def _default_name(spec: str) -> str:
     """Returns the default build folder's name: the workload file's stem, or a spec's model name."""
     if spec.startswith(HF_PREFIX):
         return Path(spec[len(HF_PREFIX):]).name or "model"
+    if spec.startswith(LIBRARY_PREFIXES):
+        return spec.split(":")[1] or "model"
     return Path(spec.split(":")[0]).stem
 
 

@@ -16,5 +16,7 @@ FORMATS = get_args(Format)
 AUTO = "auto"
 # A model argument naming a Hugging Face model directory: hf:path/to/dir
 HF_PREFIX = "hf:"
+# model libraries whose models are one argument away: timm:NAME, torchvision:NAME
+LIBRARY_PREFIXES = ("timm:", "torchvision:")
 # Distillation steps a build may spend (each a forward and backward pass of both models).
 MAX_RECOVER_STEPS = 100_000

@@ -45,6 +45,10 @@ def check_prunable(plan: Plan, profile: Profile, workload: Workload) -> None:
     if is_hf_causal_lm_workload(workload) and plan.kind != "none":
         # the method and criterion are checked even when a search starts from the dense model
         CausalLMConfig(plan.kind, 0.0, plan.criterion or "wanda", plan.nm or (2, 4))
+    if plan.kind in ("structured", "hybrid") and workload.extras.get("graph_only"):
+        raise InputError(f"--strategy {plan.kind} removes channels from layer modules, and a torch.export program "
+                         "has none (only its graph): give the nn.Module in a workload file, or prune the program "
+                         "unstructured or N:M")
     if plan.recover and not workload.finetune_data:
         raise InputError("--recover needs Workload(finetune_data=...): the workload gives none")
 

@@ -1,0 +1,107 @@
+"""A `torch.export` program saved as a ``.pt2`` file, as a workload one argument away.
+
+The program is the model's graph with its weights, not its Python modules: it runs, exports
+to ONNX, quantizes, and takes unstructured or N:M sparsity (its weights are parameters like
+any other), but it has no layer modules whose channels could be removed, so structured and
+hybrid pruning need the nn.Module itself (a workload file). Its inputs are the example inputs
+the program was exported with; with no data of the user's, the held-out inputs are random
+ones of the same shapes, and the metric is top-1 agreement with the dense program (for
+logits of shape (batch, classes)) or the mean cosine similarity of the outputs with the
+dense program's, named so in the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeprune.errors import InputError
+
+SUFFIX = ".pt2"
+AGREEMENT = "top1_agreement_with_dense"
+SIMILARITY = "output_cosine_similarity_with_dense"
+HELDOUT = 64
+CALIBRATION = 16
+
+
+class ProgramModule(nn.Module):
+    """An exported program as an nn.Module: its graph module runs the forward pass.
+
+    An exported graph has no train or eval mode of its own (it was captured in one), so
+    ``train()`` and ``eval()`` only set this wrapper's flag.
+    """
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True) -> ProgramModule:
+        self.training = mode
+        return self
+
+    def forward(self, *inputs: torch.Tensor):
+        return self.program(*inputs)
+
+
+def is_program_spec(text: str) -> bool:
+    return text.endswith(SUFFIX)
+
+
+def load_program_workload(text: str):
+    """Returns the Workload of the ``.pt2`` file ``text``; InputError for a file that is not one."""
+    from edgeprune.workload import Workload, torch_predictor
+
+    path = Path(text)
+    if not path.is_file():
+        raise InputError(f"exported program not found: {path}")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # a file torch.export cannot read: whatever it raises
+        raise InputError(f"{path} is not a torch.export program: {type(exc).__name__}: {_line(exc)}") from None
+    args, kwargs = program.example_inputs or ((), {})
+    if kwargs or not args or not all(isinstance(t, torch.Tensor) for t in args):
+        raise InputError(f"{path}: the program must have been exported with positional tensor example inputs "
+                         "(torch.export.export(model, (x,)))")
+    model = ProgramModule(program.module())
+    generator = torch.Generator().manual_seed(0)
+    samples = [tuple(_like(t, generator) for t in args) for _ in range(CALIBRATION + HELDOUT)]
+    calibration, heldout = samples[:CALIBRATION], samples[CALIBRATION:]
+    predict_dense = torch_predictor(model)
+    try:
+        with torch.no_grad():
+            reference = [predict_dense(*s) for s in heldout]
+    except Exception as exc:  # the program's own guards (shapes, dtypes) or ops
+        raise InputError(f"{path}: the program failed on inputs like its example inputs: "
+                         f"{type(exc).__name__}: {_line(exc)}") from None
+    classes = reference[0].dim() == 2 and reference[0].shape[-1] > 1
+    metric = AGREEMENT if classes else SIMILARITY
+
+    def evaluate(predict) -> float:
+        scores = []
+        for sample, ref in zip(heldout, reference, strict=True):
+            out = predict(*sample)
+            if classes:
+                scores.append(float((out.argmax(-1) == ref.argmax(-1)).float().mean()))
+            else:
+                scores.append(float(torch.nn.functional.cosine_similarity(out.flatten().float(),
+                                                                          ref.flatten().float(), dim=0)))
+        return sum(scores) / len(scores)
+
+    return Workload(model=model, example_inputs=tuple(args), calibration=calibration, evaluate=evaluate,
+                    metric=metric, higher_is_better=True, name=path.stem,
+                    extras={"program": str(path), "inputs": "random, shaped as the example inputs (no data given)",
+                            "graph_only": True})
+
+
+def _like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    if t.is_floating_point():
+        return torch.rand(t.shape, generator=generator, dtype=t.dtype)
+    high = max(int(t.max()) + 1, 2) if t.numel() else 2
+    return torch.randint(0, high, t.shape, generator=generator, dtype=t.dtype)
+
+
+def _line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else ""

@@ -1,0 +1,85 @@
+"""A model one argument away: a torch.export program (.pt2), timm:NAME and torchvision:NAME."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_main
+from tests.zoo import resnet
+
+
+def _skip_reason(module: str) -> str | None:
+    try:
+        __import__(module)
+    except Exception as exc:  # missing, or (torchvision's CUDA-only wheel for this torch) not loading
+        return (f"{module} does not import here ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}); "
+                "timm needs torchvision, whose only wheel for this torch is a CUDA build whose extension fails to load")
+    return None
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    model, inputs = resnet()
+    path = tmp_path_factory.mktemp("pt2") / "resnet.pt2"
+    torch.export.save(torch.export.export(model, inputs), str(path))
+    return path
+
+
+@pytest.mark.parametrize("args", [["--quantize", "int8"], ["--strategy", "unstructured", "--sparsity", "0.5"]],
+                         ids=["int8", "unstructured"])
+def test_an_exported_program_builds_end_to_end(program, args, tmp_path, capsys):
+    code, out, err = run_main(["build", str(program), "--profile", "x86-avx2", *args, "-o", str(tmp_path / "out"),
+                               "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["workload"] == "resnet"
+    assert report["accuracy"]["metric"] == "top1_agreement_with_dense" and report["accuracy"]["baseline"] == 1.0
+    assert report["artifact"]["verified"]["passed"]
+    assert (tmp_path / "out" / report["artifact"]["path"]).is_file()
+
+
+def test_an_exported_program_is_not_pruned_structurally_and_says_why(program, tmp_path, capsys):
+    code, _, err = run_main(["build", str(program), "--profile", "x86-avx2", "--strategy", "structured",
+                             "--sparsity", "0.5", "-o", str(tmp_path / "out")], capsys)
+    assert code == 2 and [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]]
+    assert "torch.export program" in err
+    assert not (tmp_path / "out").exists()
+    # with budgets, auto planning keeps it dense and says so instead of trying structured pruning
+    code, out, err = run_main(["plan", str(program), "--profile", "x86-avx2", "--latency-budget-ms", "5", "--json"],
+                              capsys)
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["strategy"]["kind"] == "none" and any("no layer modules" in r for r in plan["strategy"]["reasons"])
+
+
+def test_a_file_that_is_not_a_program_is_bad_input(tmp_path, capsys):
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"not a zip")
+    code, _, err = run_main(["build", str(bad), "--profile", "x86-avx2", "-o", str(tmp_path / "o")], capsys)
+    assert code == 2 and "is not a torch.export program" in err
+
+
+@pytest.mark.skipif(_skip_reason("timm") is not None, reason=str(_skip_reason("timm")))
+def test_a_timm_model_builds_end_to_end(tmp_path, capsys):
+    code, out, err = run_main(["build", "timm:resnet18:random", "--profile", "x86-avx2", "--strategy", "structured",
+                               "--sparsity", "0.5", "-o", str(tmp_path / "out"), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["model"]["macs_after"] <= 0.45 * report["model"]["macs_before"]
+    assert report["artifact"]["verified"]["passed"]
+
+
+@pytest.mark.skipif(_skip_reason("torchvision") is not None, reason=str(_skip_reason("torchvision")))
+def test_a_torchvision_model_builds_end_to_end(tmp_path, capsys):
+    code, out, err = run_main(["build", "torchvision:resnet18:random", "--profile", "x86-avx2", "--strategy",
+                               "structured", "--sparsity", "0.5", "-o", str(tmp_path / "out"), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["artifact"]["verified"]["passed"]
+
+
+def test_a_library_model_that_does_not_load_is_bad_input(tmp_path, capsys):
+    code, _, err = run_main(["build", "timm:", "--profile", "x86-avx2", "-o", str(tmp_path / "o")], capsys)
+    assert code == 2 and "timm:NAME" in err
