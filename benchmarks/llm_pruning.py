@@ -65,9 +65,10 @@ def tiny_lm_table() -> list[str]:
     dense = workload.evaluate(workload.model)
     config = workload.model.lm.config
     rows = [
-        "| method | block weights pruned | heads (q/kv), FFN width | parameters | perplexity | rise | pruning time |",
+        "| method | block weights pruned | heads (q/kv), FFN width, hidden width | parameters | perplexity | rise | pruning time |",
         "|---|---|---|---|---|---|---|",
-        f"| dense | 0% | {config.num_attention_heads}/{config.num_key_value_heads}, {config.intermediate_size} "
+        f"| dense | 0% | {config.num_attention_heads}/{config.num_key_value_heads}, {config.intermediate_size}, "
+        f"{config.hidden_size} "
         f"| {sum(p.numel() for p in workload.model.parameters()):,} | {dense:.2f} | — | — |",
     ]
     for label, method, sparsity, kwargs in TINY_RUNS:
@@ -76,7 +77,8 @@ def tiny_lm_table() -> list[str]:
         d = result.details
         heads = "/".join(str(h) for h in d["heads"]["after"])
         rows.append(
-            f"| {label} | {d['block_sparsity']:.1%} | {heads}, {d['ffn_width']['after']} | {d['params_after']:,} "
+            f"| {label} | {d['block_sparsity']:.1%} | {heads}, {d['ffn_width']['after']}, "
+            f"{d.get('hidden_width', {}).get('after', config.hidden_size)} | {d['params_after']:,} "
             f"| {ppl:.2f} | {ppl - dense:+.2f} | {d['time_s']:.1f} s |"
         )
         print(rows[-1], flush=True)
@@ -152,15 +154,17 @@ NOTES = [
     "### How to read these numbers",
     "",
     "- Block weights pruned: the share of decoder-block projection weights zeroed (unstructured, "
-    "2:4) or removed (structured); embeddings, the LM head and norms stay dense.",
+    "2:4) or removed (structured). Unstructured and 2:4 leave embeddings, the LM head and norms "
+    "dense; structured pruning narrows them with the hidden width.",
     "- Magnitude compares weights across each whole matrix, as in the Wanda paper's baseline; "
     "Wanda compares |W| * ||X|| within each output row; SparseGPT updates the kept weights.",
-    "- Structured widths are uniform across blocks (a transformers config has one "
-    "`intermediate_size` and one head count); each block picks its own heads and neurons. "
-    "Heads go by whole key/value groups, and only to counts the config class accepts "
-    "(LLaMA wants hidden_size divisible by the head count), so at 30% the tiny LM keeps 8 of 10 "
-    "heads and the FFN gives up the rest. OPT and GPT-2 configs derive head_dim from "
-    "hidden_size / heads, so there only FFN neurons are removed.",
+    "- Structured S% removes S% of every width: the hidden width (residual stream, scored on "
+    "every norm's activations), whole key/value groups and FFN neurons, each rounded to what the "
+    "config class accepts (LLaMA wants hidden_size divisible by the head count), so the block "
+    "weights lose about 1 - (1 - S)^2 of their parameters. Widths are uniform across blocks (a "
+    "transformers config has one of each); each block picks its own heads and neurons. GPT-2's "
+    "head size is hidden_size / heads, so its hidden width follows its heads; OPT keeps its "
+    "hidden width and heads, and only FFN neurons are removed (S% of the block weights).",
     "- The tiny LM is trained without weight decay. An earlier model trained with weight decay "
     "0.1 (learning rate 3e-3, otherwise the same) came out the other way at 50%: dense 50.04, "
     "magnitude 51.39, Wanda 52.03; its short, decayed training left magnitude an unusually good "
@@ -195,8 +199,12 @@ def main() -> None:
         "",
         *tiny_lm_table(),
     ]
+    opt_heading = "### Pruning time and memory, OPT-125M shape"
     if not args.skip_opt:
-        lines += ["", "### Pruning time and memory, OPT-125M shape", "", *opt_table(args.sequences, args.seq_len)]
+        lines += ["", opt_heading, "", *opt_table(args.sequences, args.seq_len)]
+    elif opt_heading in DOC.read_text():  # keep the OPT table an earlier full run wrote
+        kept = DOC.read_text().split(opt_heading, 1)[1].split("### How to read these numbers", 1)[0]
+        lines += ["", opt_heading + kept.rstrip()]
     write_section(SECTION, "\n".join([SECTION, "", *lines, "", *NOTES]))
     print(f"wrote {DOC}")
 

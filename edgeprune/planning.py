@@ -205,8 +205,8 @@ def make_plan(
         reasons += why
         if kind == "hybrid" and is_hf_causal_lm_workload(workload):
             kind = "structured"
-            reasons.append("a causal LM keeps its embeddings and LM head dense, so the block widths are pruned "
-                           "instead (structured)")
+            reasons.append("a causal LM's embeddings and LM head shrink with its hidden width, which width "
+                           "pruning removes (structured) instead of zeroing them")
         if kind in ("structured", "hybrid") and workload.extras.get("graph_only"):
             kind = "none"
             reasons.append("a torch.export program has no layer modules to narrow, so it is not pruned "
