@@ -91,6 +91,19 @@ def test_without_mlflow_the_flag_is_one_line_and_exit_2_before_any_work(tmp_path
         assert not (tmp_path / "b").exists() and not (tmp_path / "s").exists()
 
 
+def test_a_tracking_server_that_does_not_answer_is_refused_before_any_work(tmp_path):
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    proc = run_cli("build", str(DIGITS), "--profile", "host", "-o", str(tmp_path / "b"),
+                   f"--mlflow=http://127.0.0.1:{port}")
+    assert proc.returncode == 2 and not (tmp_path / "b").exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no MLflow tracking server answers at http://127.0.0.1:{port}" in lines[0]
+
+
 def test_the_flag_without_a_value_is_mlflow_s_env_or_a_local_file_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

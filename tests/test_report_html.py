@@ -78,14 +78,15 @@ def test_the_layer_profile_is_recorded_in_the_report(digits_build):
     assert sum(r["built_ms"] for r in convs) > 0.5 * layers["built_ms"]
     lat = report["latency"]
     assert lat["min_ms"] <= lat["p25_ms"] <= lat["median_ms"] <= lat["p75_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+    assert lat["baseline"]["median_ms"] == lat["baseline_median_ms"] and lat["baseline"]["runs"] == lat["runs"]
 
 
-def test_a_structured_build_shows_its_widths_and_where_the_pruned_model_is_faster(tmp_path):
+def test_a_structured_build_for_another_cpu_shows_its_widths_and_a_labelled_host_profile(tmp_path):
     from edgeprune.target import options_from
 
     out = tmp_path / "structured"
-    report = build_report(options_from(str(DIGITS), {"profile": "host", "strategy": "structured", "sparsity": 0.5,
-                                                     "quantize": "none", "output": out}))
+    report = build_report(options_from(str(DIGITS), {"profile": "x86-avx2", "strategy": "structured",
+                                                     "sparsity": 0.5, "quantize": "none", "output": out}))
     groups = report["strategy"]["details"]["groups"]
     page = (out / "report.html").read_text()
     assert "Widths before and after pruning" in page and "Channels kept per pruned group" in page
@@ -97,7 +98,11 @@ def test_a_structured_build_shows_its_widths_and_where_the_pruned_model_is_faste
     # dense and built are profiled separately; the pruned convolutions are cheaper in the estimate
     assert convs and all(r["built_estimated_ms"] < 0.8 * r["dense_estimated_ms"] for r in convs)
     assert all(r["dense_ms"] > 0 and r["built_ms"] > 0 for r in convs)
-    assert report["latency"]["baseline"]["runs"] > 0 and "dense (baseline)" in page
+    # this machine is not the profile's device: the profile is labelled a host profile, the estimate the device's
+    layers = report["layers"]
+    assert report["latency"]["source"] == "estimated" and layers["on_target"] is False
+    assert layers["note"].startswith("host profile") and "x86-avx2" in layers["note"]
+    assert "HOST PROFILE, not the device" in page and "Roofline estimate per fused kernel on profile x86-avx2" in page
 
 
 def test_per_slice_drops_render_when_the_report_has_them(digits_build):

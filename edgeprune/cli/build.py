@@ -75,7 +75,11 @@ def _with(options):
 def build(model_or_target: str, as_json: bool, **given) -> None:
     """Build MODEL_OR_TARGET (path/to/workload.py[:function] or targets/NAME.toml) for a profile.
 
-    Exit codes: 0 built and every budget met; 2 bad input; 3 built but a budget was missed.
+    The output folder gets the artifact, report.json, report.md and report.html (one
+    self-contained page: budgets, plan, latency spread, per-layer profile).
+
+    Exit codes: 0 built and every budget met; 2 bad input; 3 built but a budget was missed;
+    130 interrupted.
     """
     from edgeprune.pipeline import run_build
     from edgeprune.report import render_markdown
@@ -134,7 +138,7 @@ def plan_cmd(model_or_target: str, as_json: bool, **given) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsities: str, quantize: str, fmt: str,
               criterion: str | None, no_cache: bool, measure_here: bool, mlflow: str | None, as_json: bool) -> None:
-    """Evaluate strategies x sparsities x quantization; write the table and the Pareto plot."""
+    """Evaluate strategies x sparsities x quantization; write the table, the Pareto plot and report.html."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgeprune.api import sweep

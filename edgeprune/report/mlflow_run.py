@@ -51,7 +51,26 @@ def check_tracking(value: str | None) -> str:
         from edgeprune.output import check_writable
 
         check_writable(_file_path(uri))
+    elif uri.startswith(("http://", "https://")):
+        _check_reachable(uri)
     return uri
+
+
+def _check_reachable(uri: str) -> None:
+    """Raises InputError when nothing answers at a tracking server's URI (any HTTP answer will do).
+
+    Checked before the build: MLflow's own client retries for minutes before it gives up.
+    """
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise InputError(f"--mlflow: no MLflow tracking server answers at {uri} ({reason})") from None
 
 
 def _file_path(uri: str) -> Path:
