@@ -24,6 +24,7 @@ from edgeprune.output import check_writable
 from edgeprune.planning import Plan, make_plan, precision_for
 from edgeprune.profile import load_profile
 from edgeprune.report import Report
+from edgeprune.report.mlflow_run import check_tracking, log_sweep
 from edgeprune.search.candidates import CandidateEvaluator, Outcome
 from edgeprune.search.evaluate import Context, silent_step
 from edgeprune.search.sweep import grid, run_sweep, write_sweep
@@ -75,13 +76,14 @@ def plan(workload_or_spec: Workload | str | Path, profile: str, *, strategy: str
 def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | Path, *,
           strategies: Sequence[str] = ("structured", "unstructured", "nm"), sparsities: Sequence[float] = (0.25, 0.5, 0.75),
           quantize: Sequence[str] | str = "auto", format: str = "auto", criterion: str | None = None,
-          use_cache: bool = True, measure_here: bool = False,
+          use_cache: bool = True, measure_here: bool = False, mlflow: str | None = None,
           advance: Callable[[Outcome], None] = lambda _: None, total: Callable[[int], None] = lambda _: None) -> dict:
-    """Returns the sweep's summary after writing sweep.json, sweep.md and pareto.png into ``output``.
+    """Returns the sweep's summary after writing sweep.json, sweep.md, pareto.png and report.html into ``output``.
 
     Every candidate is evaluated as a build of it would be (cached, so a rerun resumes);
     ``quantize='auto'`` is none plus what the profile runs fastest. ``total(n)`` is told the
-    number of candidates and ``advance(outcome)`` each one as it is done (progress).
+    number of candidates and ``advance(outcome)`` each one as it is done (progress). ``mlflow``:
+    log the sweep to that MLflow tracking URI ('' for the default, as ``--mlflow`` without a value).
     """
     bad = [k for k in strategies if k not in SWEEP_STRATEGIES]
     if bad or not strategies:
@@ -93,6 +95,7 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
     if Path(output).exists() and not Path(output).is_dir():
         raise InputError(f"-o {output} exists and is not a folder")
     check_writable(Path(output))
+    tracking = check_tracking(mlflow) if mlflow is not None else None
     workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec))
     prof = load_profile(profile)
     base = make_plan(workload, prof, "none", None, "auto" if quantize == "auto" else "none", format, criterion)
@@ -110,7 +113,14 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
             CandidateEvaluator(ctx, base, use_cache) as evaluator:
         outcomes = run_sweep(evaluator, candidates, advance)
     title = f"{workload.name} on {prof.name} ({base.format})"
-    return write_sweep(outcomes, Path(output), workload.metric, workload.higher_is_better, title)
+    summary = write_sweep(outcomes, Path(output), workload.metric, workload.higher_is_better, title)
+    if tracking is not None:
+        options = {"model": str(workload_or_spec) if not isinstance(workload_or_spec, Workload) else workload.name,
+                   "profile": prof.name, "format": base.format, "strategies": ",".join(strategies),
+                   "sparsities": ",".join(f"{a:g}" for a in sparsities), "quantize": ",".join(precisions),
+                   "criterion": criterion, "measure_here": measure_here}
+        log_sweep(summary, options, Path(output), tracking)
+    return summary
 
 
 def _workload_and_spec(workload_or_spec: Workload | str | Path) -> tuple[Workload | None, str]:

@@ -5,6 +5,7 @@ Each stage is a public function of its own module; this one only puts them in or
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +21,9 @@ from edgeprune.planning import Plan, make_plan
 from edgeprune.profile import load_profile
 from edgeprune.prune.stage import check_prunable
 from edgeprune.report import ModelCounts, Report, write_report
+from edgeprune.report.mlflow_run import check_tracking, log_build
 from edgeprune.search import Context, Evaluation, choose_plan, evaluate
-from edgeprune.search.evaluate import silent_step
+from edgeprune.search.evaluate import profile_layers, silent_step
 from edgeprune.specs import load_workload
 from edgeprune.stats import model_stats
 from edgeprune.target import BuildOptions
@@ -36,6 +38,7 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
     passes one it holds). Bad input raises InputError before anything is written.
     """
     check_output_folder(Path(options.output))
+    tracking = check_tracking(options.mlflow) if options.mlflow is not None else None
     with step("load workload and profile"):
         profile = load_profile(options.profile)
         workload = workload or load_workload(options.model)
@@ -66,17 +69,31 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
         final = Path(options.output)
         with staged_output(final) as stage:
             evaluation = evaluate(ctx, plan, stage, step=step)
+            with step("profile layers with ONNX Runtime"):  # its own sessions, after the timing
+                layers = profile_layers(ctx, evaluation)
             hf_model = None
             if is_hf_causal_lm_workload(workload):
                 with step("save the pruned model as a Hugging Face directory"):
                     hf_model = save_causal_lm(evaluation, workload, stage, final)
-            report = assemble_report(workload, profile.name, before, evaluation, ctx, stage, final, search, hf_model)
+            report = assemble_report(workload, profile.name, before, evaluation, ctx, stage, final, search, hf_model,
+                                     layers)
             write_report(report, stage)
+    if tracking is not None:
+        with step(f"log the run to MLflow ({tracking})"):
+            log_build(report.to_dict(), logged_options(options), final, tracking)
     return report
 
 
+def logged_options(options: BuildOptions) -> dict:
+    """Returns the options of a build as an MLflow run records them: those set, budgets apart (the report has them)."""
+    skip = {"host", "budgets", "mlflow"}
+    return {f.name: str(getattr(options, f.name)) for f in dataclasses.fields(options)
+            if f.name not in skip and getattr(options, f.name) is not None}
+
+
 def assemble_report(workload: Workload, profile: str, before: dict, evaluation: Evaluation, ctx: Context,
-                    stage: Path, final: Path, search: dict | None, hf_model: dict | None) -> Report:
+                    stage: Path, final: Path, search: dict | None, hf_model: dict | None,
+                    layers: dict | None = None) -> Report:
     """Returns the build's report: the evaluation's figures, the budgets checked against them, the verdict."""
     verification = evaluation.verification
     budgets = check_budgets(evaluation.measurements(), ctx.budgets)
@@ -97,6 +114,7 @@ def assemble_report(workload: Workload, profile: str, before: dict, evaluation: 
         model=ModelCounts(before["params"], after["params"], after["nonzero_params"], before["macs"], after["macs"]),
         artifact=artifact, latency=evaluation.latency, memory=evaluation.memory, accuracy=evaluation.accuracy or {},
         budgets=budgets, passed=verification.passed and all(b["met"] for b in budgets), notes=notes, search=search,
+        layers=layers,
     )
 
 

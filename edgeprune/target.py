@@ -48,6 +48,7 @@ class BuildOptions:
     threads: int | None = None
     palettize: int | None = None
     measure_here: bool = False
+    mlflow: str | None = None
     host: Host | None = None
 
 
@@ -74,7 +75,7 @@ def options_from(spec: str, given: dict[str, Any], default_output: Path | None =
 
 
 # the same rules for flags, target files and Python calls
-TEXT_OPTIONS = ("model", "profile", "strategy", "criterion", "nm", "quantize", "format", "device")
+TEXT_OPTIONS = ("model", "profile", "strategy", "criterion", "nm", "quantize", "format", "device", "mlflow")
 
 
 def check_option_types(options: dict[str, Any]) -> None:

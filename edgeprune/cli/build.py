@@ -19,6 +19,12 @@ def _palettize(_ctx, _param, value):
     return int(value) if value else None
 
 
+MLFLOW_HELP = ("Log the run to MLflow (pip install 'edgeprune[mlflow]'): parameters, every figure of the report "
+               "as a metric, the files as artifacts. URI: file:/path, a folder, http(s)://server; without one, "
+               "MLFLOW_TRACKING_URI or else ./mlruns (a file store). Give a value as --mlflow=URI.")
+MLFLOW_OPTION = click.option("--mlflow", is_flag=False, flag_value="", default=None, metavar="[URI]", help=MLFLOW_HELP)
+
+
 # The options of `build` and `plan`, each a target-file key too (with dashes or underscores).
 PLAN_OPTIONS = [
     click.option("--profile", help="Profile name or path to a .toml profile."),
@@ -49,6 +55,7 @@ BUILD_OPTIONS = PLAN_OPTIONS + [
                  help="Measure on this machine even where its CPU is not the profile's (different kernels "
                       "or fewer cores); the report records it and how the machine differs."),
     click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Build folder."),
+    MLFLOW_OPTION,
 ]
 
 
@@ -68,7 +75,11 @@ def _with(options):
 def build(model_or_target: str, as_json: bool, **given) -> None:
     """Build MODEL_OR_TARGET (path/to/workload.py[:function] or targets/NAME.toml) for a profile.
 
-    Exit codes: 0 built and every budget met; 2 bad input; 3 built but a budget was missed.
+    The output folder gets the artifact, report.json, report.md and report.html (one
+    self-contained page: budgets, plan, latency spread, per-layer profile).
+
+    Exit codes: 0 built and every budget met; 2 bad input; 3 built but a budget was missed;
+    130 interrupted.
     """
     from edgeprune.pipeline import run_build
     from edgeprune.report import render_markdown
@@ -113,7 +124,7 @@ def plan_cmd(model_or_target: str, as_json: bool, **given) -> None:
 @click.argument("model")
 @click.option("--profile", required=True, help="Profile name or path to a .toml profile.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for sweep.json, sweep.md and pareto.png.")
+              help="Folder for sweep.json, sweep.md, pareto.png and report.html.")
 @click.option("--strategies", default="structured,unstructured,nm", show_default=True)
 @click.option("--sparsities", default="0.25,0.5,0.75", show_default=True)
 @click.option("--quantize", default="auto", show_default=True,
@@ -123,10 +134,11 @@ def plan_cmd(model_or_target: str, as_json: bool, **given) -> None:
 @click.option("--no-cache", is_flag=True, help="Re-evaluate candidates even when cached.")
 @click.option("--measure-here", is_flag=True,
               help="Measure on this machine even where its CPU is not the profile's (see build --help).")
+@MLFLOW_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsities: str, quantize: str, fmt: str,
-              criterion: str | None, no_cache: bool, measure_here: bool, as_json: bool) -> None:
-    """Evaluate strategies x sparsities x quantization; write the table and the Pareto plot."""
+              criterion: str | None, no_cache: bool, measure_here: bool, mlflow: str | None, as_json: bool) -> None:
+    """Evaluate strategies x sparsities x quantization; write the table, the Pareto plot and report.html."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgeprune.api import sweep
@@ -144,7 +156,8 @@ def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsitie
     try:
         summary = sweep(model, profile, output, strategies=csv(str, strategies, "--strategies"),
                         sparsities=csv(float, sparsities, "--sparsities"), quantize=precisions, format=fmt,
-                        criterion=criterion, use_cache=not no_cache, measure_here=measure_here, total=start,
+                        criterion=criterion, use_cache=not no_cache, measure_here=measure_here, mlflow=mlflow,
+                        total=start,
                         advance=lambda o: bar.update(task, advance=1, description=f"sweep: {o.candidate.label}"))
     finally:
         bar.stop()
@@ -152,7 +165,7 @@ def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsitie
         emit_json(summary)
     else:
         click.echo((output / "sweep.md").read_text())
-        err.print(f"wrote {output}/sweep.json, sweep.md, pareto.png")
+        err.print(f"wrote {output}/sweep.json, sweep.md, pareto.png, report.html")
 
 
 @click.command()

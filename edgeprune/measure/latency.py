@@ -167,13 +167,14 @@ def measure_here(timing: Timing, artifact: Artifact, baseline: Path, same_as_bas
         "runtime": "onnxruntime " + _ort_version(),
         **here.to_dict(),
         "batch": int(inputs[0].shape[0]),
-        **{k: round(v, 4) if isinstance(v, float) else v for k, v in mine.to_dict().items()},
+        **_rounded(mine.to_dict()),
         "seconds": round(seconds, 2),
     }
     if timing.final:
         base = stats.get("baseline", mine)
         section.update({"baseline_median_ms": round(base.median_ms, 4),
-                        "speedup": round(base.median_ms / mine.median_ms, 4)})
+                        "speedup": round(base.median_ms / mine.median_ms, 4),
+                        "baseline": _rounded(base.to_dict())})
     return section
 
 
@@ -208,7 +209,7 @@ def measure_on_agent(timing: Timing, artifact: Artifact, baseline: Path, same_as
         models.append(UploadModel("baseline", "onnx", baseline, runtime, "fp32"))
     reply = timing.agent.measure(models, [t.detach().cpu().numpy() for t in inputs], timing.threads)
     mine = reply["results"]["artifact"]
-    stats = {k: round(v, 4) if isinstance(v, float) else v for k, v in mine.items() if k != "runtime"}
+    stats = _rounded({k: v for k, v in mine.items() if k != "runtime"})
     section = {
         "source": "measured",
         "device": reply["device"],
@@ -223,8 +224,14 @@ def measure_on_agent(timing: Timing, artifact: Artifact, baseline: Path, same_as
         base = reply["results"].get("baseline", mine)
         section.update({"baseline_median_ms": round(float(base["median_ms"]), 4),
                         "baseline_runtime": base.get("runtime"),
-                        "speedup": round(float(base["median_ms"]) / float(mine["median_ms"]), 4)})
+                        "speedup": round(float(base["median_ms"]) / float(mine["median_ms"]), 4),
+                        "baseline": _rounded({k: v for k, v in base.items() if k != "runtime"})})
     return section
+
+
+def _rounded(stats: dict) -> dict:
+    """Returns latency statistics with their times rounded to 0.1 µs, as the report keeps them."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}
 
 
 def _ort_version() -> str:

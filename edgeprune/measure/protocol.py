@@ -14,6 +14,7 @@ class LatencyStats:
 
     ``spread`` is the relative difference between the slowest and fastest round medians:
     how much the median moved across rounds. A gate cannot decide a budget closer than that.
+    The quartiles, p99 and max describe the distribution of single runs (report.html draws it).
     """
 
     median_ms: float
@@ -23,6 +24,10 @@ class LatencyStats:
     rounds: int
     spread: float
     stable: bool
+    p25_ms: float | None = None
+    p75_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,11 +69,15 @@ def _warmup(fn: Callable[[], object], seconds: float) -> None:
 def _stats(times: list[float], round_medians: list[float], tolerance: float) -> LatencyStats:
     ordered = sorted(times)
     median = statistics.median(ordered)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
     spread = (max(round_medians) - min(round_medians)) / median if median > 0 else 0.0
     return LatencyStats(
-        median_ms=median, p90_ms=p90, min_ms=ordered[0], runs=len(times),
+        median_ms=median, p90_ms=rank(0.9), min_ms=ordered[0], runs=len(times),
         rounds=len(round_medians), spread=spread, stable=spread <= 2 * tolerance,
+        p25_ms=rank(0.25), p75_ms=rank(0.75), p99_ms=rank(0.99), max_ms=ordered[-1],
     )
 
 

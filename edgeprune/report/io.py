@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import EdgepruneError, InputError
+from edgeprune.report.html import render_html
 from edgeprune.report.model import SCHEMA_VERSION, Report
 from edgeprune.report.render import render_markdown
 
@@ -32,8 +33,8 @@ def schema_errors(data: Any) -> list[str]:
     return found
 
 
-def write_report(report: Report, folder: Path) -> tuple[Path, Path]:
-    """Returns the paths of report.json and report.md written into the folder.
+def write_report(report: Report, folder: Path) -> tuple[Path, Path, Path]:
+    """Returns the paths of report.json, report.md and report.html written into the folder.
 
     A report that does not match the schema, or holds NaN or infinity (not JSON), is a
     defect of the build: it raises instead of writing something a reader would refuse.
@@ -45,9 +46,11 @@ def write_report(report: Report, folder: Path) -> tuple[Path, Path]:
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     json_path = folder / "report.json"
     md_path = folder / "report.md"
+    html_path = folder / "report.html"
     json_path.write_text(text)
     md_path.write_text(render_markdown(data))
-    return json_path, md_path
+    html_path.write_text(render_html(data))
+    return json_path, md_path, html_path
 
 
 def read_report(path: str | Path) -> Report:

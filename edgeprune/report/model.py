@@ -42,6 +42,7 @@ class Report:
     passed: bool
     notes: list[str] = field(default_factory=list)
     search: dict[str, Any] | None = None
+    layers: dict[str, Any] | None = None
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,7 +50,7 @@ class Report:
         out: dict[str, Any] = {"schema": self.schema}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "schema" or (f.name == "search" and value is None):
+            if f.name == "schema" or (f.name in ("search", "layers") and value is None):
                 continue
             out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         return out

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def fmt(value: Any, digits: int = 4) -> str:
+    """Returns a report figure as the tables show it: 4 significant digits, thousands separated, — for none."""
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -17,7 +18,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _ratio(after: float | None, before: float | None) -> str:
+def ratio(after: float | None, before: float | None) -> str:
+    """Returns after / before as a percentage, — when either is missing."""
     if not after or not before:
         return "—"
     return f"{after / before:.1%}"
@@ -34,7 +36,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# edgeprune build: {report.get('workload', 'model')} for {report.get('profile')} — {verdict}",
         "",
-        f"Strategy **{s.get('kind')}** (sparsity {_fmt(s.get('sparsity'))}), quantization "
+        f"Strategy **{s.get('kind')}** (sparsity {fmt(s.get('sparsity'))}), quantization "
         f"**{s.get('quantization')}**, format **{a.get('format')}** ({a.get('precision')}).",
         "",
     ]
@@ -42,26 +44,26 @@ def render_markdown(report: dict) -> str:
         lines += ["Why:", *[f"- {r}" for r in s["reasons"]], ""]
     lines += [
         "| | before | after | ratio |", "|---|---|---|---|",
-        f"| parameters | {_fmt(m.get('params_before'))} | {_fmt(m.get('params_after'))} | {_ratio(m.get('params_after'), m.get('params_before'))} |",
-        f"| non-zero parameters | {_fmt(m.get('params_before'))} | {_fmt(m.get('nonzero_params_after'))} | {_ratio(m.get('nonzero_params_after'), m.get('params_before'))} |",
-        f"| MACs | {_fmt(m.get('macs_before'))} | {_fmt(m.get('macs_after'))} | {_ratio(m.get('macs_after'), m.get('macs_before'))} |",
+        f"| parameters | {fmt(m.get('params_before'))} | {fmt(m.get('params_after'))} | {ratio(m.get('params_after'), m.get('params_before'))} |",
+        f"| non-zero parameters | {fmt(m.get('params_before'))} | {fmt(m.get('nonzero_params_after'))} | {ratio(m.get('nonzero_params_after'), m.get('params_before'))} |",
+        f"| MACs | {fmt(m.get('macs_before'))} | {fmt(m.get('macs_after'))} | {ratio(m.get('macs_after'), m.get('macs_before'))} |",
         "",
     ]
     verified = a.get("verified", {})
     lines += [
-        f"Artifact: `{a.get('path')}`, {_fmt(a.get('size_bytes'))} bytes; verified "
+        f"Artifact: `{a.get('path')}`, {fmt(a.get('size_bytes'))} bytes; verified "
         f"{verified.get('method', '—')}: {'passed' if verified.get('passed') else 'FAILED'}"
-        + (f" (max abs diff {_fmt(verified.get('max_abs_diff'), 3)}, top-1 agreement {_fmt(verified.get('agreement'))})"
+        + (f" (max abs diff {fmt(verified.get('max_abs_diff'), 3)}, top-1 agreement {fmt(verified.get('agreement'))})"
            if verified.get("method") == "numeric" else "")
         + ".",
         "",
     ]
     if lat:
         lines += [
-            f"Latency ({lat.get('source')}, {lat.get('device')}): median {_fmt(lat.get('median_ms'))} ms, "
-            f"p90 {_fmt(lat.get('p90_ms'))} ms over {_fmt(lat.get('runs'))} runs"
+            f"Latency ({lat.get('source')}, {lat.get('device')}): median {fmt(lat.get('median_ms'))} ms, "
+            f"p90 {fmt(lat.get('p90_ms'))} ms over {fmt(lat.get('runs'))} runs"
             + (f", spread {lat['spread']:.1%}" if lat.get("spread") is not None else "")
-            + (f"; dense fp32 baseline {_fmt(lat.get('baseline_median_ms'))} ms, speed-up {_fmt(lat.get('speedup'), 3)}x"
+            + (f"; dense fp32 baseline {fmt(lat.get('baseline_median_ms'))} ms, speed-up {fmt(lat.get('speedup'), 3)}x"
                if lat.get("baseline_median_ms") else "")
             + ".",
             "",
@@ -72,14 +74,14 @@ def render_markdown(report: dict) -> str:
             lines += [lat["note"][:1].upper() + lat["note"][1:].rstrip(".") + ".", ""]
     if acc:
         lines += [
-            f"{acc.get('metric', 'metric')}: dense {_fmt(acc.get('baseline'))}, built {_fmt(acc.get('pruned'))}, "
-            f"drop {_fmt(acc.get('drop'))}" + (f" ({acc['note']})" if acc.get("note") else "") + ".",
+            f"{acc.get('metric', 'metric')}: dense {fmt(acc.get('baseline'))}, built {fmt(acc.get('pruned'))}, "
+            f"drop {fmt(acc.get('drop'))}" + (f" ({acc['note']})" if acc.get("note") else "") + ".",
             "",
         ]
     if report.get("budgets"):
         lines += ["| budget | limit | value | met |", "|---|---|---|---|"]
         for b in report["budgets"]:
-            lines.append(f"| {b['name']} | {_fmt(b['limit'])} | {_fmt(b['value'])} | "
+            lines.append(f"| {b['name']} | {fmt(b['limit'])} | {fmt(b['value'])} | "
                          f"{'yes' if b['met'] else '**no**'}{' — ' + b['note'] if b.get('note') else ''} |")
         lines.append("")
     if report.get("notes"):

@@ -125,14 +125,37 @@ def evaluate(ctx: Context, plan: Plan, folder: Path, *, final: bool = True, scor
     timing = ctx.timing(final)
     here = timing.stand_in(artifact.precision).here and artifact.measure_path is not None
     with step("measure latency" if ctx.agent or here or artifact.latency else "estimate latency"):
-        same = not plan.prunes and plan.precision == "fp32" and artifact.format == "onnx"
-        latency, memory = latency_of(timing, artifact, pruned.model, workload.example_inputs,
-                                     artifact.measure_path if same else ctx.dense_onnx(), same)
+        baseline, same = baseline_graph(ctx, plan, artifact)
+        latency, memory = latency_of(timing, artifact, pruned.model, workload.example_inputs, baseline, same)
     evaluation = Evaluation(plan, pruned, stats, artifact, verification, latency, memory)
     if score:
         with step("evaluate accuracy on the artifact"):
             score_artifact(ctx, evaluation, predict)
     return evaluation
+
+
+def baseline_graph(ctx: Context, plan: Plan, artifact: Artifact) -> tuple[Path, bool]:
+    """Returns the dense graph an artifact's speed-up is against, and whether that is the artifact itself."""
+    same = not plan.prunes and plan.precision == "fp32" and artifact.format == "onnx"
+    return (artifact.measure_path if same else ctx.dense_onnx()), same
+
+
+def profile_layers(ctx: Context, evaluation: Evaluation) -> dict:
+    """Returns the report's per-layer section for an evaluated plan, profiled after its latency was timed.
+
+    A profile that fails (an operator the profiler trips on) is recorded as unavailable: it
+    explains a build, it never fails one.
+    """
+    from edgeprune.measure.layer_profile import layer_profile
+
+    artifact = evaluation.artifact
+    try:
+        baseline, same = baseline_graph(ctx, evaluation.plan, artifact)
+        here = ctx.timing(True).stand_in(artifact.precision)
+        return layer_profile(artifact, evaluation.pruned.model, ctx.workload.example_inputs, baseline, same,
+                             ctx.profile, here)
+    except Exception as exc:
+        return {"source": "unavailable", "note": f"no layer profile: {type(exc).__name__}: {exc}"[:300], "rows": []}
 
 
 def verify_artifact(workload: Workload, model, artifact: Artifact, request: LowerRequest,

@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgeprune.report.html import render_sweep_html
+from edgeprune.report.pareto import write_pareto
 from edgeprune.search.candidates import Candidate, CandidateEvaluator, Outcome
 
 
@@ -53,7 +55,7 @@ def _front(outcomes: list[Outcome], cost: str, higher_is_better: bool) -> set[in
 
 
 def write_sweep(outcomes: list[Outcome], folder: Path, metric: str, higher_is_better: bool, title: str) -> dict:
-    """Returns the sweep summary after writing sweep.json, sweep.md and pareto.png into the folder."""
+    """Returns the sweep summary after writing sweep.json, sweep.md, pareto.png and report.html into the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     by_latency = _front(outcomes, "latency_ms", higher_is_better)
     by_size = _front(outcomes, "size_bytes", higher_is_better)
@@ -63,7 +65,8 @@ def write_sweep(outcomes: list[Outcome], folder: Path, metric: str, higher_is_be
     summary = {"title": title, "metric": metric, "higher_is_better": higher_is_better, "candidates": rows}
     (folder / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "sweep.md").write_text(_markdown(rows, metric, title))
-    _plot(rows, folder / "pareto.png", metric, title)
+    svg = write_pareto(rows, folder / "pareto.png", metric, title)
+    (folder / "report.html").write_text(render_sweep_html(summary, svg))
     return summary
 
 
@@ -83,45 +86,3 @@ def _markdown(rows: list[dict], metric: str, title: str) -> str:
     lines += ["", "★ Pareto-optimal: no other candidate is both cheaper and at least as accurate.",
               "Latency source: measured here, or estimated from the profile (roofline); never mixed silently.", ""]
     return "\n".join(lines)
-
-
-def _plot(rows: list[dict], path: Path, metric: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    panels = (("latency_ms", "latency (ms)", "pareto_latency"), ("size_bytes", "size (MB)", "pareto_size"))
-    colors = {"none": "black", "structured": "tab:blue", "unstructured": "tab:orange", "nm": "tab:green",
-              "hybrid": "tab:purple"}
-    for ax, (key, label, front_key) in zip(axes, panels, strict=True):
-        pts = [r for r in rows if r[key] is not None and r["metric"] is not None]
-        for r in pts:
-            x = r[key] / 1e6 if key == "size_bytes" else r[key]
-            kind = r["candidate"]["kind"] if r["candidate"]["sparsity"] > 0 or r["candidate"]["kind"] == "nm" else "none"
-            marker = "o" if r["latency_source"] == "measured" or key == "size_bytes" else "^"
-            filled = r[front_key]
-            ax.scatter(x, r["metric"], marker=marker, s=70 if filled else 40,
-                       facecolors=colors.get(kind, "gray") if filled else "none",
-                       edgecolors=colors.get(kind, "gray"), linewidths=1.5, zorder=3)
-            q = r["candidate"]["quantize"]
-            ax.annotate(f"{r['candidate']['sparsity']:.2g}" + ("" if q == "none" else f" {q}"), (x, r["metric"]),
-                        fontsize=7, xytext=(4, 3), textcoords="offset points")
-        front = sorted((r[key] / 1e6 if key == "size_bytes" else r[key], r["metric"]) for r in pts if r[front_key])
-        if front:
-            ax.plot(*zip(*front, strict=True), color="gray", linestyle="--", linewidth=1, zorder=2)
-        ax.set_xlabel(label)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=k) for k, c in colors.items()]
-    handles += [plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="gray", label="measured"),
-                plt.Line2D([], [], marker="^", linestyle="", markerfacecolor="none", color="gray", label="estimated"),
-                plt.Line2D([], [], marker="o", linestyle="", color="gray", label="Pareto-optimal (filled)")]
-    fig.legend(handles=handles, loc="lower center", ncol=8, fontsize=8, frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
