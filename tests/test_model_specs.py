@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from conftest import run_main
 from tests.zoo import resnet
+
+from conftest import run_main
 
 
 def _skip_reason(module: str) -> str | None:
