@@ -5,15 +5,27 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
-import click
-from rich.markup import escape
 
-from edgeprune.cli.build import build, check, plan_cmd, sweep_cmd
-from edgeprune.cli.common import err
-from edgeprune.cli.device import agent, bench, trt_build
-from edgeprune.cli.profiles import profiles
-from edgeprune.errors import BudgetMissed, EdgepruneError
+def _interrupted_while_starting(signum, frame) -> None:
+    os.write(2, b"interrupted\n")  # nothing has been written yet: nothing to clean up
+    os._exit(130)
+
+
+# As the program (`edgeprune ...`, `python -m edgeprune.cli`), a Ctrl-C while the libraries below
+# import is an interrupt like any other; main() puts its own handler in place once they have.
+if sys.argv and (sys.argv[0] == "-m" or Path(sys.argv[0]).name == "edgeprune"):
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import click  # noqa: E402
+from rich.markup import escape  # noqa: E402
+
+from edgeprune.cli.build import build, check, plan_cmd, sweep_cmd  # noqa: E402
+from edgeprune.cli.common import err  # noqa: E402
+from edgeprune.cli.device import agent, bench, trt_build  # noqa: E402
+from edgeprune.cli.profiles import profiles  # noqa: E402
+from edgeprune.errors import BudgetMissed, EdgepruneError  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
