@@ -16,40 +16,19 @@ with one thread on a shared two-core machine). To retrain on purpose: ``python e
 
 from __future__ import annotations
 
-import math
-import shutil
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import edgeprune
 from edgeprune.llm import causal_lm_workload
 from edgeprune.llm.text import pydoc_corpus
-from edgeprune.llm.workload import sample_windows, tokenize
+from edgeprune.llm.train import byte_level_bpe, save_fp16, train_causal_lm
+from edgeprune.llm.workload import tokenize
 
 WEIGHTS = Path(__file__).with_name("weights") / "tiny_lm"
 SEQ_LEN = 128
 VOCAB = 1024
-
-
-def build_tokenizer(text: str):
-    """Returns a byte-level BPE tokenizer (transformers fast tokenizer) trained on ``text``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>"],
-        show_progress=False,
-    )
-    bpe.train_from_iterator([text], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
 def build_model():
@@ -83,45 +62,15 @@ def train(steps: int = 600, batch: int = 16, lr: float = 5e-3, seed: int = 0, lo
     """
     torch.manual_seed(seed)
     train_text, _ = pydoc_corpus()
-    tokenizer = build_tokenizer(train_text)
+    tokenizer = byte_level_bpe(train_text, VOCAB)
     ids = tokenize(tokenizer, train_text)
-    model = build_model()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    warmup = steps // 20
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    model.train()
-    start = time.perf_counter()
-    for step in range(steps):
-        windows = sample_windows(ids, SEQ_LEN + 1, batch, seed=seed * 100003 + step)
-        logits = model(input_ids=windows[:, :-1], use_cache=False).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if log and (step % 50 == 0 or step == steps - 1):
-            print(f"step {step:4d} loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    return model.eval(), tokenizer
+    model = train_causal_lm(build_model(), ids, seq_len=SEQ_LEN, steps=steps, batch=batch, lr=lr, seed=seed, log=log)
+    return model, tokenizer
 
 
 def save(model, tokenizer, path: Path = WEIGHTS) -> Path:
     """Returns ``path`` after saving the model (fp16 safetensors) and tokenizer there."""
-    # written beside the target and moved in whole, so a half-written directory never loads
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.half().save_pretrained(str(tmp), safe_serialization=True)
-    model.float()
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.replace(path)
-    return path
+    return save_fp16(model, tokenizer, path)
 
 
 def ensure_weights() -> Path:

@@ -1,7 +1,8 @@
 """Pruning decoder language models from Hugging Face transformers (the ``edgeprune[llm]`` extra).
 
 Block-by-block calibration; unstructured and N:M sparsity by magnitude, Wanda or SparseGPT;
-FASP-style width pruning with least-squares restoration; perplexity workloads; pruned models
+FASP-style width pruning with least-squares restoration; perplexity workloads, on one held-out
+text or per named slice of held-out text; the recipe that trains the example LMs; pruned models
 saved as directories that ``AutoModelForCausalLM.from_pretrained`` loads. transformers is
 imported only when a function here needs it.
 """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -14,6 +14,8 @@ from edgeprune.llm.logits import CausalLMLogits
 from edgeprune.llm.save import load_causal_lm
 from edgeprune.llm.text import pydoc_corpus, read_text, split_text
 from edgeprune.workload import Workload
+
+OVERALL = "overall"  # the pooled figure's key when evaluate scores slices
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
@@ -38,8 +40,10 @@ def sample_windows(ids: torch.Tensor, seq_len: int, count: int, seed: int = 0) -
 
 
 @torch.no_grad()
-def perplexity(predict: Callable[..., torch.Tensor], windows: torch.Tensor, batch_size: int = 8) -> float:
-    """Returns exp(mean next-token negative log-likelihood) of ``predict`` over the windows.
+def negative_log_likelihood(
+    predict: Callable[..., torch.Tensor], windows: torch.Tensor, batch_size: int = 8
+) -> tuple[float, int]:
+    """Returns (summed next-token negative log-likelihood, tokens predicted) over the windows.
 
     Each window is scored on its own: position t predicts token t + 1 from tokens 0..t.
     """
@@ -53,7 +57,53 @@ def perplexity(predict: Callable[..., torch.Tensor], windows: torch.Tensor, batc
         )
         total_nll += float(nll)
         total_tokens += ids[:, 1:].numel()
-    return math.exp(total_nll / total_tokens)
+    return total_nll, total_tokens
+
+
+def perplexity(predict: Callable[..., torch.Tensor], windows: torch.Tensor, batch_size: int = 8) -> float:
+    """Returns exp(mean next-token negative log-likelihood) of ``predict`` over the windows."""
+    nll, tokens = negative_log_likelihood(predict, windows, batch_size)
+    return math.exp(nll / tokens)
+
+
+def slice_perplexities(
+    predict: Callable[..., torch.Tensor], slices: Mapping[str, torch.Tensor], batch_size: int = 8
+) -> dict[str, float]:
+    """Returns ``{"overall": pooled perplexity, slice: perplexity, ...}`` over each slice's windows.
+
+    The pooled figure is exp of the mean negative log-likelihood over every predicted token
+    of every slice, so a slice weighs in by its token count.
+    """
+    scored = {name: negative_log_likelihood(predict, windows, batch_size) for name, windows in slices.items()}
+    pooled_nll = sum(nll for nll, _ in scored.values())
+    pooled_tokens = sum(tokens for _, tokens in scored.values())
+    return {
+        OVERALL: math.exp(pooled_nll / pooled_tokens),
+        **{name: math.exp(nll / tokens) for name, (nll, tokens) in scored.items()},
+    }
+
+
+def eval_slices(
+    tokenizer, eval_texts: Mapping[str, Sequence[str]], seq_len: int, limit: int | None
+) -> dict[str, torch.Tensor]:
+    """Returns each slice's held-out windows: its texts tokenised one by one, then cut into windows.
+
+    InputError for a slice named ``overall``, a slice with no text, or one too short for a window.
+    """
+    if not isinstance(eval_texts, Mapping) or not eval_texts:
+        raise InputError("eval_texts must be a non-empty mapping of slice name -> list of texts")
+    slices: dict[str, torch.Tensor] = {}
+    for name, texts in eval_texts.items():
+        if not isinstance(name, str) or not name or name == OVERALL:
+            raise InputError(f"eval_texts slice name {name!r} is not allowed: give a non-empty name other than {OVERALL!r}")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InputError(f"eval_texts[{name!r}] must be a list of strings")
+        ids = [tokenize(tokenizer, text) for text in texts if text.strip()]
+        windows = token_windows(torch.cat(ids) if ids else torch.empty(0, dtype=torch.long), seq_len, limit)
+        if len(windows) == 0:
+            raise InputError(f"eval_texts[{name!r}] is too short for one sequence of {seq_len} tokens")
+        slices[name] = windows
+    return slices
 
 
 def causal_lm_workload(
@@ -65,6 +115,7 @@ def causal_lm_workload(
     eval_samples: int | None = 128,
     finetune_samples: int = 256,
     name: str | None = None,
+    eval_texts: Mapping[str, Sequence[str]] | None = None,
 ) -> Workload:
     """Returns a Workload for the Hugging Face causal LM saved in the directory ``path``.
 
@@ -74,7 +125,11 @@ def causal_lm_workload(
     seq_len: tokens per sequence, pinned: calibration, evaluation and the exported model's
         input all use it.
     samples: calibration sequences, drawn at random offsets of the training text.
-    eval_samples: held-out windows scored by ``evaluate`` (None: all of them).
+    eval_samples: held-out windows scored by ``evaluate`` (None: all of them); with
+        ``eval_texts``, the most scored per slice.
+    eval_texts: slice name -> held-out texts (say, one slice a language). Then the whole of
+        ``text`` gives calibration and fine-tuning windows, and ``evaluate`` returns
+        ``{"overall": pooled perplexity, slice: perplexity, ...}`` instead of one float.
 
     The Workload's model maps ``input_ids`` (batch, seq_len) to logits; its metric is
     perplexity (lower is better); ``extras`` holds the source directory, the tokenizer and
@@ -92,11 +147,21 @@ def causal_lm_workload(
     if text is None:
         train_text, heldout_text = pydoc_corpus()
         source = "pydoc_data.topics"
+    elif eval_texts is not None:
+        train_text, heldout_text = read_text(text), ""
+        source = str(text)
     else:
         train_text, heldout_text = split_text(read_text(text))
         source = str(text)
     train_ids = tokenize(tokenizer, train_text)
-    heldout = token_windows(tokenize(tokenizer, heldout_text), seq_len, eval_samples)
+    if eval_texts is None:
+        heldout = token_windows(tokenize(tokenizer, heldout_text), seq_len, eval_samples)
+        slices = {}
+        evaluate = lambda predict: perplexity(predict, heldout)  # noqa: E731
+    else:
+        slices = eval_slices(tokenizer, eval_texts, seq_len, eval_samples)
+        heldout = torch.cat(list(slices.values()))
+        evaluate = lambda predict: slice_perplexities(predict, slices)  # noqa: E731
     if len(train_ids) < seq_len + 1 or len(heldout) == 0:
         raise InputError(f"text {source} is too short for sequences of {seq_len} tokens")
     calibration = sample_windows(train_ids, seq_len, samples)
@@ -105,7 +170,7 @@ def causal_lm_workload(
         model=CausalLMLogits(lm),
         example_inputs=(calibration[:1],),
         calibration=[(window.unsqueeze(0),) for window in calibration],
-        evaluate=lambda predict: perplexity(predict, heldout),
+        evaluate=evaluate,
         finetune_data=[(finetune[i : i + 8],) for i in range(0, len(finetune), 8)],
         metric="perplexity",
         higher_is_better=False,
@@ -117,5 +182,6 @@ def causal_lm_workload(
             "seq_len": seq_len,
             "text": source,
             "eval_tokens": heldout.numel(),
+            **({"slice_tokens": {name: windows.numel() for name, windows in slices.items()}} if slices else {}),
         },
     )
