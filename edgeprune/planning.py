@@ -133,7 +133,8 @@ def choose_strategy(layers: list[Layer], profile: Profile, budgets: Budgets, fmt
         reasons.append(f"{nm.pattern} would cover only {share:.0%} of the MACs: layers under "
                        f"{nm.min_channels} channels gain nothing from sparse kernels")
 
-    if budgets.max_size_mb is not None and budgets.latency_ms is None and profile.sparsity.unstructured and fmt == "coreml":
+    if budgets.max_size_mb is not None and not budgets.on_latency() and profile.sparsity.unstructured \
+            and fmt == "coreml":
         reasons.append("the budget is on size, not speed: unstructured sparsity keeps the most accuracy per "
                        "byte, and Core ML stores it as sparse weights")
         return "unstructured", reasons, details
@@ -210,7 +211,7 @@ def make_plan(
         nm_pair = nm_pair if kind == "nm" else None
         top = 1 - nm_pair[0] / nm_pair[1] if nm_pair else (0.8 if kind == "structured" else 0.9)
         if sparsity is None:
-            if budgets.latency_ms is None and budgets.max_size_mb is None:
+            if not budgets.on_latency() and budgets.max_size_mb is None:
                 sparsity = 0.0
                 reasons.append("no latency or size budget: nothing to prune for, the model stays dense")
             else:
