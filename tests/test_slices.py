@@ -44,15 +44,18 @@ def test_a_slice_that_drops_more_than_the_budget_fails_the_build_naming_the_clas
 
 
 def test_the_search_does_not_choose_a_candidate_whose_worst_slice_misses_the_budget(tmp_path):
-    # 0.5 MB in fp32 needs about 70% of the channels gone: before recovery that costs every class dearly
-    proc = run_cli("build", str(DIGITS), "--profile", "x86-avx2", "--max-size-mb", "0.5", "--quantize", "none",
+    # The size search of test_search.py (its candidates come from the shared cache when it ran first): 2 MB
+    # in fp32 takes about 35% of the channels, which before recovery costs a few images, and any one
+    # image more missed in a class is a drop of 1/46 or more there, above the 0.01 allowed here.
+    proc = run_cli("build", str(DIGITS), "--profile", "x86-avx2", "--max-size-mb", "2.0", "--quantize", "none",
                    "--max-slice-drop", "0.01", "--recover", "10", "-o", str(tmp_path / "s"), "--json")
     assert proc.returncode in (0, 3), proc.stderr
     report = json.loads(proc.stdout)
     scored = [c for c in report["search"]["candidates"] if c["metric"] is not None]
     # the least-pruned candidate that meets the size budget, scored before any recovery, misses only the slice budget
     first = scored[0]
-    assert first["recovered_steps"] == 0 and first["worst_slice_drop"] > 0.01 and first["misses"] == ["slice_drop"]
+    assert first["recovered_steps"] == 0 and first["drop"] > 0
+    assert first["worst_slice_drop"] > 0.01 and first["misses"] == ["slice_drop"]
     assert all("slice_drop" in c["misses"] for c in scored if c["worst_slice_drop"] > 0.01)
     budget = {b["name"]: b for b in report["budgets"]}["slice_drop"]
     if proc.returncode == 0:  # recovery brought every class back: the recovered one was chosen, not the first
