@@ -13,7 +13,7 @@ from pathlib import Path
 from edgeprune import __version__
 from edgeprune.backends import Artifact, get_backend
 from edgeprune.errors import UnsupportedError
-from edgeprune.gate import check_budgets
+from edgeprune.gate import check_budgets, refuse_unprovable
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.local import check_measure_flags
 from edgeprune.output import check_output_folder, claimed_output, staged_output
@@ -58,7 +58,8 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
             with step(f"check {plan.format} can lower every operator"):
                 preflight(workload.model, tuple(workload.example_inputs), plan.lower_request(profile, ()))
         with step("score the dense model"):
-            ctx.baseline_metric()  # an evaluate() that fails or returns no number fails here, not after the work
+            baseline = ctx.baseline_score()  # an evaluate() that fails or returns no number fails here, not after the work
+            refuse_unprovable(options.budgets, workload.evaluate is not None, bool(baseline and baseline.slices))
         search = None
         if plan.search is not None:
             low, high = plan.search

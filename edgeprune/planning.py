@@ -133,7 +133,8 @@ def choose_strategy(layers: list[Layer], profile: Profile, budgets: Budgets, fmt
         reasons.append(f"{nm.pattern} would cover only {share:.0%} of the MACs: layers under "
                        f"{nm.min_channels} channels gain nothing from sparse kernels")
 
-    if budgets.max_size_mb is not None and budgets.latency_ms is None and profile.sparsity.unstructured and fmt == "coreml":
+    if budgets.max_size_mb is not None and not budgets.on_latency() and profile.sparsity.unstructured \
+            and fmt == "coreml":
         reasons.append("the budget is on size, not speed: unstructured sparsity keeps the most accuracy per "
                        "byte, and Core ML stores it as sparse weights")
         return "unstructured", reasons, details
@@ -216,7 +217,7 @@ def make_plan(
         if sparsity is None:
             if kind == "none":
                 sparsity = 0.0
-            elif budgets.latency_ms is None and budgets.max_size_mb is None:
+            elif not budgets.on_latency() and budgets.max_size_mb is None:
                 sparsity = 0.0
                 reasons.append("no latency or size budget: nothing to prune for, the model stays dense")
             else:

@@ -22,6 +22,7 @@ from edgeprune.vocabulary import HF_PREFIX, LIBRARY_PREFIXES, MAX_RECOVER_STEPS
 BUDGET_KEYS = {
     "latency_budget_ms": "latency_ms", "latency_stat": "latency_stat", "max_size_mb": "max_size_mb",
     "max_memory_mb": "max_memory_mb", "max_accuracy_drop": "max_accuracy_drop", "estimate_margin": "estimate_margin",
+    "latency_budget_ratio": "latency_ratio", "max_slice_drop": "max_slice_drop",
 }
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 
 from edgeprune.errors import InputError
+from edgeprune.metric import Score, drop, score_of
 
 Inputs = tuple[torch.Tensor, ...]
 Predict = Callable[..., torch.Tensor]
@@ -27,7 +27,9 @@ class Workload:
     calibration: batches of inputs (tuples of tensors) for activation statistics,
         int8 calibration and verification; real data, not noise.
     evaluate: scores a ``predict`` callable (``predict(*inputs) -> output tensor``) so the
-        same function scores the PyTorch model and the lowered artifact.
+        same function scores the PyTorch model and the lowered artifact. It returns a number,
+        or a mapping of slice name -> number (per class, per language): the key "overall" is
+        then the headline metric, and without it the headline is the mean of the slices.
     finetune_data: batches of inputs for recovery by distillation (labels not needed).
     metric: what ``evaluate`` returns; ``higher_is_better`` says which way is good.
     """
@@ -35,7 +37,7 @@ class Workload:
     model: torch.nn.Module
     example_inputs: Sequence[torch.Tensor]
     calibration: Iterable[Sequence[torch.Tensor]] | None = None
-    evaluate: Callable[[Predict], float] | None = None
+    evaluate: Callable[[Predict], float | Mapping[str, float]] | None = None
     finetune_data: Iterable[Sequence[torch.Tensor]] | None = None
     metric: str = "accuracy"
     higher_is_better: bool = True
@@ -65,13 +67,19 @@ class Workload:
 
     def drop(self, baseline: float, value: float) -> float:
         """Returns how much worse ``value`` is than ``baseline`` (positive means worse)."""
-        return baseline - value if self.higher_is_better else value - baseline
+        return drop(baseline, value, self.higher_is_better)
 
     def score(self, predict: Predict) -> float | None:
-        """Returns ``evaluate(predict)`` as a float (None when the workload has no evaluate).
+        """Returns the headline metric of ``evaluate(predict)`` (None when the workload has no evaluate)."""
+        scored = self.score_slices(predict)
+        return None if scored is None else scored.value
 
-        InputError when evaluate raises or returns anything but a finite number: a NaN would
-        pass every budget comparison silently and is not JSON.
+    def score_slices(self, predict: Predict) -> Score | None:
+        """Returns ``evaluate(predict)`` as a Score: the headline and the slices (None without evaluate).
+
+        InputError when evaluate raises or returns anything but a finite number or a non-empty
+        mapping of text -> finite number: a NaN would pass every budget comparison silently
+        and is not JSON.
         """
         if self.evaluate is None:
             return None
@@ -82,23 +90,11 @@ class Workload:
             raise
         except Exception as exc:  # the user's code can raise anything
             raise InputError(f"workload {self.name}: evaluate() failed: {type(exc).__name__}: {_line(exc)}") from exc
-        return finite_metric(value, f"workload {self.name}: evaluate()")
+        return score_of(value, f"workload {self.name}: evaluate()")
 
     def score_model(self, model: torch.nn.Module) -> float | None:
         """Returns the metric of a PyTorch model (the dense one, or a pruned copy)."""
         return self.score(torch_predictor(model))
-
-
-def finite_metric(value: Any, what: str) -> float:
-    """Returns a metric as a float; InputError for anything but a finite real number."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        raise InputError(f"{what} must return a number, got {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise InputError(f"{what} returned {number}: the metric must be a finite number")
-    return number
 
 
 def check_runs(workload: Workload) -> None:

@@ -105,13 +105,25 @@ def accuracy(predict, images: torch.Tensor, labels: torch.Tensor, batch: int = 6
     return correct / len(images)
 
 
+def per_class_accuracy(predict, images: torch.Tensor, labels: torch.Tensor, batch: int = 64) -> dict[str, float]:
+    """Returns top-1 accuracy overall and per class ("digit 0" .. "digit 9"): pruning can cost rare
+    or hard classes far more than the average shows, and edgeprune reports and gates each slice."""
+    predicted = torch.cat([predict(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    correct = predicted == labels
+    out = {"overall": int(correct.sum()) / len(labels)}
+    for digit in range(10):
+        mine = labels == digit
+        out[f"digit {digit}"] = int(correct[mine].sum()) / int(mine.sum())
+    return out
+
+
 def workload() -> edgeprune.Workload:
     x_train, _, x_test, y_test = load_digits_split()
     return edgeprune.Workload(
         model=load_model(),
         example_inputs=(x_test[:1],),
         calibration=[(x_train[i : i + 16],) for i in range(0, 256, 16)],
-        evaluate=lambda predict: accuracy(predict, x_test, y_test),
+        evaluate=lambda predict: per_class_accuracy(predict, x_test, y_test),
         finetune_data=[(x_train[i : i + 32],) for i in range(0, len(x_train), 32)],
         metric="accuracy",
         higher_is_better=True,

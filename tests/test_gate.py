@@ -42,8 +42,47 @@ def test_unproven_budgets_fail():
     assert [r["met"] for r in results] == [False, False, False]
 
 
+SIDE_BY_SIDE = {**MEASURED, "baseline_median_ms": 25.0, "baseline_p90_ms": 40.0, "baseline_spread": 0.01}
+
+
+def test_a_latency_ratio_is_the_artifact_over_the_dense_model_timed_with_it():
+    res = check_budgets(_measured(SIDE_BY_SIDE), Budgets(latency_ratio=0.5))[0]
+    assert res["name"] == "latency_median_ratio" and res["value"] == 0.4 and res["met"] is True
+    assert check_budgets(_measured(SIDE_BY_SIDE), Budgets(latency_ratio=0.35))[0]["met"] is False
+    p90 = check_budgets(_measured(SIDE_BY_SIDE), Budgets(latency_ratio=0.35, latency_stat="p90"))[0]
+    assert p90["name"] == "latency_p90_ratio" and p90["value"] == 0.3 and p90["met"] is True
+    # both measurements' noise counts: 2% + 10% of 0.4 is more than the distance to 0.42
+    noisy = {**SIDE_BY_SIDE, "baseline_spread": 0.10}
+    res = check_budgets(_measured(noisy), Budgets(latency_ratio=0.42))[0]
+    assert res["met"] is False and res["note"].startswith("undecided")
+    # estimated ratios must clear the margin, as estimated milliseconds do
+    est = {**SIDE_BY_SIDE, "source": "estimated", "spread": None}
+    assert check_budgets(_measured(est), Budgets(latency_ratio=0.45))[0]["met"] is False
+    assert check_budgets(_measured(est), Budgets(latency_ratio=0.5))[0]["met"] is True
+
+
+def test_a_latency_ratio_without_the_dense_model_timed_beside_it_is_unproven():
+    res = check_budgets(_measured(MEASURED), Budgets(latency_ratio=0.9))[0]
+    assert res["met"] is False and res["value"] is None and "side by side" in res["note"]
+
+
+def test_the_slice_budget_judges_the_worst_slice_and_names_it():
+    from edgeprune.errors import missed_budgets
+
+    accuracy = {"drop": 0.01, "worst_slice": "digit 8", "slices": [
+        {"name": "digit 3", "baseline": 1.0, "value": 0.98, "drop": 0.02},
+        {"name": "digit 8", "baseline": 1.0, "value": 0.9, "drop": 0.1}]}
+    res = check_budgets(Measurements(accuracy=accuracy), Budgets(max_slice_drop=0.05))[0]
+    assert res == {"name": "slice_drop", "limit": 0.05, "value": 0.1, "met": False, "slice": "digit 8"}
+    assert "slice 'digit 8'" in missed_budgets([res], True)
+    assert check_budgets(Measurements(accuracy=accuracy), Budgets(max_slice_drop=0.1))[0]["met"] is True
+    unproven = check_budgets(Measurements(accuracy={"drop": 0.0}), Budgets(max_slice_drop=0.1))[0]
+    assert unproven["met"] is False and unproven["value"] is None
+
+
 @pytest.mark.parametrize("kwargs", [{"latency_ms": 0}, {"max_size_mb": -1}, {"latency_stat": "p50"},
-                                    {"estimate_margin": 1.5}, {"max_accuracy_drop": -0.1}])
+                                    {"estimate_margin": 1.5}, {"max_accuracy_drop": -0.1},
+                                    {"latency_ratio": 0}, {"max_slice_drop": -0.01}])
 def test_invalid_budgets_are_input_errors(kwargs):
     from edgeprune.errors import InputError
 

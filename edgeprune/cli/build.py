@@ -41,10 +41,16 @@ PLAN_OPTIONS = [
     click.option("--format", "format", type=FORMAT_CHOICE,
                  help="Artifact format (default auto: the profile's preferred runtime)."),
     click.option("--latency-budget-ms", type=float, help="Latency budget in ms (on --latency-stat)."),
+    click.option("--latency-budget-ratio", type=float,
+                 help="Latency budget as a fraction of the dense model's latency, both timed in this build "
+                      "(0.5: at least twice as fast); on --latency-stat."),
     click.option("--latency-stat", type=click.Choice(["median", "p90"]), help="Statistic the latency budget applies to."),
     click.option("--max-size-mb", type=float, help="Artifact size budget in MB (10^6 bytes)."),
     click.option("--max-memory-mb", type=float, help="Peak memory budget in MB (weights + activations)."),
     click.option("--max-accuracy-drop", type=float, help="Largest allowed metric drop (e.g. 0.01 = 1 point)."),
+    click.option("--max-slice-drop", type=float,
+                 help="Largest drop any one slice of the metric may take (evaluate() returns slice -> number; "
+                      "a plain number is bad input, exit 2)."),
     click.option("--estimate-margin", type=float, help="Margin an estimated latency must clear (default 0.2)."),
 ]
 BUILD_OPTIONS = PLAN_OPTIONS + [
@@ -92,6 +98,8 @@ def build(model_or_target: str, as_json: bool, **given) -> None:
     else:
         click.echo(render_markdown(report.to_dict()))
         err.print(f"build written to {options.output}/")
+        for path in sorted(Path(options.output).glob("report.*")):  # report.md, report.json, and any other rendering
+            click.echo(f"  {path}", err=True)
     if not report.passed:
         raise BudgetMissed(missed_budgets(report.budgets, report.artifact["verified"]["passed"]), report)
 
@@ -175,6 +183,8 @@ def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsitie
 @click.option("--max-size-mb", type=float)
 @click.option("--max-memory-mb", type=float)
 @click.option("--max-accuracy-drop", type=float)
+@click.option("--latency-budget-ratio", type=float)
+@click.option("--max-slice-drop", type=float)
 @click.option("--estimate-margin", type=float, default=0.2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def check(report_path: Path, as_json: bool, **limits) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from edgeprune.backends import Artifact, get_backend
 from edgeprune.backends.onnx_tools.export import export_onnx
-from edgeprune.gate import Budgets, check_latency
+from edgeprune.gate import Budgets, latency_undecided
 from edgeprune.host import Host
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.agent_wire import UploadModel
@@ -82,6 +82,7 @@ def latency_of(timing: Timing, artifact: Artifact, model: torch.nn.Module, input
             "median_ms": estimate["estimated_ms"],
             "p90_ms": estimate["estimated_ms"],
             "baseline_median_ms": estimate["baseline_estimated_ms"],
+            "baseline_p90_ms": estimate["baseline_estimated_ms"],
             "speedup": round(estimate["baseline_estimated_ms"] / estimate["estimated_ms"], 4)
             if estimate["estimated_ms"] > 0 else None,
             "note": f"estimated from profile {profile.name}, not measured: {reason}; "
@@ -172,7 +173,8 @@ def measure_here(timing: Timing, artifact: Artifact, baseline: Path, same_as_bas
     }
     if timing.final:
         base = stats.get("baseline", mine)
-        section.update({"baseline_median_ms": round(base.median_ms, 4),
+        section.update({"baseline_median_ms": round(base.median_ms, 4), "baseline_p90_ms": round(base.p90_ms, 4),
+                        "baseline_spread": round(base.spread, 4) if "baseline" in stats else 0.0,
                         "speedup": round(base.median_ms / mine.median_ms, 4),
                         "baseline": _rounded(base.to_dict())})
     return section
@@ -191,7 +193,7 @@ def _decisively(timing: Timing, measure: Callable[[], dict]) -> dict:
 
 def remeasure_if_undecided(first: dict, measure: Callable[[], dict], budgets: Budgets) -> dict:
     """Returns ``first``, or the quieter of it and a second ``measure()`` when ``first`` cannot decide the budget."""
-    if budgets.latency_ms is None or not check_latency(first, budgets).get("note", "").startswith("undecided"):
+    if not latency_undecided(first, budgets):
         return first
     second = measure()
     spreads = [float(m.get("spread") or 0.0) for m in (first, second)]
@@ -223,6 +225,8 @@ def measure_on_agent(timing: Timing, artifact: Artifact, baseline: Path, same_as
     if timing.final:
         base = reply["results"].get("baseline", mine)
         section.update({"baseline_median_ms": round(float(base["median_ms"]), 4),
+                        "baseline_p90_ms": round(float(base.get("p90_ms", base["median_ms"])), 4),
+                        "baseline_spread": round(float(base.get("spread") or 0.0), 4) if base is not mine else 0.0,
                         "baseline_runtime": base.get("runtime"),
                         "speedup": round(float(base["median_ms"]) / float(mine["median_ms"]), 4),
                         "baseline": _rounded({k: v for k, v in base.items() if k != "runtime"})})

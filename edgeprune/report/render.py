@@ -73,17 +73,53 @@ def render_markdown(report: dict) -> str:
         elif lat.get("source") != "measured" and lat.get("note"):
             lines += [lat["note"][:1].upper() + lat["note"][1:].rstrip(".") + ".", ""]
     if acc:
+        headline = f" ({acc['overall']})" if acc.get("overall") else ""
         lines += [
-            f"{acc.get('metric', 'metric')}: dense {fmt(acc.get('baseline'))}, built {fmt(acc.get('pruned'))}, "
-            f"drop {fmt(acc.get('drop'))}" + (f" ({acc['note']})" if acc.get("note") else "") + ".",
+            f"{acc.get('metric', 'metric')}{headline}: dense {fmt(acc.get('baseline'))}, built "
+            f"{fmt(acc.get('pruned'))}, drop {fmt(acc.get('drop'))}" + (f" ({acc['note']})" if acc.get("note") else "")
+            + ".",
             "",
         ]
+        lines += slice_table(acc)
+    lines += search_table(report.get("search"))
     if report.get("budgets"):
         lines += ["| budget | limit | value | met |", "|---|---|---|---|"]
         for b in report["budgets"]:
-            lines.append(f"| {b['name']} | {fmt(b['limit'])} | {fmt(b['value'])} | "
+            name = b["name"] + (f" (slice {b['slice']})" if b.get("slice") is not None else "")
+            lines.append(f"| {name} | {fmt(b['limit'])} | {fmt(b['value'])} | "
                          f"{'yes' if b['met'] else '**no**'}{' — ' + b['note'] if b.get('note') else ''} |")
         lines.append("")
     if report.get("notes"):
         lines += ["Notes:", *[f"- {n}" for n in report["notes"]], ""]
     return "\n".join(lines)
+
+
+def slice_table(acc: dict) -> list[str]:
+    """Returns the per-slice lines of report.md: each slice's dense and built value and drop, the worst marked."""
+    if not acc.get("slices"):
+        return []
+    lines = [f"Slices of {acc.get('metric', 'the metric')} (the worst marked ◀):", "",
+             "| slice | dense | built | drop |", "|---|---|---|---|"]
+    for r in acc["slices"]:
+        mark = " ◀" if r["name"] == acc.get("worst_slice") else ""
+        lines.append(f"| {r['name']} | {fmt(r['baseline'])} | {fmt(r['value'])} | {r['drop']:+.4g}{mark} |")
+    return [*lines, ""]
+
+
+def search_table(search: dict | None) -> list[str]:
+    """Returns the lines of report.md that show the candidates the budget search tried, in the order tried."""
+    if not search or not search.get("candidates"):
+        return []
+    lines = [f"Search: chose **{search.get('chosen') or 'none (the nearest is built)'}** "
+             "(quick timings; the chosen one is measured again above).", "",
+             "| candidate | latency ms | size MB | metric | worst slice | misses |", "|---|---|---|---|---|---|"]
+    for c in search["candidates"]:
+        label = c["candidate"]["label"] + (f" (recovered, {c['recovered_steps']} steps)" if c.get("recovered_steps")
+                                           else "")
+        worst = (f"{c['worst_slice']} ({c['worst_slice_drop']:+.3g})" if c.get("worst_slice") is not None
+                 and c.get("worst_slice_drop") is not None else "—")
+        size = f"{c['size_bytes'] / 1e6:.2f}" if c.get("size_bytes") else "—"
+        misses = c.get("error") or ", ".join(c.get("misses") or []) or "none"
+        lines.append(f"| {label} | {fmt(c.get('latency_ms'))} | {size} | {fmt(c.get('metric'))} | {worst} | "
+                     f"{misses} |")
+    return [*lines, ""]

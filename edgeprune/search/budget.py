@@ -21,6 +21,7 @@ class SearchResult:
 
     chosen: Outcome | None
     tried: list[Outcome] = field(default_factory=list)
+    reference: str | None = None  # how a latency ratio became milliseconds
 
     def nearest(self, count: int = 3) -> list[Outcome]:
         """Returns the candidates that came closest: fewest budgets missed, then least pruned."""
@@ -44,8 +45,35 @@ def sparsity_grid(low: float, high: float, kind: str) -> list[float]:
     return [round(low + i * STEP, 4) for i in range(count + 1)]
 
 
+ACCURACY_MISSES = {"accuracy_drop", "slice_drop"}
+
+
 def _meets_cost(outcome: Outcome) -> bool:
-    return outcome.error is None and not (set(outcome.misses) - {"accuracy_drop"})
+    return outcome.error is None and not (set(outcome.misses) - ACCURACY_MISSES)
+
+
+def ratio_in_ms(evaluator: CandidateEvaluator, progress: Callable[[str], None]) -> str | None:
+    """Turns a latency budget relative to the dense model into milliseconds for the search; returns why.
+
+    The dense model is timed as every candidate is (the search's quick timing), so the limit
+    a candidate must clear is the ratio times the dense model's time under the same protocol.
+    The final build judges the ratio itself, the dense model timed side by side with the artifact.
+    """
+    budgets = evaluator.budgets
+    if budgets.latency_ratio is None:
+        return None
+    progress("time the dense model (the latency ratio's reference)")
+    # the search's own first candidate when it tries fp32 (N:M prunes at any amount, so it is not the dense model)
+    kind = "none" if evaluator.plan.kind == "nm" else evaluator.plan.kind
+    dense = evaluator.cost(Candidate(kind, 0.0, "none"))
+    if dense.latency_ms is None:
+        return None  # the ratio stays unproven: every candidate misses it
+    limit = round(budgets.latency_ratio * dense.latency_ms, 4)
+    if budgets.latency_ms is not None:
+        limit = min(limit, budgets.latency_ms)
+    evaluator.budgets = dataclasses.replace(budgets, latency_ms=limit, latency_ratio=None)
+    return (f"latency budget {budgets.latency_ratio:g}x dense: the dense model takes {dense.latency_ms:.3g} ms "
+            f"({dense.latency_source}) here, so candidates must take at most {limit:.3g} ms")
 
 
 def least_pruning(evaluator: CandidateEvaluator, kind: str, quantize: str, grid: list[float],
@@ -88,6 +116,7 @@ def search(evaluator: CandidateEvaluator, recover_steps: int | None = None,
     grid = sparsity_grid(low, high, plan.kind)
     tried: list[Outcome] = []
     finalists: list[Candidate] = []
+    reference = ratio_in_ms(evaluator, progress)
     for quantize in plan.quantize_candidates:
         amount = least_pruning(evaluator, plan.kind, quantize, grid, tried, progress)
         if amount is not None:
@@ -100,14 +129,14 @@ def search(evaluator: CandidateEvaluator, recover_steps: int | None = None,
         outcome = evaluator.score(candidate)
         tried.append(outcome)
         if not outcome.misses:
-            return SearchResult(outcome, tried)
-        if "accuracy_drop" in outcome.misses and outcome.metric is not None and steps and candidate.sparsity > 0:
+            return SearchResult(outcome, tried, reference)
+        if ACCURACY_MISSES & set(outcome.misses) and outcome.metric is not None and steps and candidate.sparsity > 0:
             progress(f"recover {candidate.label} ({steps} steps)")
             outcome = evaluator.score(candidate, steps)
             tried.append(outcome)
             if not outcome.misses:
-                return SearchResult(outcome, tried)
-    return SearchResult(None, tried)
+                return SearchResult(outcome, tried, reference)
+    return SearchResult(None, tried, reference)
 
 
 def choose_plan(ctx: Context, plan: Plan, progress: Callable[[str], None] = lambda _: None,
@@ -129,5 +158,7 @@ def choose_plan(ctx: Context, plan: Plan, progress: Callable[[str], None] = lamb
            f"(misses {', '.join(best.misses)})")
     if best.recovered_steps:
         how += f", after {best.recovered_steps} recovery steps"
+    if result.reference:
+        how = f"{result.reference}; {how}"
     chosen = evaluator.plan_for(best.candidate, best.recovered_steps)
     return dataclasses.replace(chosen, reasons=(*plan.reasons, how)), result.to_dict()

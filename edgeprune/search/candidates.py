@@ -8,12 +8,15 @@ from edgeprune import __version__
 from edgeprune.backends import get_backend
 from edgeprune.gate import Measurements, check_budgets
 from edgeprune.host import this_host
+from edgeprune.metric import worst_slice
 from edgeprune.planning import Plan, precision_for
 from edgeprune.search.cache import Cache, model_fingerprint
 from edgeprune.search.evaluate import Context, Evaluation, evaluate, score_artifact
 
 # A candidate's quick timing must clear the latency budget by this much (see gate.check_latency).
 SEARCH_HEADROOM = 0.15
+# what a cached Outcome holds (2: the worst slice too); older entries are not read
+OUTCOME_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Outcome:
     misses: list[str] = field(default_factory=list)
     error: str | None = None
     peak_memory_mb: float | None = None
+    worst_slice: str | None = None
+    worst_slice_drop: float | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -76,9 +81,10 @@ class CandidateEvaluator:
         self.plan = plan
         self.workload = ctx.workload
         self._evaluations: dict[tuple[Candidate, int], Evaluation] = {}
+        self.budgets = ctx.budgets  # what misses() judges by (the search turns a latency ratio into milliseconds)
         host = ctx.host or this_host()
         profile = ctx.profile
-        self.cache = Cache([__version__, model_fingerprint(ctx.workload.model),
+        self.cache = Cache([__version__, OUTCOME_FORMAT, model_fingerprint(ctx.workload.model),
                             profile.path.read_text() if profile.path else profile.model_dump_json(),
                             plan.format, type(get_backend(plan.format)).__qualname__, plan.criterion, plan.nm, plan.palettize, ctx.threads, ctx.measure_here,
                             [host.description, sorted(host.flags)],
@@ -128,7 +134,8 @@ class CandidateEvaluator:
                 outcome = Outcome.from_dict(cached)
                 if not isinstance(outcome.misses, list) or any(
                         v is not None and not isinstance(v, (int, float)) for v in
-                        (outcome.latency_ms, outcome.size_bytes, outcome.metric, outcome.drop)):
+                        (outcome.latency_ms, outcome.size_bytes, outcome.metric, outcome.drop,
+                         outcome.worst_slice_drop)):
                     raise TypeError("fields of the wrong type")
             except (TypeError, KeyError, ValueError, AttributeError) as exc:
                 self.cache.discard(self.cache.path(asdict(candidate), stage), f"{type(exc).__name__}: {exc}"[:120])
@@ -153,10 +160,12 @@ class CandidateEvaluator:
         """Returns the names of the budgets the outcome does not meet (or cannot prove)."""
         if outcome.error:
             return ["build"]
-        budgets = self.ctx.budgets if with_accuracy else replace(self.ctx.budgets, max_accuracy_drop=None)
+        budgets = self.budgets if with_accuracy else replace(self.budgets, max_accuracy_drop=None,
+                                                                         max_slice_drop=None)
         latency = {"source": outcome.latency_source, f"{budgets.latency_stat}_ms": outcome.latency_ms}
+        worst = [{"name": outcome.worst_slice, "drop": outcome.worst_slice_drop}] if outcome.worst_slice else []
         measured = Measurements(latency, outcome.size_bytes, {"peak_mb": outcome.peak_memory_mb},
-                                {"drop": outcome.drop})
+                                {"drop": outcome.drop, "slices": worst, "worst_slice": outcome.worst_slice})
         missed = [r["name"] for r in check_budgets(measured, budgets, SEARCH_HEADROOM) if not r["met"]]
         return missed + (["verification"] if outcome.verified is False else [])
 
@@ -173,3 +182,6 @@ def record(outcome: Outcome, evaluation: Evaluation, stat: str) -> None:
     if evaluation.accuracy is not None:
         outcome.metric = evaluation.accuracy.get("pruned")
         outcome.drop = evaluation.accuracy.get("drop")
+        worst = worst_slice(evaluation.accuracy)
+        if worst is not None:
+            outcome.worst_slice, outcome.worst_slice_drop = str(worst["name"]), worst["drop"]

@@ -19,14 +19,18 @@ from edgeprune.gate import Budgets, Measurements
 from edgeprune.host import Host
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.latency import Timing, latency_of
+from edgeprune.metric import Score, slice_section
 from edgeprune.planning import Plan
 from edgeprune.profile import Profile
 from edgeprune.prune.stage import Pruned, prune_for_plan
 from edgeprune.stats import model_stats
 from edgeprune.verify import Verification, verify_numeric
-from edgeprune.workload import Workload
+from edgeprune.workload import Workload, torch_predictor
 
 VERIFY_BATCHES = 4
+# pruned models a context keeps: the search's last ones, so the final build of the chosen
+# candidate does not prune and recover it again (a causal LM's copies are large: keep few)
+KEEP_PRUNED = 2
 _UNSCORED = object()
 
 
@@ -52,6 +56,7 @@ class Context:
         self._workdir = tempfile.TemporaryDirectory(prefix="edgeprune-evaluate-")
         self._dense_onnx: Path | None = None
         self._baseline_metric = _UNSCORED
+        self._pruned: dict[tuple, Pruned] = {}
 
     def timing(self, final: bool) -> Timing:
         return Timing(self.profile, self.budgets, self.host, self.measure_here, self.threads, self.agent, final)
@@ -63,11 +68,31 @@ class Context:
                                            Path(self._workdir.name) / "dense.onnx")
         return self._dense_onnx
 
-    def baseline_metric(self) -> float | None:
-        """Returns the dense PyTorch model's metric, computed once."""
+    def baseline_score(self) -> Score | None:
+        """Returns the dense PyTorch model's metric with its slices, computed once."""
         if self._baseline_metric is _UNSCORED:
-            self._baseline_metric = self.workload.score_model(self.workload.model)
+            self._baseline_metric = self.workload.score_slices(torch_predictor(self.workload.model))
         return self._baseline_metric
+
+    def baseline_metric(self) -> float | None:
+        """Returns the dense PyTorch model's headline metric, computed once."""
+        score = self.baseline_score()
+        return None if score is None else score.value
+
+    def pruned(self, plan: Plan) -> Pruned:
+        """Returns the model the plan prunes (and recovers), reusing the same one for the same pruning.
+
+        Quantization and the format do not change the PyTorch model, so a candidate's fp32 and
+        int8 lowerings, and the final build of the chosen candidate, share one pruned model.
+        """
+        key = (plan.kind, plan.sparsity, plan.criterion, plan.nm, plan.recover)
+        if key not in self._pruned:
+            self._pruned[key] = prune_for_plan(self.workload, plan, self.profile)
+            while len(self._pruned) > KEEP_PRUNED:
+                del self._pruned[next(iter(self._pruned))]
+        else:
+            self._pruned[key] = self._pruned.pop(key)  # the most recently used is kept longest
+        return self._pruned[key]
 
     def scratch(self, name: str) -> Path:
         """Returns a new empty folder that lives as long as the context (a candidate's artifact)."""
@@ -76,6 +101,7 @@ class Context:
         return folder
 
     def close(self) -> None:
+        self._pruned.clear()
         self._workdir.cleanup()
 
     def __enter__(self) -> Context:
@@ -115,7 +141,7 @@ def evaluate(ctx: Context, plan: Plan, folder: Path, *, final: bool = True, scor
     request = plan.lower_request(profile, workload.calibration_batches())
     backend.check(request)
     with step(f"prune ({plan.kind})"):
-        pruned = prune_for_plan(workload, plan, profile)
+        pruned = ctx.pruned(plan)
         stats = model_stats(pruned.model, workload.example_inputs)
     with step(f"lower to {plan.format} ({plan.precision})"):
         artifact = backend.lower(pruned.model, tuple(workload.example_inputs), request, folder)
@@ -194,10 +220,14 @@ def score_artifact(ctx: Context, evaluation: Evaluation, predict: Callable | Non
         predict = predict or backend.predictor(evaluation.artifact)
         if predict is None:
             section["note"] = f"not evaluated on the artifact: {backend.cannot_run_reason()}"
+            if ctx.baseline_score().overall is not None:
+                section["overall"] = ctx.baseline_score().overall
         else:
-            value = workload.score(predict)
-            section.update({"pruned": value, "drop": round(workload.drop(section["baseline"], value), 6),
-                            "evaluated_on": evaluation.artifact.evaluated_on})
+            scored = workload.score_slices(predict)
+            section.update({"pruned": scored.value, "drop": round(workload.drop(section["baseline"], scored.value), 6),
+                            "evaluated_on": evaluation.artifact.evaluated_on,
+                            **slice_section(ctx.baseline_score(), scored, workload.higher_is_better,
+                                            f"workload {workload.name}: evaluate()")})
     recovery = evaluation.pruned.details.get("recovery")
     if recovery:
         section.update({"before_recovery": recovery.get("metric_before"),

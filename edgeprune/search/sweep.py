@@ -72,17 +72,20 @@ def write_sweep(outcomes: list[Outcome], folder: Path, metric: str, higher_is_be
 
 def _markdown(rows: list[dict], metric: str, title: str) -> str:
     lines = [f"# Sweep: {title}", "",
-             f"| candidate | latency ms | source | size MB | MACs | {metric} | drop | Pareto (latency / size) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| candidate | latency ms | source | size MB | MACs | {metric} | drop | worst slice | "
+             "Pareto (latency / size) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lat = f"{r['latency_ms']:.3f}" if r["latency_ms"] is not None else "—"
         size = f"{r['size_bytes'] / 1e6:.2f}" if r["size_bytes"] else "—"
         macs = f"{r['macs'] / 1e6:.1f}M" if r["macs"] else "—"
         score = f"{r['metric']:.4f}" if r["metric"] is not None else (r["error"] or "—")
         drop = f"{r['drop']:+.4f}" if r["drop"] is not None else "—"
+        worst = (f"{r['worst_slice']} ({r['worst_slice_drop']:+.4f})"
+                 if r.get("worst_slice") is not None and r.get("worst_slice_drop") is not None else "—")
         front = " / ".join("★" if r[k] else "" for k in ("pareto_latency", "pareto_size"))
         lines.append(f"| {r['candidate']['label']} | {lat} | {r['latency_source'] or '—'} | {size} | {macs} | "
-                     f"{score} | {drop} | {front} |")
+                     f"{score} | {drop} | {worst} | {front} |")
     lines += ["", "★ Pareto-optimal: no other candidate is both cheaper and at least as accurate.",
               "Latency source: measured here, or estimated from the profile (roofline); never mixed silently.", ""]
     return "\n".join(lines)
