@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -95,3 +96,22 @@ def test_pooled_perplexity_is_the_perplexity_of_all_windows_together():
 def test_bad_eval_texts_are_input_errors(eval_texts, message):
     with pytest.raises(InputError, match=message):
         causal_lm_workload(WEIGHTS, text=DATA / "calibration.txt", seq_len=SEQ_LEN, samples=2, eval_texts=eval_texts)
+
+
+def test_a_build_reports_every_language_and_gates_the_worst(tmp_path, capsys):
+    # 2:4 raises every language's perplexity by a few points; a limit of half a point must fail
+    from conftest import run_main
+
+    out = tmp_path / "lm"
+    code, _, err = run_main(["build", str(EXAMPLE), "--profile", "x86-avx2", "--strategy", "nm",
+                             "--criterion", "magnitude", "--max-slice-drop", "0.5", "-o", str(out)], capsys)
+    assert code == 3, err
+    report = json.loads((out / "report.json").read_text())
+    accuracy = report["accuracy"]
+    assert accuracy["metric"] == "perplexity" and accuracy["overall"] == "given"
+    slices = {s["name"]: s for s in accuracy["slices"]}
+    assert set(slices) == {"en", "de", "fr", "es", "pl", "it"}
+    for s in slices.values():
+        assert math.isfinite(s["value"]) and s["drop"] == pytest.approx(s["value"] - s["baseline"], abs=1e-3)
+    worst = max(slices.values(), key=lambda s: s["drop"])["name"]
+    assert accuracy["worst_slice"] == worst and f"slice '{worst}'" in err
