@@ -52,9 +52,11 @@ NOTES = [
     "two between languages are not to be read as a ranking.",
     "- Calibration (Wanda's input norms, SparseGPT's Hessians, the width scores and the least-squares "
     "refit) is drawn from the training mix, half of it English.",
-    "- Width pruning removes attention heads by whole key/value groups and only to counts LLaMA's "
-    "config accepts (hidden size a multiple of the head count), so both cuts keep 4 of the 8 heads; "
-    "the FFN gives up the rest.",
+    "- Width S% removes S% of every width: the hidden width (the residual stream, with the "
+    "embeddings, every norm and the LM head), whole key/value groups and FFN neurons, each to what "
+    "LLaMA's config accepts, so the block weights lose about 1 - (1 - S)^2 (the second column). "
+    "Nothing is recovered after pruning here: the hidden width's loss shows in full, and "
+    "`--recover` is what a build adds.",
 ]
 
 
