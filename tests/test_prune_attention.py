@@ -9,6 +9,7 @@ from torch import nn
 
 from edgeprune.errors import UnsupportedError
 from edgeprune.prune import ExplicitAttention, StructuredConfig, prune, rewrite_multihead_attention
+from edgeprune.stats import count_macs
 from tests.zoo import gpt, single_thread, vit  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -70,6 +71,17 @@ def test_vit_heads_are_pruned_whole_and_the_module_stays_consistent():
     mask[list(attn.kept_heads), :, 0] = float("-inf")
     blocked = attn(x, x, x, attn_mask=mask, need_weights=True, average_attn_weights=False)[1]
     assert torch.all(blocked[..., 0] == 0)
+
+
+def test_a_hand_written_gpt_loses_its_residual_width_heads_and_neurons():
+    # tied embeddings, hand-written attention: at 0.5 the MACs fall to at most 0.35 of the dense model's
+    model, inputs = gpt()
+    result = prune(model, StructuredConfig(0.5, channel_multiple=8), example_inputs=inputs)
+    assert count_macs(result.model, inputs) <= 0.35 * count_macs(model, inputs)
+    heads = [g for g in result.details["groups"] if g.get("unit") == "head"]
+    assert len(heads) == 2 and all(g["heads"] == 4 and g["heads_after"] == 2 for g in heads)
+    assert result.model.tok_emb.weight.shape == (64, 32) and result.model.lm_head.weight is result.model.tok_emb.weight
+    assert [k["reason"] for k in result.details["kept_whole"]] == ["output layer lm_head keeps the output width"]
 
 
 def test_hand_written_attention_head_count_is_updated_and_tied_embeddings_stay_tied():

@@ -23,6 +23,8 @@ from conftest import run_main  # noqa: E402
 
 FAMILIES = [f for f in ZOO if f != "levit"]
 MAX_MACS = 0.45
+# encoders lose their residual width too, so they go further
+MAX_TRANSFORMER_MACS = {"bert": 0.40, "vit": 0.40}
 
 
 def test_the_zoo_covers_fifteen_families():
@@ -37,7 +39,7 @@ def test_a_real_architecture_prunes_to_its_full_width(family, tmp_path, capsys):
     assert code == 0, err
     report = json.loads(out)
     macs = report["model"]["macs_after"] / report["model"]["macs_before"]
-    assert macs <= MAX_MACS, f"{family}: MACs {macs:.3f}"
+    assert macs <= MAX_TRANSFORMER_MACS.get(family, MAX_MACS), f"{family}: MACs {macs:.3f}"
     assert report["artifact"]["verified"]["passed"]
     details = report["strategy"]["details"]
     if family in CAUSAL_LMS:
