@@ -79,7 +79,9 @@ def _with(options):
 @_with(BUILD_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def build(model_or_target: str, as_json: bool, **given) -> None:
-    """Build MODEL_OR_TARGET (path/to/workload.py[:function] or targets/NAME.toml) for a profile.
+    """Build MODEL_OR_TARGET for a profile: path/to/workload.py[:function], targets/NAME.toml,
+    hf:DIR (a from_pretrained directory), model.pt2 (a torch.export program), or timm:NAME /
+    torchvision:NAME (cached weights; NAME:random for random weights).
 
     The output folder gets the artifact, report.json, report.md and report.html (one
     self-contained page: budgets, plan, latency spread, per-layer profile).
