@@ -28,7 +28,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import digits_cnn  # noqa: E402
+from cnn_variants import BasicBlock  # noqa: E402
 
 from edgeprune.backends.onnx_tools.export import export_onnx  # noqa: E402
 from edgeprune.prune import StructuredConfig, prune  # noqa: E402
@@ -39,22 +41,6 @@ RECOVER_STEPS = 200
 SEEDS = (0, 1)
 
 
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(y + (x if self.down is None else self.down(x)))
-
-
 class DigitsResNet(nn.Module):
     """A stem and three stages of two basic blocks (32, 64, 128 channels) for 32x32 digits."""
 
@@ -63,7 +49,7 @@ class DigitsResNet(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
         blocks, cin = [], 32
         for i, cout in enumerate((32, 64, 128)):
-            blocks += [Block(cin, cout, 1 if i == 0 else 2), Block(cout, cout, 1)]
+            blocks += [BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)]
             cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(cin, 10)
@@ -73,22 +59,7 @@ class DigitsResNet(nn.Module):
 
 
 def train_resnet(epochs: int = 6) -> nn.Module:
-    torch.manual_seed(0)
-    x, y, _, _ = digits_cnn.load_digits_split()
-    model = DigitsResNet()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * ((len(x) + 31) // 32))
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x))
-        for i in range(0, len(x), 32):
-            b = order[i:i + 32]
-            loss = F.cross_entropy(model(torch.roll(x[b], tuple(torch.randint(-2, 3, (2,)).tolist()), (2, 3))), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return digits_cnn.train(epochs=epochs, build=DigitsResNet)
 
 
 def accuracy(model: nn.Module) -> float:

@@ -10,6 +10,7 @@ the first use trains the model (a few minutes on two cores) and caches it there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -61,11 +62,12 @@ def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
     return images[idx_train], labels[idx_train], images[idx_test], labels[idx_test]
 
 
-def train(epochs: int = 8, seed: int = 0) -> DigitsCNN:
-    """Returns a DigitsCNN trained on the training split (deterministic for a seed)."""
+def train(epochs: int = 8, seed: int = 0, build: Callable[[], nn.Module] = DigitsCNN) -> nn.Module:
+    """Returns the model ``build()`` makes (a DigitsCNN by default) trained on the training split
+    (deterministic for a seed)."""
     torch.manual_seed(seed)
     x, y, _, _ = load_digits_split()
-    model = DigitsCNN()
+    model = build()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * ((len(x) + 31) // 32))
     model.train()

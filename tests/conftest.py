@@ -63,20 +63,11 @@ def _run_here(args: tuple[str, ...], cwd: Path | None) -> subprocess.CompletedPr
 
 
 def run_main(args: list[str], capsys) -> tuple[int, str, str]:
-    """Runs `edgeprune ARGS` through the CLI's main in this process: (exit code, stdout, stderr)."""
-    from edgeprune.cli import main
-
-    argv = sys.argv
-    sys.argv = ["edgeprune", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    """Runs `edgeprune ARGS` through the CLI's main in this process, in the current folder:
+    (exit code, stdout, stderr)."""
+    proc = _run_here(tuple(args), Path.cwd())
+    capsys.readouterr()  # nothing else the test printed is mistaken for the command's output
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 @pytest.fixture(scope="session")
