@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples"))
 
 import multilingual_lm  # noqa: E402
+from llm_pruning import TINY_RUNS  # noqa: E402
 from train_multilingual_lm import LANGUAGES as TRAINING  # noqa: E402
 from writeup import machine, write_section  # noqa: E402
 
@@ -31,13 +32,8 @@ from edgeprune.llm import prune_causal_lm  # noqa: E402
 SECTION = "## Multilingual LM: pruning loss per language"
 
 RUNS = [
-    # (label, method, sparsity, keyword arguments)
-    ("magnitude 50%", "unstructured", 0.5, {"criterion": "magnitude"}),
-    ("Wanda 50%", "unstructured", 0.5, {"criterion": "wanda"}),
-    ("SparseGPT 50%", "unstructured", 0.5, {"criterion": "sparsegpt"}),
-    ("magnitude 2:4", "nm", 0.5, {"criterion": "magnitude"}),
-    ("Wanda 2:4", "nm", 0.5, {"criterion": "wanda"}),
-    ("SparseGPT 2:4", "nm", 0.5, {"criterion": "sparsegpt"}),
+    # (label, method, sparsity, keyword arguments): the tiny LM's unstructured and 2:4 runs, then width
+    *(run for run in TINY_RUNS if run[1] != "structured"),
     ("width 30%, least squares", "structured", 0.3, {"restore": True}),
     ("width 50%, least squares", "structured", 0.5, {"restore": True}),
 ]

@@ -105,18 +105,8 @@ def check_latency(latency: dict | None, budgets: Budgets, headroom: float = 0.0)
         padded = value * (1 + headroom)
         note = f"a quick timing: passes only if {value:.3g} ms x {1 + headroom:.2f} = {padded:.3g} ms <= {limit:g} ms"
         return _result(name, limit, value, padded <= limit, note, "ms")
-    if latency.get("source") == "estimated":
-        padded = value * (1 + budgets.estimate_margin)
-        met = padded <= limit
-        note = (f"estimated, not measured: passes only if estimate x {1 + budgets.estimate_margin:.2f} "
-                f"= {padded:.3g} ms <= {limit:g} ms")
-        return _result(name, limit, value, met, note, "ms")
-    spread = float(latency.get("spread") or 0.0)
-    if abs(value - limit) <= spread * value:
-        note = (f"undecided: the measurement's own spread ({spread:.1%}) is larger than the distance "
-                f"to the budget; re-measure on a quieter device")
-        return _result(name, limit, value, False, note, "ms")
-    return _result(name, limit, value, value <= limit, "", "ms")
+    return _judge(name, limit, value, latency.get("source") == "estimated", float(latency.get("spread") or 0.0),
+                  budgets.estimate_margin, "ms", "the measurement's own spread")
 
 
 def check_latency_ratio(latency: dict | None, budgets: Budgets) -> dict:
@@ -136,17 +126,26 @@ def check_latency_ratio(latency: dict | None, budgets: Budgets) -> dict:
                                               "the dense model was not timed side by side with the artifact")
         return _result(name, limit, None, False, f"cannot prove the budget: {why}", "x dense")
     value = round(float(mine) / float(dense), 4)
-    if latency.get("source") == "estimated":
-        padded = value * (1 + budgets.estimate_margin)
-        note = (f"estimated, not measured: passes only if the estimated ratio x {1 + budgets.estimate_margin:.2f} "
-                f"= {padded:.3g} <= {limit:g}")
-        return _result(name, limit, value, padded <= limit, note, "x dense")
     spread = float(latency.get("spread") or 0.0) + float(latency.get("baseline_spread") or 0.0)
+    return _judge(name, limit, value, latency.get("source") == "estimated", spread, budgets.estimate_margin,
+                  "x dense", "the two measurements' spread")
+
+
+def _judge(name: str, limit: float, value: float, estimated: bool, spread: float, margin: float, unit: str,
+           whose: str) -> dict:
+    """Judges a latency figure against its limit: an estimate must clear the margin; a measurement
+    closer to the limit than its spread is undecided, a failed budget."""
+    shown = f" {unit}" if unit == "ms" else ""
+    if estimated:
+        padded = value * (1 + margin)
+        note = (f"estimated, not measured: passes only if the estimate x {1 + margin:.2f} "
+                f"= {padded:.3g}{shown} <= {limit:g}{shown}")
+        return _result(name, limit, value, padded <= limit, note, unit)
     if abs(value - limit) <= spread * value:
-        note = (f"undecided: the two measurements' spread ({spread:.1%}) is larger than the distance "
-                f"to the budget; re-measure on a quieter device")
-        return _result(name, limit, value, False, note, "x dense")
-    return _result(name, limit, value, value <= limit, "", "x dense")
+        note = (f"undecided: {whose} ({spread:.1%}) is larger than the distance to the budget; "
+                "re-measure on a quieter device")
+        return _result(name, limit, value, False, note, unit)
+    return _result(name, limit, value, value <= limit, "", unit)
 
 
 def latency_undecided(latency: dict | None, budgets: Budgets) -> bool:
