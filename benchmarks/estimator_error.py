@@ -90,6 +90,8 @@ def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], 
     dense = {r["model"]: r["measured_ms"] for r in rows if r["variant"] == "dense"}
     e = p.efficiency
     worst = max(abs(r["error"]) for r in rows)
+    shallow = "; ".join(f"{p} {a:g} ns per output + {b:g} ns per output pixel and window row"
+                        for p, (a, b) in e.shallow_conv_ns_by_precision.items()) or "not fitted"
     lines = [
         section_heading(), "",
         f"Machine: {machine()}; ONNX Runtime CPU provider, {threads} thread(s), batch 1. "
@@ -120,8 +122,9 @@ def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], 
         "",
         f"Largest error: {worst:.0%} (bound: {BOUND:.0%}). The efficiency factors are calibrated by the probe on its "
         "own 7-layer 3x3-conv CNN at 64x64 and 192x192 inputs, one factor per precision (the geometric mean "
-        "over the two sizes), with int8 kernels' own fixed cost from a chain of tiny QLinearConvs, "
-        "not on these models.",
+        "over the two sizes), with int8 kernels' own fixed cost from a chain of tiny QLinearConvs, and the "
+        "per-output cost of shallow convolutions (an image's first layer) fitted to two RGB stems of its own "
+        f"(3x3 to 32 and 5x5 to 16 channels; here {shallow}), not on these models.",
         "",
         f"Reproduce: `{command}`",
         "",

@@ -81,6 +81,12 @@ class SparsitySupport(_Strict):
     source: str = Field(min_length=3, description="why the kinds left out give no speed")
 
 
+# A convolution reading fewer input channels a tap than this is shallow (an image's first layer):
+# ONNX Runtime's direct int8 convolution wants input channels in multiples of 4 (MLAS's
+# symmetric "ConvSym" kernels); fewer go through im2col, a GEMM and a separate requantization.
+SHALLOW_TAP_CHANNELS = 4
+
+
 class Efficiency(_Strict):
     """Fractions of the peaks a real runtime reaches; the roofline estimator uses them."""
 
@@ -92,6 +98,22 @@ class Efficiency(_Strict):
         """Returns the fixed cost of one kernel of a precision, in microseconds."""
         return self.layer_overhead_us_by_precision.get(precision, self.layer_overhead_us)
 
+    def shallow_conv_us(self, precision: str, tap_channels: int, window_rows: int, outputs: float,
+                        out_channels: int) -> float:
+        """Returns the extra time of a shallow convolution (fewer than SHALLOW_TAP_CHANNELS input
+        channels a tap, like an image's first layer), in microseconds; 0 for any other kernel.
+
+        outputs x ns per output + output pixels x window rows x ns per pixel and row, from
+        ``shallow_conv_ns_by_precision``: the work such a kernel does beyond its arithmetic,
+        which its FLOPs do not show: gathering, for every output pixel, each window row's
+        few channels (a row of taps lies contiguous in channels-last memory), and writing
+        and requantizing each output apart from the GEMM.
+        """
+        if not 0 < tap_channels < SHALLOW_TAP_CHANNELS or out_channels < 1:
+            return 0.0
+        per_output, per_row = self.shallow_conv_ns_by_precision.get(precision, (0.0, 0.0))
+        return (outputs * per_output + outputs / out_channels * window_rows * per_row) * 1e-3
+
     compute: float = Field(gt=0, le=1)
     compute_by_precision: dict[Precision, Annotated[float, Field(gt=0, le=1)]] = Field(
         default_factory=dict, description="per-precision fractions of peak where they differ from compute"
@@ -101,6 +123,10 @@ class Efficiency(_Strict):
     layer_overhead_us_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="per-kernel overhead of a precision's kernels where it differs"
     )
+    shallow_conv_ns_by_precision: dict[Precision, tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]] = (
+        Field(default_factory=dict,
+              description="[ns per output element, ns per output pixel and window row] that a convolution "
+                          "reading fewer than 4 input channels a tap costs beyond its FLOPs; absent: nothing"))
     source: str = Field(min_length=3)
 
 

@@ -218,3 +218,48 @@ def test_exported_torch_model_matches_torch_mac_count(tmp_path):
     assert len(g.launched) == 4  # conv+relu, conv+relu, pooling, linear
     assert math.isclose(g.weight_bytes, sum(p.numel() for p in model.parameters() if p.dim() > 0) * 4
                         - 2 * 16 * 4, rel_tol=0.01)  # BatchNorm folds into the first conv
+
+
+def _conv(cin, cout, k, stride, hw, group=1):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((cout, cin // group, k, k)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], pads=[k // 2] * 4,
+                            strides=[stride, stride], group=group)
+    return _model([node], [_f32("x", [1, cin, hw, hw])], [_f32("y", None)], [numpy_helper.from_array(w, "w")])
+
+
+def _with_shallow_cost(profile, per_output_ns, per_row_ns):
+    eff = profile.efficiency.model_copy(update={"shallow_conv_ns_by_precision": {"fp32": (per_output_ns, per_row_ns)}})
+    return profile.model_copy(update={"efficiency": eff})
+
+
+def test_a_shallow_convolution_pays_per_output_and_per_window_row_what_its_flops_do_not_show():
+    base = load_profile("x86-avx2")
+    costly = _with_shallow_cost(base, 0.5, 4.0)
+    stem = lowered_graph(_conv(3, 32, 7, 2, 224), [(1, 3, 224, 224)]).kernels[0]
+    assert (stem.tap_channels, stem.window_rows, stem.output_elements) == (3, 7, 32 * 112 * 112)
+    extra_ms = kernel_time(stem, costly).ms - kernel_time(stem, base).ms
+    pixels = 112 * 112
+    assert extra_ms == pytest.approx((32 * pixels * 0.5 + pixels * 7 * 4.0) * 1e-6)
+    # a deep convolution and a depthwise one are the kernels their FLOPs describe
+    for model, shape in ((_conv(16, 32, 3, 1, 56), (1, 16, 56, 56)), (_conv(32, 32, 3, 1, 56, group=32), (1, 32, 56, 56))):
+        k = lowered_graph(model, [shape]).kernels[0]
+        assert kernel_time(k, costly).ms == kernel_time(k, base).ms
+    # a profile that states no such cost (every built-in one) estimates the stem as before
+    assert base.efficiency.shallow_conv_ns_by_precision == {}
+
+
+def test_the_probe_recovers_the_shallow_costs_of_stems_timed_on_a_known_device():
+    from edgeprune.probe.calibrate import STEM_INPUT, STEMS, _fit_shallow, stem_model
+
+    base = load_profile("x86-avx2")
+    truth = _with_shallow_cost(base, 0.3, 3.5)
+    data = base.model_dump(mode="json", exclude_none=True)
+    stems = []
+    for stem in STEMS:
+        graph = lowered_graph(stem_model(stem), [STEM_INPUT])
+        stems.append((graph, estimate_onnx(stem_model(stem), [STEM_INPUT], truth).ms))
+    assert _fit_shallow(stems, data) == pytest.approx([0.3, 3.5], rel=1e-3)
+    # stems no slower than their FLOPs say: no shallow cost
+    plain = [(g, estimate_onnx(stem_model(s), [STEM_INPUT], base).ms) for (g, _), s in zip(stems, STEMS, strict=True)]
+    assert _fit_shallow(plain, data) == [0.0, 0.0]

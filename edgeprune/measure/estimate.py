@@ -3,7 +3,9 @@
 Per fused kernel: time = max(FLOPs / effective compute, bytes / effective bandwidth) + the
 per-kernel overhead; the model's latency is the sum over kernels (batch-1 inference runs
 them one after another). Effective compute is the profile's peak for the kernel's precision
-times ``efficiency.compute`` (or its ``compute_by_precision`` factor); effective bandwidth is the memory bandwidth times
+times ``efficiency.compute`` (or its ``compute_by_precision`` factor); a shallow convolution (an
+image's first layer, fewer than 4 input channels a window tap) adds its per-output work,
+``efficiency.shallow_conv_us``; effective bandwidth is the memory bandwidth times
 ``efficiency.bandwidth``. Sparsity buys speed only where the profile says the hardware
 exploits it: N:M sparse peaks on layers wide enough, unstructured skipping above the
 profile's threshold. Everything else is dense math, whatever zeros the weights hold.
@@ -67,7 +69,8 @@ class Estimate:
 
 
 METHOD = ("roofline over the fused kernels of the lowered ONNX graph: per kernel "
-          "max(FLOPs / (peak x efficiency.compute), bytes / (bandwidth x efficiency.bandwidth)) "
+          "max(FLOPs / (peak x efficiency.compute) + a shallow convolution's per-output work, "
+          "bytes / (bandwidth x efficiency.bandwidth)) "
           "+ efficiency.layer_overhead_us, summed")
 
 
@@ -124,7 +127,8 @@ def kernel_time(kernel: Kernel, profile: Profile, precision: str | None = None) 
     moved = (kernel.weight_bytes * weight_frac + kernel.activation_bytes) * scale
     if kernel.view:
         return KernelTime(kernel.name, tuple(kernel.ops), prec, 0.0, 0.0, 0.0, "view")
-    compute_s = flops / (peak * 1e12 * eff.compute_for(prec))
+    compute_s = flops / (peak * 1e12 * eff.compute_for(prec)) \
+        + eff.shallow_conv_us(prec, kernel.tap_channels, kernel.window_rows, kernel.output_elements, kernel.out_channels) * 1e-6
     memory_s = moved / (profile.memory_bandwidth_gbs.value * 1e9 * eff.bandwidth)
     seconds = max(compute_s, memory_s) + eff.overhead_us_for(prec) * 1e-6
     bound = "compute" if compute_s >= memory_s else "memory"

@@ -17,6 +17,7 @@ from edgeprune.probe.bench import (
     load_note,
     quantize_int8,
 )
+from edgeprune.profile import SHALLOW_TAP_CHANNELS
 
 # The representative network the compute efficiency is calibrated on: a batch-1 CNN backbone
 # of 3x3 convolutions (16 to 256 channels, 64x64 down to 8x8), each followed by a ReLU.
@@ -25,6 +26,13 @@ CALIBRATION_CNN = ((16, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 12
 # do not; convolutions run at visibly different efficiency in the two regimes, and models
 # span both (a 32x32 digits CNN, a 224x224 ResNet).
 CALIBRATION_INPUTS = ((1, 16, 64, 64), (1, 16, 192, 192))
+# The shallow convolutions the per-output cost of an image's first layer is fitted on: RGB
+# stems at 224x224 (3 channels a tap; the CNN above reads 16 or more), each followed by a
+# global average pool. Two windows and widths, so the cost per output element and the cost
+# per output pixel and window row come apart: 3x3 stride 2 to 32 channels (MobileNet, EfficientNet) and 5x5 stride 2 to 16.
+# Their time also holds the layout change a runtime makes before its first convolution.
+STEM_INPUT = (1, 3, 224, 224)
+STEMS = ((32, 3, 2), (16, 5, 2))  # out channels, kernel, stride
 
 
 def calibration_cnn(shape: tuple[int, ...] = CALIBRATION_INPUTS[0]) -> onnx.ModelProto:
@@ -45,18 +53,38 @@ def calibration_cnn(shape: tuple[int, ...] = CALIBRATION_INPUTS[0]) -> onnx.Mode
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def stem_model(stem: tuple[int, int, int]) -> onnx.ModelProto:
+    """Returns an RGB stem (convolution, ReLU, global average pool) as an fp32 ONNX model."""
+    cout, k, stride = stem
+    cin = STEM_INPUT[1]
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2 / (k * k * cin))).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], pads=[k // 2] * 4,
+                              strides=[stride, stride]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["y"])]
+    graph = helper.make_graph(nodes, "calibration_stem",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(STEM_INPUT))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(w, "w"),
+                               onnx.numpy_helper.from_array(np.zeros(cout, np.float32), "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _estimate(graph, profile_data: dict):
+    from edgeprune.measure.estimate import estimate_graph
+    from edgeprune.profile import Profile
+
+    return estimate_graph(graph, Profile.model_validate(profile_data))
+
+
 def _solve_efficiency(graph, profile_data: dict, measured_ms: float, field: str) -> float:
     """Returns the efficiency factor that makes the roofline estimate equal a measurement.
 
     The estimate falls as the factor rises, so bisection finds it; it is clamped to
     (0.01, 1] because a measurement faster than the peak means the peak was measured low.
     """
-    from edgeprune.measure.estimate import estimate_graph
-    from edgeprune.profile import Profile
-
     def estimate(factor: float) -> float:
-        eff = {**profile_data["efficiency"], field: factor}
-        return estimate_graph(graph, Profile.model_validate({**profile_data, "efficiency": eff})).ms
+        return _estimate(graph, {**profile_data, "efficiency": {**profile_data["efficiency"], field: factor}}).ms
 
     lo, hi = 0.01, 1.0
     if estimate(hi) >= measured_ms:
@@ -96,29 +124,33 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
                                         "source": data["memory_bandwidth_gbs"]["source"]
                                         + f"; raised to the {gemv:.1f} GB/s a batch-1 MatMul streamed its weights at"}
     data["efficiency"] = {**data["efficiency"], "bandwidth": round(max(bandwidth, 0.01), 4)}
+    data["efficiency"].pop("shallow_conv_ns_by_precision", None)  # fitted below, on the compute factors
     if "int8" in data["compute"]:  # before the compute factors, which are fitted with it
         data["efficiency"]["layer_overhead_us_by_precision"] = {
             "int8": round(int8_layer_overhead_us(seconds / 2, data["int8_activation"], threads=threads), 2)}
     models, runs, graphs = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for shape in CALIBRATION_INPUTS:
-            size = f"{shape[2]}x{shape[3]}"
+        for shape in (*CALIBRATION_INPUTS, *STEMS):
+            stem = shape in STEMS
+            size = f"stem{shape[1]}x{shape[1]}" if stem else f"{shape[2]}x{shape[3]}"
             fp32 = Path(tmp) / f"cnn-{size}.onnx"
-            onnx.save(calibration_cnn(shape), fp32)
+            onnx.save(stem_model(shape) if stem else calibration_cnn(shape), fp32)
             models[("fp32", shape)] = fp32
             if "int8" in data["compute"]:
                 models[("int8", shape)] = quantize_int8(fp32, Path(tmp) / f"cnn-{size}-int8.onnx",
-                                                         data["int8_activation"], shape)
+                                                         data["int8_activation"], STEM_INPUT if stem else shape)
         for key, path in models.items():
-            feed = {"x": np.random.default_rng(2).standard_normal(key[1]).astype(np.float32)}
+            x_shape = STEM_INPUT if key[1] in STEMS else key[1]
+            feed = {"x": np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)}
             sess = onnx_runtime.session(path, threads)
             runs[key] = (lambda s=sess, f=feed: s.run(None, f))
-            graphs[key] = lowered_graph(path, [key[1]])
+            graphs[key] = lowered_graph(path, [x_shape])
     rounds = max(4, int(seconds * 8))
     stats = time_side_by_side(runs, Protocol(warmup_s=seconds / 4, round_s=seconds / 4, min_rounds=rounds,
                                              max_rounds=2 * rounds))
     measured_ms = {key: stats[key].min_ms if statistic == "min" else stats[key].median_ms for key in stats}
-    factors = {key: _solve_efficiency(graphs[key], data, measured_ms[key], "compute") for key in graphs}
+    cnn = [key for key in graphs if key[1] not in STEMS]
+    factors = {key: _solve_efficiency(graphs[key], data, measured_ms[key], "compute") for key in cnn}
     # one factor per precision over the sizes (and one over all, for the precisions not timed):
     # the geometric mean, the factor whose worst relative error over the calibration runs is
     # smallest when they differ by a constant ratio. int8 and fp32 kernels reach different
@@ -131,16 +163,44 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     data["efficiency"]["compute"] = compute
     data["efficiency"]["compute_by_precision"] = {
         p: geomean([v for k, v in factors.items() if k[0] == p]) for p in dict.fromkeys(k[0] for k in factors)}
+    data["efficiency"]["shallow_conv_ns_by_precision"] = shallow = {
+        p: _fit_shallow([(graphs[k], measured_ms[k]) for k in graphs if k[0] == p and k[1] in STEMS], data)
+        for p in dict.fromkeys(k[0] for k in graphs)}
     measured = ", ".join(f"{k[0]} {k[1][2]}x{k[1][3]} ({graphs[k].flops / 1e9:.2f} GFLOP) {measured_ms[k]:.3g} ms "
                          f"(spread {stats[k].spread:.0%}) -> {v:.3g}" for k, v in factors.items())
+    stems = ", ".join(f"{k[0]} {k[1][1]}x{k[1][1]} to {k[1][0]} {measured_ms[k]:.3g} ms" for k in graphs if k[1] in STEMS)
     data["efficiency"]["source"] = (
         f"{data['efficiency']['source'].replace(UNCALIBRATED, '')}; compute {compute:g} (by precision "
         f"{', '.join(f'{p} {v:g}' for p, v in data['efficiency']['compute_by_precision'].items())}) calibrated so the roofline "
         f"estimates of a {len(CALIBRATION_CNN)}-layer 3x3-conv CNN at batch 1 match its "
         f"{'fastest run' if statistic == 'min' else 'median'} under the build timing protocol ({measured}; "
-        f"geometric means kept); int8 kernels "
+        f"geometric means kept); shallow convolutions "
+        f"{', '.join(f'{p} {a:.3g} ns per output + {b:.3g} ns per output pixel and window row' for p, (a, b) in shallow.items())}, "
+        f"fitted to RGB stems at 224x224 ({stems}); int8 kernels "
         f"{data['efficiency'].get('layer_overhead_us_by_precision', {}).get('int8', '—')} us each (a chain of 32 "
         f"tiny QLinearConvs); bandwidth {data['efficiency']['bandwidth']:g} = "
         f"{gemv:.1f} GB/s of a batch-1 MatMul over a 64 MiB weight / {copy_gbs:.1f} GB/s copy"
         f"{load_note()}")
     return data
+
+
+def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
+    """Returns [ns per output, ns per pixel and window row] of shallow convolutions, from timed stems.
+
+    What each stem took beyond the estimate without this cost, against its shallow kernels'
+    outputs and output pixels x window rows: least squares over the stems, neither term negative (where
+    one would be, the other alone is fitted).
+    """
+    rows, excess = [], []
+    for graph, ms in stems:
+        shallow = [k for k in graph.kernels if 0 < k.tap_channels < SHALLOW_TAP_CHANNELS]
+        rows.append([sum(k.output_elements for k in shallow),
+                     sum(k.output_elements / k.out_channels * k.window_rows for k in shallow)])
+        excess.append(max(0.0, ms - _estimate(graph, data).ms) * 1e6)  # ns
+    a, b = np.array(rows, float), np.array(excess)
+    fit = np.linalg.lstsq(a, b, rcond=None)[0] if len(stems) > 1 else np.array([-1.0, -1.0])
+    if (fit < 0).any():  # one term alone: the per-output cost, else the per-tap one
+        fit = np.zeros(2)
+        col = 0 if a[:, 0] @ b > 0 else 1
+        fit[col] = max(0.0, float(a[:, col] @ b / (a[:, col] @ a[:, col])))
+    return [round(float(v), 4) for v in fit]
