@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# timm needs torchvision, and the only torchvision wheel for torch 2.13.0 is a CUDA build
+# whose extension does not load beside the CPU torch: the timm:/torchvision: tests run in an
+# environment of their own, on torch 2.14.1 + torchvision 0.29.1 (a CUDA build, run on the CPU).
+VISION := .venv-vision
+VISION_STAMP := $(VISION)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-vision lint bench clean
 
 # torch is pinned to the CPU build that this toolchain is developed and tested on;
 # a looser requirement would pull a multi-GB CUDA build. coremltools 9 needs numpy<2.4.
@@ -18,8 +23,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/edgeprune build targets/digits-host.toml -o out/digits-host
 
-test: $(STAMP)
+$(VISION_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VISION)
+	$(VISION)/bin/python -m pip install -q --upgrade pip
+	$(VISION)/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" "timm>=1" "numpy<2.4"
+	$(VISION)/bin/python -m pip install -q -e ".[dev]"
+	touch $(VISION_STAMP)
+
+test: $(STAMP) test-vision
 	$(PY) -m pytest tests
+
+# the model-argument tests that need timm and torchvision; there they must run, not skip
+test-vision: $(VISION_STAMP)
+	EDGEPRUNE_VISION_TESTS=1 $(VISION)/bin/python -m pytest tests/test_model_specs.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edgeprune tests examples benchmarks
