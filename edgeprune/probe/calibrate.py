@@ -29,8 +29,9 @@ CALIBRATION_INPUTS = ((1, 16, 64, 64), (1, 16, 192, 192))
 # The shallow convolutions the per-output cost of an image's first layer is fitted on: RGB
 # stems at 224x224 (3 channels a tap; the CNN above reads 16 or more), each followed by a
 # global average pool. Two windows and widths, so the cost per output element and the cost
-# per output pixel and window row come apart: 3x3 stride 2 to 32 channels (MobileNet, EfficientNet) and 5x5 stride 2 to 16.
-# Their time also holds the layout change a runtime makes before its first convolution.
+# per output pixel and window row come apart: 3x3 stride 2 to 32 channels (as MobileNet and
+# EfficientNet open) and 5x5 stride 2 to 16. Their time also holds the layout change a
+# runtime makes before its first convolution.
 STEM_INPUT = (1, 3, 224, 224)
 STEMS = ((32, 3, 2), (16, 5, 2))  # out channels, kernel, stride
 
@@ -188,8 +189,8 @@ def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
     """Returns [ns per output, ns per pixel and window row] of shallow convolutions, from timed stems.
 
     What each stem took beyond the estimate without this cost, against its shallow kernels'
-    outputs and output pixels x window rows: least squares over the stems, neither term negative (where
-    one would be, the other alone is fitted).
+    outputs and output pixels x window rows: least squares over the stems, neither term
+    negative (where one would be, the other alone is fitted).
     """
     rows, excess = [], []
     for graph, ms in stems:
@@ -199,7 +200,7 @@ def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
         excess.append(max(0.0, ms - _estimate(graph, data).ms) * 1e6)  # ns
     a, b = np.array(rows, float), np.array(excess)
     fit = np.linalg.lstsq(a, b, rcond=None)[0] if len(stems) > 1 else np.array([-1.0, -1.0])
-    if (fit < 0).any():  # one term alone: the per-output cost, else the per-tap one
+    if (fit < 0).any():  # one term alone: the per-output cost, else the per-row one
         fit = np.zeros(2)
         col = 0 if a[:, 0] @ b > 0 else 1
         fit[col] = max(0.0, float(a[:, col] @ b / (a[:, col] @ a[:, col])))
