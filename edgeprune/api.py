@@ -60,7 +60,8 @@ def build(workload_or_spec: Workload | str | Path, profile: str | None = None, *
     return report
 
 
-def plan(workload_or_spec: Workload | str | Path, profile: str, *, strategy: str = "auto",
+def plan(workload_or_spec: Workload | str | Path, profile: str, *, data: str | Path | None = None,
+         strategy: str = "auto",
          sparsity: float | None = None, quantize: str = "auto", format: str = "auto", criterion: str | None = None,
          nm: str = "2:4", recover: int = 0, palettize: int | None = None, budgets: Budgets | None = None,
          **budget_keys: Any) -> Plan:
@@ -68,7 +69,7 @@ def plan(workload_or_spec: Workload | str | Path, profile: str, *, strategy: str
 
     Budgets come as a ``Budgets`` or as build's keywords (``latency_budget_ms=2.0``, ...).
     """
-    workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec))
+    workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec), data)
     return make_plan(workload, load_profile(profile), strategy, sparsity, quantize, format, criterion, nm,
                      budgets or budgets_from(budget_keys), recover, palettize)
 
@@ -76,7 +77,7 @@ def plan(workload_or_spec: Workload | str | Path, profile: str, *, strategy: str
 def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | Path, *,
           strategies: Sequence[str] = ("structured", "unstructured", "nm"), sparsities: Sequence[float] = (0.25, 0.5, 0.75),
           quantize: Sequence[str] | str = "auto", format: str = "auto", criterion: str | None = None,
-          use_cache: bool = True, measure_here: bool = False, mlflow: str | None = None,
+          data: str | Path | None = None, use_cache: bool = True, measure_here: bool = False, mlflow: str | None = None,
           advance: Callable[[Outcome], None] = lambda _: None, total: Callable[[int], None] = lambda _: None) -> dict:
     """Returns the sweep's summary after writing sweep.json, sweep.md, pareto.png and report.html into ``output``.
 
@@ -96,7 +97,7 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
         raise InputError(f"-o {output} exists and is not a folder")
     check_writable(Path(output))
     tracking = check_tracking(mlflow) if mlflow is not None else None
-    workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec))
+    workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec), data)
     prof = load_profile(profile)
     base = make_plan(workload, prof, "none", None, "auto" if quantize == "auto" else "none", format, criterion)
     precisions = list(base.quantize_candidates) if quantize == "auto" else list(quantize)

@@ -41,7 +41,7 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
     tracking = check_tracking(options.mlflow) if options.mlflow is not None else None
     with step("load workload and profile"):
         profile = load_profile(options.profile)
-        workload = workload or load_workload(options.model)
+        workload = workload or load_workload(options.model, options.data)
         check_runs(workload)
     plan = make_plan(workload, profile, options.strategy, options.sparsity, options.quantize, options.format,
                      options.criterion, options.nm, options.budgets, options.recover, options.palettize)

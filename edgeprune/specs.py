@@ -5,7 +5,9 @@ a causal LM becomes a perplexity workload on the interpreter's own help topics (
 ``causal_lm_workload``); an image or sequence classifier becomes a workload whose inputs
 are random (images at the config's size, token ids within its vocabulary), scored by top-1
 agreement with the dense model on held-out inputs, and named so in the report: with no
-data of the user's, agreement with the original is the only honest metric.
+labels of the user's, agreement with the original is the only honest metric. ``data``
+(``--data FOLDER``, edgeprune.data) replaces the random inputs with the user's images or
+text: a classifier's inputs, a causal LM's calibration and held-out text.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeprune import data as user_data
 from edgeprune.errors import InputError
 from edgeprune.program import is_program_spec, load_program_workload
 from edgeprune.vocabulary import HF_PREFIX, LIBRARY_PREFIXES
@@ -23,6 +26,7 @@ from edgeprune.workload import Workload, load_workload_file, torch_predictor
 
 AGREEMENT = "top1_agreement_with_dense"
 SEQ_LEN = 32
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's weights
 
 
 class ClassifierLogits(nn.Module):
@@ -37,20 +41,24 @@ class ClassifierLogits(nn.Module):
         return self.model(**{self.key: x}).logits
 
 
-def load_workload(spec: str | Path) -> Workload:
-    """Returns the Workload a model argument names: ``path/to/file.py[:function]``, ``hf:DIR`` or a
-    ``torch.export`` program saved as ``FILE.pt2`` (edgeprune.program)."""
+def load_workload(spec: str | Path, data: str | Path | None = None) -> Workload:
+    """Returns the Workload a model argument names: ``path/to/file.py[:function]``, ``hf:DIR``,
+    ``timm:NAME``, ``torchvision:NAME`` or a ``torch.export`` program saved as ``FILE.pt2``
+    (edgeprune.program); ``data`` is a folder of the user's images or text for the first three."""
     text = str(spec)
     if text.startswith(HF_PREFIX):
-        return load_spec(text)
+        return load_spec(text, data)
+    if text.startswith(LIBRARY_PREFIXES):
+        return load_library_model(text, data)
+    if data is not None:
+        raise InputError(f"--data is for hf:DIR, timm:NAME and torchvision:NAME; {text} brings its own inputs"
+                         + (" (its example inputs)" if is_program_spec(text) else " (its calibration and evaluate)"))
     if is_program_spec(text):
         return load_program_workload(text)
-    if text.startswith(LIBRARY_PREFIXES):
-        return load_library_model(text)
     return load_workload_file(text)
 
 
-def load_spec(text: str) -> Workload:
+def load_spec(text: str, data: str | Path | None = None) -> Workload:
     """Returns the Workload a model spec (``hf:DIR``) names; InputError naming what is missing."""
     folder = Path(text[len(HF_PREFIX):])
     config_file = folder / "config.json"
@@ -64,11 +72,12 @@ def load_spec(text: str) -> Workload:
     if kind == "ForCausalLM":
         from edgeprune.llm.workload import causal_lm_workload
 
-        return causal_lm_workload(folder, name=f"hf:{folder.name}")
+        return causal_lm_workload(folder, text=None if data is None else user_data.data_folder(data),
+                                  name=f"hf:{folder.name}")
     if kind is None:
         raise InputError(f"{text}: architectures {architectures or 'none'} are not a causal LM, an image "
                          "classifier or a sequence classifier")
-    return _classifier(folder, kind)
+    return _classifier(folder, kind, data)
 
 
 def _task(architectures: list[str]) -> str | None:
@@ -92,7 +101,7 @@ def _task(architectures: list[str]) -> str | None:
     return None
 
 
-def _classifier(folder: Path, kind: str) -> Workload:
+def _classifier(folder: Path, kind: str, data: str | Path | None) -> Workload:
     from edgeprune.llm.hf import transformers
 
     hf = transformers()
@@ -105,19 +114,60 @@ def _classifier(folder: Path, kind: str) -> Workload:
     generator = torch.Generator().manual_seed(0)
     if kind == "ForImageClassification":
         size = int(getattr(config, "image_size", 224))
-        inputs = torch.rand(96, int(getattr(config, "num_channels", 3)), size, size, generator=generator)
+        shape = (int(getattr(config, "num_channels", 3)), size, size)
         wrapped = ClassifierLogits(model, "pixel_values")
+        if data is None:
+            inputs = torch.rand(96, *shape, generator=generator)
+        else:
+            inputs = user_data.load_images(data, shape, *_processor_normalization(folder))
     else:
-        inputs = torch.randint(0, int(config.vocab_size), (96, SEQ_LEN), generator=generator)
         wrapped = ClassifierLogits(model, "input_ids")
-    return agreement_workload(wrapped, inputs, f"hf:{folder.name}", {"hf_path": str(folder)})
+        if data is None:
+            inputs = torch.randint(0, int(config.vocab_size), (96, SEQ_LEN), generator=generator)
+        else:
+            inputs = _token_rows(folder, data, hf)
+    return agreement_workload(wrapped, inputs, f"hf:{folder.name}", {"hf_path": str(folder)}, data)
 
 
-def agreement_workload(model: nn.Module, inputs: torch.Tensor, name: str, extras: dict) -> Workload:
-    """Returns a workload over random ``inputs`` (the first 32 calibrate, the rest are held out),
-    scored by top-1 agreement with the dense model: with no data of the user's, agreement with
-    the original is the only honest metric, and the report names it."""
-    calibration, heldout = inputs[:32], inputs[32:]
+def _processor_normalization(folder: Path) -> tuple[list[float] | None, list[float] | None]:
+    """Returns the (mean, std) a saved image processor normalizes with, or (None, None)."""
+    config = folder / "preprocessor_config.json"
+    try:
+        saved = json.loads(config.read_text()) if config.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{config} is not valid JSON") from None
+    if not saved.get("do_normalize", True):
+        return None, None
+    return saved.get("image_mean"), saved.get("image_std")
+
+
+def _token_rows(folder: Path, data: str | Path, hf) -> torch.Tensor:
+    """Returns one row of SEQ_LEN token ids per non-empty line of the data's texts (truncated or padded)."""
+    try:
+        tokenizer = hf.AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--data needs the tokenizer of hf:{folder}, which does not load: "
+                         f"{str(exc).splitlines()[0]}") from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):  # no vocabulary saved: every word would be unknown
+        raise InputError(f"--data needs the tokenizer of hf:{folder}, and the folder holds none "
+                         "(save it there with tokenizer.save_pretrained)")
+    lines = [line for text in user_data.load_texts(data) for line in text.splitlines() if line.strip()]
+    if len(lines) < user_data.MIN_INPUTS:
+        raise InputError(f"--data {data}: {len(lines)} line(s) of text; at least {user_data.MIN_INPUTS} are needed, "
+                         "one input a line")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = [(tokenizer(line)["input_ids"] + [pad] * SEQ_LEN)[:SEQ_LEN] for line in lines]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def agreement_workload(model: nn.Module, inputs: torch.Tensor, name: str, extras: dict,
+                       data: str | Path | None = None) -> Workload:
+    """Returns a workload over ``inputs`` scored by top-1 agreement with the dense model on the
+    held-out ones: with no labels of the user's, agreement with the original is the only honest
+    metric, and the report names it. Random inputs: the first 32 calibrate. The user's data
+    (``data``, the folder they came from): the first half calibrate, at most 32."""
+    split = 32 if data is None else min(32, len(inputs) // 2)
+    calibration, heldout = inputs[:split], inputs[split:]
     try:
         with torch.no_grad():
             reference = torch_predictor(model)(heldout).argmax(-1)
@@ -131,10 +181,11 @@ def agreement_workload(model: nn.Module, inputs: torch.Tensor, name: str, extras
     return Workload(model=model, example_inputs=(inputs[:1],),
                     calibration=[(calibration[i:i + 8],) for i in range(0, len(calibration), 8)],
                     evaluate=agreement, metric=AGREEMENT, higher_is_better=True, name=name,
-                    extras={**extras, "inputs": "random (no data given)"})
+                    extras={**extras, "inputs": "random (no data given)" if data is None else
+                            f"{len(inputs)} inputs from {data}: {split} calibrate, {len(heldout)} held out"})
 
 
-def load_library_model(text: str) -> Workload:
+def load_library_model(text: str, data: str | Path | None = None) -> Workload:
     """Returns the workload of ``timm:NAME`` or ``torchvision:NAME`` (``:random`` for random weights).
 
     Pretrained weights come only from the library's own local cache (the download hubs are
@@ -146,8 +197,14 @@ def load_library_model(text: str) -> Workload:
         raise InputError(f"{text}: expected {prefix}:NAME or {prefix}:NAME:random")
     pretrained = init != "random"
     model, size = _timm(name, pretrained) if prefix == "timm" else _torchvision(name, pretrained)
-    inputs = torch.rand(96, *size, generator=torch.Generator().manual_seed(0))
-    return agreement_workload(model.eval(), inputs, text, {"library": prefix, "pretrained": pretrained})
+    if data is None:
+        inputs = torch.rand(96, *size, generator=torch.Generator().manual_seed(0))
+    elif prefix == "timm":
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        inputs = user_data.load_images(data, size, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+    else:
+        inputs = user_data.load_images(data, size, IMAGENET_MEAN, IMAGENET_STD)
+    return agreement_workload(model.eval(), inputs, text, {"library": prefix, "pretrained": pretrained}, data)
 
 
 def _offline():

@@ -37,6 +37,7 @@ class BuildOptions:
     model: str
     profile: str
     output: Path
+    data: str | None = None
     strategy: str = "auto"
     sparsity: float | None = None
     criterion: str | None = None
@@ -76,7 +77,7 @@ def options_from(spec: str, given: dict[str, Any], default_output: Path | None =
 
 
 # the same rules for flags, target files and Python calls
-TEXT_OPTIONS = ("model", "profile", "strategy", "criterion", "nm", "quantize", "format", "device", "mlflow")
+TEXT_OPTIONS = ("model", "profile", "data", "strategy", "criterion", "nm", "quantize", "format", "device", "mlflow")
 
 
 def check_option_types(options: dict[str, Any]) -> None:
@@ -123,7 +124,7 @@ def number(name: str, value: Any) -> float:
 
 
 def load_target(path: str | Path) -> dict[str, Any]:
-    """Returns a target file's keys (underscored); model and output resolve against its folder."""
+    """Returns a target file's keys (underscored); model, output and data resolve against its folder."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -145,10 +146,17 @@ def load_target(path: str | Path) -> dict[str, Any]:
         out["output"] = _relative(base, str(out["output"]))
     if "profile" in out and str(out["profile"]).endswith(".toml"):
         out["profile"] = _relative(base, str(out["profile"]))
+    if isinstance(out.get("data"), str):
+        out["data"] = str(Path(out["data"]) if Path(out["data"]).is_absolute() else base / out["data"])
     return out
 
 
 def _relative(base: Path, spec: str) -> str:
+    if spec.startswith(LIBRARY_PREFIXES):  # timm:NAME, torchvision:NAME: no path
+        return spec
+    if spec.startswith(HF_PREFIX):
+        folder = spec[len(HF_PREFIX):]
+        return HF_PREFIX + (folder if Path(folder).is_absolute() else str(base / folder))
     file, sep, func = spec.partition(":")
     resolved = file if Path(file).is_absolute() else str(base / file)
     return resolved + (sep + func if sep else "")

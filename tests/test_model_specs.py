@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from tests.user_data import digit_pngs
 from tests.zoo import resnet
 
 from conftest import run_main
@@ -78,6 +79,17 @@ def test_a_timm_model_builds_end_to_end(tmp_path, capsys):
     assert code == 0, err
     report = json.loads(out)
     assert report["model"]["macs_after"] <= 0.45 * report["model"]["macs_before"]
+    assert report["artifact"]["verified"]["passed"]
+
+
+@pytest.mark.skipif(_skip_reason("timm") is not None, reason=str(_skip_reason("timm")))
+def test_a_timm_model_takes_a_folder_of_images(tmp_path, capsys):
+    data = digit_pngs(tmp_path / "digits", 16)
+    code, out, err = run_main(["build", "timm:resnet18:random", "--data", str(data), "--profile", "x86-avx2",
+                               "--quantize", "int8", "-o", str(tmp_path / "out"), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["accuracy"]["inputs"] == f"16 inputs from {data}: 8 calibrate, 8 held out"
     assert report["artifact"]["verified"]["passed"]
 
 

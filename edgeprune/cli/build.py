@@ -26,8 +26,11 @@ MLFLOW_OPTION = click.option("--mlflow", is_flag=False, flag_value="", default=N
 
 
 # The options of `build` and `plan`, each a target-file key too (with dashes or underscores).
+DATA_HELP = ("A folder of your own images or text (.txt, one input a line for a text classifier) for "
+             "calibration and evaluation of an hf:, timm: or torchvision: model, instead of random inputs.")
 PLAN_OPTIONS = [
     click.option("--profile", help="Profile name or path to a .toml profile."),
+    click.option("--data", metavar="FOLDER", help=DATA_HELP),
     click.option("--strategy", type=STRATEGY_CHOICE, help="Pruning strategy (default auto)."),
     click.option("--sparsity", type=float, help="Fraction to prune, in [0, 1)."),
     click.option("--criterion", help="Importance criterion (see the README)."),
@@ -116,7 +119,7 @@ def plan_cmd(model_or_target: str, as_json: bool, **given) -> None:
     from edgeprune.target import options_from
 
     o = options_from(model_or_target, given, default_output=Path("."))
-    p = plan(o.model, o.profile, strategy=o.strategy, sparsity=o.sparsity, quantize=o.quantize, format=o.format,
+    p = plan(o.model, o.profile, data=o.data, strategy=o.strategy, sparsity=o.sparsity, quantize=o.quantize, format=o.format,
              criterion=o.criterion, nm=o.nm, recover=o.recover, palettize=o.palettize, budgets=o.budgets)
     if as_json:
         emit_json({"profile": o.profile, "format": p.format, "precision": p.precision,
@@ -141,13 +144,15 @@ def plan_cmd(model_or_target: str, as_json: bool, **given) -> None:
               help="Comma-separated precisions, or auto: none plus what the profile runs fastest.")
 @click.option("--format", "fmt", type=FORMAT_CHOICE, default=AUTO)
 @click.option("--criterion", default=None)
+@click.option("--data", metavar="FOLDER", help=DATA_HELP)
 @click.option("--no-cache", is_flag=True, help="Re-evaluate candidates even when cached.")
 @click.option("--measure-here", is_flag=True,
               help="Measure on this machine even where its CPU is not the profile's (see build --help).")
 @MLFLOW_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsities: str, quantize: str, fmt: str,
-              criterion: str | None, no_cache: bool, measure_here: bool, mlflow: str | None, as_json: bool) -> None:
+              criterion: str | None, data: str | None, no_cache: bool, measure_here: bool, mlflow: str | None,
+              as_json: bool) -> None:
     """Evaluate strategies x sparsities x quantization; write the table, the Pareto plot and report.html."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -166,8 +171,8 @@ def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsitie
     try:
         summary = sweep(model, profile, output, strategies=csv(str, strategies, "--strategies"),
                         sparsities=csv(float, sparsities, "--sparsities"), quantize=precisions, format=fmt,
-                        criterion=criterion, use_cache=not no_cache, measure_here=measure_here, mlflow=mlflow,
-                        total=start,
+                        criterion=criterion, data=data, use_cache=not no_cache, measure_here=measure_here,
+                        mlflow=mlflow, total=start,
                         advance=lambda o: bar.update(task, advance=1, description=f"sweep: {o.candidate.label}"))
     finally:
         bar.stop()

@@ -59,8 +59,12 @@ def pydoc_corpus() -> tuple[str, str]:
 
 
 def read_text(path: str | Path) -> str:
-    """Returns a UTF-8 text file's content, or raises InputError."""
+    """Returns a UTF-8 text file's content (a folder: its .txt files joined, edgeprune.data), or raises InputError."""
     path = Path(path)
+    if path.is_dir():
+        from edgeprune.data import load_texts
+
+        return "\n".join(load_texts(path))
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -181,6 +181,7 @@ def causal_lm_workload(
             "tokenizer": tokenizer,
             "seq_len": seq_len,
             "text": source,
+            "inputs": f"text {source}: {len(calibration)} calibration windows, {heldout.numel()} held-out tokens",
             "eval_tokens": heldout.numel(),
             **({"slice_tokens": {name: windows.numel() for name, windows in slices.items()}} if slices else {}),
         },

@@ -77,6 +77,7 @@ def render_markdown(report: dict) -> str:
         lines += [
             f"{acc.get('metric', 'metric')}{headline}: dense {fmt(acc.get('baseline'))}, built "
             f"{fmt(acc.get('pruned'))}, drop {fmt(acc.get('drop'))}" + (f" ({acc['note']})" if acc.get("note") else "")
+            + (f"; inputs: {acc['inputs']}" if acc.get("inputs") else "")
             + ".",
             "",
         ]

@@ -29,6 +29,18 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:24]
 
 
+def inputs_fingerprint(batches) -> str:
+    """Returns a hash of calibration batches (tuples of tensors): what the candidates were
+    calibrated on, and, for a model argument with ``--data``, the folder they came from."""
+    h = hashlib.sha256()
+    for batch in batches:
+        for tensor in batch:
+            if isinstance(tensor, torch.Tensor):
+                h.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
 def warn(message: str) -> None:
     """Prints one warning line: the cache only saves time, so its trouble never stops a build."""
     sys.stderr.write(f"warning: {message}\n")

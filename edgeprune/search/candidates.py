@@ -10,7 +10,7 @@ from edgeprune.gate import Measurements, check_budgets
 from edgeprune.host import this_host
 from edgeprune.metric import worst_slice
 from edgeprune.planning import Plan, precision_for
-from edgeprune.search.cache import Cache, model_fingerprint
+from edgeprune.search.cache import Cache, inputs_fingerprint, model_fingerprint
 from edgeprune.search.evaluate import Context, Evaluation, evaluate, score_artifact
 
 # A candidate's quick timing must clear the latency budget by this much (see gate.check_latency).
@@ -85,6 +85,7 @@ class CandidateEvaluator:
         host = ctx.host or this_host()
         profile = ctx.profile
         self.cache = Cache([__version__, OUTCOME_FORMAT, model_fingerprint(ctx.workload.model),
+                            inputs_fingerprint(ctx.workload.calibration_batches()),
                             profile.path.read_text() if profile.path else profile.model_dump_json(),
                             plan.format, type(get_backend(plan.format)).__qualname__, plan.criterion, plan.nm, plan.palettize, ctx.threads, ctx.measure_here,
                             [host.description, sorted(host.flags)],

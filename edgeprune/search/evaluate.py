@@ -228,6 +228,8 @@ def score_artifact(ctx: Context, evaluation: Evaluation, predict: Callable | Non
                             "evaluated_on": evaluation.artifact.evaluated_on,
                             **slice_section(ctx.baseline_score(), scored, workload.higher_is_better,
                                             f"workload {workload.name}: evaluate()")})
+    if workload.extras.get("inputs"):  # a model argument's inputs: random, or the user's --data
+        section["inputs"] = str(workload.extras["inputs"])
     recovery = evaluation.pruned.details.get("recovery")
     if recovery:
         section.update({"before_recovery": recovery.get("metric_before"),

@@ -1,0 +1,22 @@
+"""Folders of real data as a user would hand them to `--data`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TEXTS = Path(__file__).resolve().parent.parent / "examples" / "data" / "multilingual"
+
+
+def digit_pngs(folder: Path, count: int) -> Path:
+    """Writes scikit-learn's handwritten digits (real 8x8 scans) as grey PNGs, in class subfolders."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i in range(count):
+        sub = folder / str(digits.target[i])
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[i] * 16).clip(0, 255).astype(np.uint8)).save(sub / f"{i:03d}.png")
+    return folder
