@@ -7,7 +7,9 @@ hybrid pruning need the nn.Module itself (a workload file). Its inputs are the e
 the program was exported with; with no data of the user's, the held-out inputs are random
 ones of the same shapes, and the metric is top-1 agreement with the dense program (for
 logits of shape (batch, classes)) or the mean cosine similarity of the outputs with the
-dense program's, named so in the report.
+dense program's, named so in the report. ``--data FOLDER`` (edgeprune.data) feeds a program
+that takes one image batch (N, C, H, W) the user's images instead, in [0, 1] (a program states
+no normalization), batched as its example input is.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def is_program_spec(text: str) -> bool:
     return text.endswith(SUFFIX)
 
 
-def load_program_workload(text: str):
-    """Returns the Workload of the ``.pt2`` file ``text``; InputError for a file that is not one."""
+def load_program_workload(text: str, data: str | Path | None = None):
+    """Returns the Workload of the ``.pt2`` file ``text`` (on the images in ``data`` if given);
+    InputError for a file that is not one."""
     from edgeprune.workload import Workload, torch_predictor
 
     path = Path(text)
@@ -65,9 +68,16 @@ def load_program_workload(text: str):
         raise InputError(f"{path}: the program must have been exported with positional tensor example inputs "
                          "(torch.export.export(model, (x,)))")
     model = ProgramModule(program.module())
-    generator = torch.Generator().manual_seed(0)
-    samples = [tuple(_like(t, generator) for t in args) for _ in range(CALIBRATION + HELDOUT)]
-    calibration, heldout = samples[:CALIBRATION], samples[CALIBRATION:]
+    if data is None:
+        generator = torch.Generator().manual_seed(0)
+        samples = [tuple(_like(t, generator) for t in args) for _ in range(CALIBRATION + HELDOUT)]
+        split, inputs = CALIBRATION, "random, shaped as the example inputs (no data given)"
+    else:
+        samples = _image_batches(path, args, data)
+        split = min(CALIBRATION, len(samples) // 2)
+        inputs = (f"{sum(len(s[0]) for s in samples)} images from {data} in batches of {len(samples[0][0])}: "
+                  f"{split} batches calibrate, {len(samples) - split} held out")
+    calibration, heldout = samples[:split], samples[split:]
     predict_dense = torch_predictor(model)
     try:
         with torch.no_grad():
@@ -91,8 +101,24 @@ def load_program_workload(text: str):
 
     return Workload(model=model, example_inputs=tuple(args), calibration=calibration, evaluate=evaluate,
                     metric=metric, higher_is_better=True, name=path.stem,
-                    extras={"program": str(path), "inputs": "random, shaped as the example inputs (no data given)",
-                            "graph_only": True})
+                    extras={"program": str(path), "inputs": inputs, "graph_only": True})
+
+
+def _image_batches(path: Path, args: tuple, data: str | Path) -> list[tuple[torch.Tensor]]:
+    """Returns the folder's images as batches shaped like the program's one (N, C, H, W) input."""
+    from edgeprune.data import load_images
+
+    shape = tuple(args[0].shape)
+    if len(args) != 1 or len(shape) != 4 or not args[0].is_floating_point():
+        raise InputError(f"--data {data}: {path} takes {[tuple(a.shape) for a in args]}; a folder of images "
+                         "feeds a program of one (N, C, H, W) float input")
+    images = load_images(data, shape[1:]).to(args[0].dtype)
+    batch = shape[0]
+    batches = [(images[i:i + batch],) for i in range(0, len(images) - batch + 1, batch)]
+    if len(batches) < 2:
+        raise InputError(f"--data {data}: {len(images)} images make {len(batches)} batch(es) of {batch}, the "
+                         "program's batch; at least 2 are needed, one to calibrate and one held out")
+    return batches
 
 
 def _like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -44,17 +44,17 @@ class ClassifierLogits(nn.Module):
 def load_workload(spec: str | Path, data: str | Path | None = None) -> Workload:
     """Returns the Workload a model argument names: ``path/to/file.py[:function]``, ``hf:DIR``,
     ``timm:NAME``, ``torchvision:NAME`` or a ``torch.export`` program saved as ``FILE.pt2``
-    (edgeprune.program); ``data`` is a folder of the user's images or text for the first three."""
+    (edgeprune.program); ``data`` is a folder of the user's images or text for all but the first."""
     text = str(spec)
     if text.startswith(HF_PREFIX):
         return load_spec(text, data)
     if text.startswith(LIBRARY_PREFIXES):
         return load_library_model(text, data)
-    if data is not None:
-        raise InputError(f"--data is for hf:DIR, timm:NAME and torchvision:NAME; {text} brings its own inputs"
-                         + (" (its example inputs)" if is_program_spec(text) else " (its calibration and evaluate)"))
     if is_program_spec(text):
-        return load_program_workload(text)
+        return load_program_workload(text, data)
+    if data is not None:
+        raise InputError(f"--data is for hf:DIR, timm:NAME, torchvision:NAME and .pt2 programs; {text} brings "
+                         "its own inputs (its calibration and evaluate)")
     return load_workload_file(text)
 
 

@@ -79,7 +79,7 @@ def test_a_causal_lm_takes_its_calibration_and_held_out_text_from_the_folder(tmp
     ("not a folder", "not a folder"),
     ("too few images", "at least 8 are needed"),
     ("an image that does not read", "cannot read image"),
-    ("a workload file", "--data is for hf:DIR, timm:NAME and torchvision:NAME"),
+    ("a workload file", "--data is for hf:DIR, timm:NAME, torchvision:NAME and .pt2 programs"),
 ])
 def test_bad_data_is_one_line_and_exit_2(case, message, tmp_path, capsys):
     model = f"hf:{save('resnet', tmp_path / 'resnet')}"

@@ -51,6 +51,17 @@ def test_an_exported_program_builds_end_to_end(program, args, tmp_path, capsys):
     assert (tmp_path / "out" / report["artifact"]["path"]).is_file()
 
 
+def test_an_exported_program_takes_a_folder_of_images_in_its_batches(program, tmp_path, capsys):
+    data = digit_pngs(tmp_path / "digits", 9)
+    code, out, err = run_main(["build", str(program), "--data", str(data), "--profile", "x86-avx2", "--quantize",
+                               "int8", "-o", str(tmp_path / "out"), "--json"], capsys)
+    assert code == 0, err
+    batch = torch.export.load(str(program)).example_inputs[0][0].shape[0]
+    batches = 9 // batch
+    assert json.loads(out)["accuracy"]["inputs"] == (f"{batches * batch} images from {data} in batches of {batch}: "
+                                                     f"{batches // 2} batches calibrate, {batches - batches // 2} held out")
+
+
 def test_an_exported_program_is_not_pruned_structurally_and_says_why(program, tmp_path, capsys):
     code, _, err = run_main(["build", str(program), "--profile", "x86-avx2", "--strategy", "structured",
                              "--sparsity", "0.5", "-o", str(tmp_path / "out")], capsys)

@@ -27,7 +27,8 @@ MLFLOW_OPTION = click.option("--mlflow", is_flag=False, flag_value="", default=N
 
 # The options of `build` and `plan`, each a target-file key too (with dashes or underscores).
 DATA_HELP = ("A folder of your own images or text (.txt, one input a line for a text classifier) for "
-             "calibration and evaluation of an hf:, timm: or torchvision: model, instead of random inputs.")
+             "calibration and evaluation of an hf:, timm: or torchvision: model or a .pt2 program, instead of "
+             "random inputs.")
 PLAN_OPTIONS = [
     click.option("--profile", help="Profile name or path to a .toml profile."),
     click.option("--data", metavar="FOLDER", help=DATA_HELP),
