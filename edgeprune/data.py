@@ -3,7 +3,8 @@
 Images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.ppm``, ``.pgm``, ``.webp``; subfolders
 too, so an ImageFolder layout works) are read in path order, converted to the model's
 channels, resized to its input size, scaled to [0, 1] and normalized with the mean and
-standard deviation its library states. Text (``.txt``, UTF-8) is read in path order. A
+standard deviation its library states. Text (``.txt``, UTF-8) is read in path order. Where
+every file lies in a subfolder, the subfolders' names are the inputs' labels (``labels``). A
 folder with neither, a file that does not read, or too few inputs is bad input (exit 2).
 """
 
@@ -33,6 +34,14 @@ def data_folder(path: str | Path) -> Path:
 def files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
     """Returns the folder's files (subfolders too) with one of the suffixes, in path order."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def labels(path: str | Path, suffixes: Sequence[str]) -> list[str] | None:
+    """Returns the name of the top subfolder each file (in path order) lies in, or None where
+    some lie in the folder itself: an ImageFolder layout names its classes so."""
+    folder = data_folder(path)
+    names = [p.relative_to(folder).parts for p in files(folder, suffixes)]
+    return [parts[0] for parts in names] if names and all(len(parts) > 1 for parts in names) else None
 
 
 def load_images(path: str | Path, shape: Sequence[int], mean: Sequence[float] | None = None,
@@ -65,7 +74,8 @@ def load_images(path: str | Path, shape: Sequence[int], mean: Sequence[float] | 
 
 
 def load_texts(path: str | Path) -> list[str]:
-    """Returns the folder's texts (``.txt``, UTF-8, none empty), in path order."""
+    """Returns the folder's texts (``.txt``, UTF-8), in path order; an empty file is an empty text,
+    and a folder of nothing but empty files is bad input."""
     folder = data_folder(path)
     found = files(folder, TEXT_SUFFIXES)
     if not found:
@@ -76,8 +86,28 @@ def load_texts(path: str | Path) -> list[str]:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"--data {path}: cannot read text file {file}: {exc}") from None
-        if text.strip():
-            texts.append(text)
-    if not texts:
+        texts.append(text)
+    if not any(t.strip() for t in texts):
         raise InputError(f"--data {path}: every text file is empty")
     return texts
+
+
+def label_targets(names: Sequence[str] | None, label_names: dict[int, str], classes: int
+                  ) -> tuple[torch.Tensor | None, str]:
+    """Returns (each input's class index, how they were read) from the subfolders' names.
+
+    A name is a class index below ``classes`` or, case aside, one of the model's
+    ``label_names``; (None, why) when the inputs lie in no subfolders or a name is neither.
+    """
+    if names is None:
+        return None, "no class subfolders"
+    by_name = {str(v).lower(): int(k) for k, v in label_names.items()}
+    targets = []
+    for name in names:
+        if name.isdigit() and int(name) < classes:
+            targets.append(int(name))
+        elif name.lower() in by_name:
+            targets.append(by_name[name.lower()])
+        else:
+            return None, f"subfolder {name!r} is neither a class index below {classes} nor one of the model's labels"
+    return torch.tensor(targets, dtype=torch.long), "labelled by their subfolders"

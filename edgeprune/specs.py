@@ -25,6 +25,7 @@ from edgeprune.vocabulary import HF_PREFIX, LIBRARY_PREFIXES
 from edgeprune.workload import Workload, load_workload_file, torch_predictor
 
 AGREEMENT = "top1_agreement_with_dense"
+ACCURACY = "top1_accuracy"
 SEQ_LEN = 32
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's weights
 
@@ -116,6 +117,7 @@ def _classifier(folder: Path, kind: str, data: str | Path | None) -> Workload:
         size = int(getattr(config, "image_size", 224))
         shape = (int(getattr(config, "num_channels", 3)), size, size)
         wrapped = ClassifierLogits(model, "pixel_values")
+        names = None if data is None else user_data.labels(data, user_data.IMAGE_SUFFIXES)
         if data is None:
             inputs = torch.rand(96, *shape, generator=generator)
         else:
@@ -123,10 +125,11 @@ def _classifier(folder: Path, kind: str, data: str | Path | None) -> Workload:
     else:
         wrapped = ClassifierLogits(model, "input_ids")
         if data is None:
-            inputs = torch.randint(0, int(config.vocab_size), (96, SEQ_LEN), generator=generator)
+            inputs, names = torch.randint(0, int(config.vocab_size), (96, SEQ_LEN), generator=generator), None
         else:
-            inputs = _token_rows(folder, data, hf)
-    return agreement_workload(wrapped, inputs, f"hf:{folder.name}", {"hf_path": str(folder)}, data)
+            inputs, names = _token_rows(folder, data, hf)
+    return agreement_workload(wrapped, inputs, f"hf:{folder.name}", {"hf_path": str(folder)}, data, names,
+                              dict(getattr(config, "id2label", None) or {}))
 
 
 def _processor_normalization(folder: Path) -> tuple[list[float] | None, list[float] | None]:
@@ -141,8 +144,9 @@ def _processor_normalization(folder: Path) -> tuple[list[float] | None, list[flo
     return saved.get("image_mean"), saved.get("image_std")
 
 
-def _token_rows(folder: Path, data: str | Path, hf) -> torch.Tensor:
-    """Returns one row of SEQ_LEN token ids per non-empty line of the data's texts (truncated or padded)."""
+def _token_rows(folder: Path, data: str | Path, hf) -> tuple[torch.Tensor, list[str] | None]:
+    """Returns one row of SEQ_LEN token ids per non-empty line of the data's texts (truncated or
+    padded), and each line's subfolder name (None where the files lie in no subfolders)."""
     try:
         tokenizer = hf.AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
@@ -151,38 +155,56 @@ def _token_rows(folder: Path, data: str | Path, hf) -> torch.Tensor:
     if len(tokenizer) <= len(tokenizer.all_special_tokens):  # no vocabulary saved: every word would be unknown
         raise InputError(f"--data needs the tokenizer of hf:{folder}, and the folder holds none "
                          "(save it there with tokenizer.save_pretrained)")
-    lines = [line for text in user_data.load_texts(data) for line in text.splitlines() if line.strip()]
+    folders = user_data.labels(data, user_data.TEXT_SUFFIXES)
+    texts = user_data.load_texts(data)
+    per_line = [(line, label) for text, label in zip(texts, folders or [None] * len(texts), strict=True)
+                for line in text.splitlines() if line.strip()]
+    lines = [line for line, _ in per_line]
     if len(lines) < user_data.MIN_INPUTS:
         raise InputError(f"--data {data}: {len(lines)} line(s) of text; at least {user_data.MIN_INPUTS} are needed, "
                          "one input a line")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = [(tokenizer(line)["input_ids"] + [pad] * SEQ_LEN)[:SEQ_LEN] for line in lines]
-    return torch.tensor(rows, dtype=torch.long)
+    return torch.tensor(rows, dtype=torch.long), None if folders is None else [label for _, label in per_line]
 
 
 def agreement_workload(model: nn.Module, inputs: torch.Tensor, name: str, extras: dict,
-                       data: str | Path | None = None) -> Workload:
-    """Returns a workload over ``inputs`` scored by top-1 agreement with the dense model on the
-    held-out ones: with no labels of the user's, agreement with the original is the only honest
-    metric, and the report names it. Random inputs: the first 32 calibrate. The user's data
-    (``data``, the folder they came from): the first half calibrate, at most 32."""
-    split = 32 if data is None else min(32, len(inputs) // 2)
-    calibration, heldout = inputs[:split], inputs[split:]
+                       data: str | Path | None = None, names: list[str] | None = None,
+                       label_names: dict[int, str] | None = None) -> Workload:
+    """Returns a workload over ``inputs``, scored on the held-out ones.
+
+    Random inputs (no ``data``): the first 32 calibrate, and the metric is top-1 agreement with
+    the dense model, the only honest one without labels; the report names it. The user's data
+    (``data``, the folder they came from): every other input calibrates (at most 32), and where
+    the inputs' subfolders (``names``) name the model's classes (an index, or one of
+    ``label_names``), the metric is top-1 accuracy against them; else agreement again.
+    """
+    if data is None:
+        calibrate = list(range(min(32, len(inputs))))
+    else:
+        calibrate = list(range(0, len(inputs), 2))[:32]
+    chosen = set(calibrate)
+    held = [i for i in range(len(inputs)) if i not in chosen]
+    calibration, heldout = inputs[calibrate], inputs[held]
     try:
         with torch.no_grad():
-            reference = torch_predictor(model)(heldout).argmax(-1)
+            logits = torch_predictor(model)(heldout)
     except Exception as exc:  # the user's model, run on inputs its config describes
         raise InputError(f"{name}: the model's forward failed on inputs of shape {tuple(heldout.shape[1:])}: "
                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    targets, how = (None, "") if data is None else user_data.label_targets(names, label_names or {}, logits.shape[-1])
+    reference = logits.argmax(-1) if targets is None else targets[held]
 
-    def agreement(predict) -> float:
+    def top1(predict) -> float:
         return float((predict(heldout).argmax(-1) == reference).float().mean())
 
+    described = "random (no data given)" if data is None else (
+        f"{len(inputs)} inputs from {data}: {len(calibrate)} calibrate, {len(held)} held out, "
+        + (how if targets is not None else f"scored against the dense model ({how})"))
     return Workload(model=model, example_inputs=(inputs[:1],),
                     calibration=[(calibration[i:i + 8],) for i in range(0, len(calibration), 8)],
-                    evaluate=agreement, metric=AGREEMENT, higher_is_better=True, name=name,
-                    extras={**extras, "inputs": "random (no data given)" if data is None else
-                            f"{len(inputs)} inputs from {data}: {split} calibrate, {len(heldout)} held out"})
+                    evaluate=top1, metric=AGREEMENT if targets is None else ACCURACY, higher_is_better=True,
+                    name=name, extras={**extras, "inputs": described})
 
 
 def load_library_model(text: str, data: str | Path | None = None) -> Workload:
@@ -204,7 +226,8 @@ def load_library_model(text: str, data: str | Path | None = None) -> Workload:
         inputs = user_data.load_images(data, size, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
     else:
         inputs = user_data.load_images(data, size, IMAGENET_MEAN, IMAGENET_STD)
-    return agreement_workload(model.eval(), inputs, text, {"library": prefix, "pretrained": pretrained}, data)
+    names = None if data is None else user_data.labels(data, user_data.IMAGE_SUFFIXES)
+    return agreement_workload(model.eval(), inputs, text, {"library": prefix, "pretrained": pretrained}, data, names)
 
 
 def _offline():

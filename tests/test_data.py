@@ -29,18 +29,39 @@ def test_images_are_read_in_path_order_resized_and_normalized(tmp_path):
     assert load_images(folder, (1, 8, 8)).shape == (10, 1, 8, 8)
 
 
-def test_an_image_classifier_is_calibrated_and_scored_on_the_folder(tmp_path, capsys):
-    model = save("resnet", tmp_path / "resnet")
-    data = digit_pngs(tmp_path / "digits", 24)
+def test_an_image_classifier_is_scored_against_the_labels_its_subfolders_name(tmp_path, capsys):
+    model = save("resnet", tmp_path / "resnet")  # 10 classes
+    data = digit_pngs(tmp_path / "digits", 24)  # subfolders 0..9: class indices
     code, out, err = run_main(["build", f"hf:{model}", "--data", str(data), "--profile", "x86-avx2",
                                "--strategy", "structured", "--sparsity", "0.5", "-o", str(tmp_path / "out"), "--json"],
                               capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert report["accuracy"]["metric"] == "top1_agreement_with_dense"
-    assert report["accuracy"]["inputs"] == f"24 inputs from {data}: 12 calibrate, 12 held out"
+    assert report["accuracy"]["metric"] == "top1_accuracy"
+    assert report["accuracy"]["inputs"] == f"24 inputs from {data}: 12 calibrate, 12 held out, labelled by their subfolders"
     assert report["artifact"]["verified"]["passed"]
     assert "inputs: 24 inputs from" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("layout, why", [
+    ("flat", "no class subfolders"),
+    ("named", "subfolder 'cats' is neither a class index below 10 nor one of the model's labels"),
+])
+def test_without_labels_the_folder_is_scored_against_the_dense_model(layout, why, tmp_path, capsys):
+    model = save("resnet", tmp_path / "resnet")
+    data = digit_pngs(tmp_path / "digits", 10, classes=False)
+    if layout == "named":
+        (data / "cats").mkdir()
+        for png in sorted(data.glob("*.png")):
+            png.rename(data / "cats" / png.name)
+    code, out, err = run_main(["plan", f"hf:{model}", "--data", str(data), "--profile", "x86-avx2", "--json"], capsys)
+    assert code == 0, err
+    from edgeprune.specs import load_workload
+
+    workload = load_workload(f"hf:{model}", data)
+    assert workload.metric == "top1_agreement_with_dense"
+    assert workload.extras["inputs"] == f"10 inputs from {data}: 5 calibrate, 5 held out, " \
+                                         f"scored against the dense model ({why})"
 
 
 def test_a_text_classifier_takes_a_line_of_text_an_input(tmp_path, capsys):
@@ -59,7 +80,8 @@ def test_a_text_classifier_takes_a_line_of_text_an_input(tmp_path, capsys):
                                "unstructured", "--sparsity", "0.5", "-o", str(tmp_path / "o2"), "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["accuracy"]["inputs"] == f"{len(lines)} inputs from {data}: 32 calibrate, " \
-                                                    f"{len(lines) - 32} held out"
+                                                    f"{len(lines) - 32} held out, scored against the dense model " \
+                                                    "(no class subfolders)"
 
 
 def test_a_causal_lm_takes_its_calibration_and_held_out_text_from_the_folder(tmp_path, capsys):

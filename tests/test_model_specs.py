@@ -100,7 +100,8 @@ def test_a_timm_model_takes_a_folder_of_images(tmp_path, capsys):
                                "--quantize", "int8", "-o", str(tmp_path / "out"), "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert report["accuracy"]["inputs"] == f"16 inputs from {data}: 8 calibrate, 8 held out"
+    assert report["accuracy"]["metric"] == "top1_accuracy"  # subfolders 0..9: ImageNet class indices
+    assert report["accuracy"]["inputs"] == f"16 inputs from {data}: 8 calibrate, 8 held out, labelled by their subfolders"
     assert report["artifact"]["verified"]["passed"]
 
 
