@@ -82,6 +82,16 @@ def test_a_text_classifier_takes_a_line_of_text_an_input(tmp_path, capsys):
     assert json.loads(out)["accuracy"]["inputs"] == f"{len(lines)} inputs from {data}: 32 calibrate, " \
                                                     f"{len(lines) - 32} held out, scored against the dense model " \
                                                     "(no class subfolders)"
+    # text files in class subfolders label each of their lines (the model has 2 classes)
+    labelled = tmp_path / "labelled"
+    for label, lang in ((0, "en"), (1, "de")):
+        (labelled / str(label)).mkdir(parents=True)
+        shutil.copy(TEXTS / f"{lang}.txt", labelled / str(label) / f"{lang}.txt")
+    from edgeprune.specs import load_workload
+
+    workload = load_workload(f"hf:{model}", labelled)
+    assert workload.metric == "top1_accuracy" and workload.extras["inputs"].endswith("labelled by their subfolders")
+    assert 0.0 <= workload.evaluate(lambda x: workload.model(x)) <= 1.0
 
 
 def test_a_causal_lm_takes_its_calibration_and_held_out_text_from_the_folder(tmp_path, capsys):
