@@ -31,7 +31,7 @@ $(VISION_STAMP): pyproject.toml
 	touch $(VISION_STAMP)
 
 test: $(STAMP) test-vision
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=10
 
 # the model-argument tests that need timm and torchvision; there they must run, not skip
 test-vision: $(VISION_STAMP)

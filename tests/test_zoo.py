@@ -40,13 +40,20 @@ def test_a_real_architecture_prunes_to_its_full_width(family, tmp_path, capsys):
     report = json.loads(out)
     macs = report["model"]["macs_after"] / report["model"]["macs_before"]
     assert macs <= MAX_TRANSFORMER_MACS.get(family, MAX_MACS), f"{family}: MACs {macs:.3f}"
-    assert report["artifact"]["verified"]["passed"]
+    assert report["artifact"]["verified"]["passed"] and report["workload"] == f"hf:{family}"
     details = report["strategy"]["details"]
     if family in CAUSAL_LMS:
+        # a perplexity workload, shipped as a Hugging Face directory that reloads to the same logits
+        assert report["accuracy"]["metric"] == "perplexity"
+        assert report["artifact"]["hf_model"]["reload_max_abs_diff"] < 1e-4
         # block by block: hidden width, key/value groups and FFN neurons all narrowed
         assert details["hidden_width"]["after"] < details["hidden_width"]["before"]
         assert details["heads"]["after"][1] < details["heads"]["before"][1]
     else:
+        # no labels: agreement with the dense model on random inputs, and the report says so
+        accuracy = report["accuracy"]
+        assert accuracy["metric"] == "top1_agreement_with_dense" and accuracy["baseline"] == 1.0
+        assert 0.0 <= accuracy["pruned"] <= 1.0 and accuracy["inputs"] == "random (no data given)"
         heads = [g for g in details["groups"] if g.get("unit") == "head"]
         if family in ("vit", "deit", "bert", "distilbert", "roberta", "swin"):
             assert heads and all(g["heads_after"] < g["heads"] for g in heads)
