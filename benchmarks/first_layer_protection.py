@@ -16,11 +16,9 @@ from __future__ import annotations
 import copy
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +31,8 @@ import digits_cnn  # noqa: E402
 from cnn_variants import BasicBlock  # noqa: E402
 
 from edgeprune.backends.onnx_tools.export import export_onnx  # noqa: E402
+from edgeprune.measure.local import measure_onnx_files  # noqa: E402
+from edgeprune.measure.protocol import Protocol  # noqa: E402
 from edgeprune.prune import StructuredConfig, prune  # noqa: E402
 from edgeprune.prune.recover import recalibrate_batchnorm, recover  # noqa: E402
 from edgeprune.stats import count_macs  # noqa: E402
@@ -88,26 +88,13 @@ def matching_sparsity(model: nn.Module, macs: int, x: torch.Tensor) -> float:
 
 
 def latency_ms(models: dict[str, nn.Module], x: torch.Tensor, rounds: int = 12, runs: int = 20) -> dict[str, float]:
-    """Returns each model's median ONNX Runtime latency (1 thread), measured in interleaved rounds."""
-    sessions = {}
+    """Returns each model's median ONNX Runtime latency (1 thread), timed side by side in
+    interleaved rounds of ``runs`` runs each (the build's own timing)."""
+    protocol = Protocol(warmup_s=0.1, round_s=0.0, min_rounds=rounds, max_rounds=rounds, min_runs_per_round=runs)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, m in models.items():
-            path = Path(tmp) / f"{name}.onnx"
-            export_onnx(m, (x,), path)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        feed = x.numpy()
-        times: dict[str, list[float]] = {n: [] for n in sessions}
-        for _ in range(rounds):
-            for name, s in sessions.items():
-                inp = {s.get_inputs()[0].name: feed}
-                s.run(None, inp)
-                start = time.perf_counter()
-                for _ in range(runs):
-                    s.run(None, inp)
-                times[name].append((time.perf_counter() - start) / runs * 1e3)
-    return {n: float(np.median(t)) for n, t in times.items()}
+        paths = {name: Path(export_onnx(m, (x,), Path(tmp) / f"{name}.onnx")) for name, m in models.items()}
+        stats = measure_onnx_files(paths, [x], threads=1, protocol=protocol)
+    return {n: s.median_ms for n, s in stats.items()}
 
 
 def recovered_accuracy(student: nn.Module, teacher: nn.Module) -> list[float]:

@@ -22,12 +22,9 @@ import copy
 import signal
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import torch
 import torch_pruning as tp
 
@@ -35,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import edgeprune  # noqa: E402
 from edgeprune.backends.onnx_tools.export import export_onnx  # noqa: E402
+from edgeprune.measure.local import measure_onnx_files  # noqa: E402
+from edgeprune.measure.protocol import Protocol  # noqa: E402
 from edgeprune.profile import load_profile  # noqa: E402
 from edgeprune.prune.heads import find_attention  # noqa: E402
 from edgeprune.prune.roles import layer_roles  # noqa: E402
@@ -79,22 +78,10 @@ def torch_pruning(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> t
 
 def latencies(paths: dict[str, Path], inputs: tuple[torch.Tensor, ...], rounds: int = 15,
               runs: int = 20) -> dict[str, float]:
-    """Returns each ONNX model's median latency in ms (one thread), timed in interleaved rounds."""
-    sessions = {}
-    for name, path in paths.items():
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    samples: dict[str, list[float]] = {n: [] for n in sessions}
-    for _ in range(rounds):
-        for name, s in sessions.items():
-            feed = {i.name: t.numpy() for i, t in zip(s.get_inputs(), inputs, strict=True)}
-            s.run(None, feed)
-            start = time.perf_counter()
-            for _ in range(runs):
-                s.run(None, feed)
-            samples[name].append((time.perf_counter() - start) / runs * 1e3)
-    return {n: float(np.median(v)) for n, v in samples.items()}
+    """Returns each ONNX model's median latency in ms (one thread), timed side by side in
+    interleaved rounds of ``runs`` runs each (the build's own timing)."""
+    protocol = Protocol(warmup_s=0.1, round_s=0.0, min_rounds=rounds, max_rounds=rounds, min_runs_per_round=runs)
+    return {n: s.median_ms for n, s in measure_onnx_files(paths, list(inputs), threads=1, protocol=protocol).items()}
 
 
 def main(families: list[str]) -> None:

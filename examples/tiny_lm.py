@@ -23,7 +23,7 @@ import torch
 import edgeprune
 from edgeprune.llm import causal_lm_workload
 from edgeprune.llm.text import pydoc_corpus
-from edgeprune.llm.train import byte_level_bpe, save_fp16, train_causal_lm
+from edgeprune.llm.train import byte_level_bpe, save_fp16, tiny_llama, train_causal_lm
 from edgeprune.llm.workload import tokenize
 
 WEIGHTS = Path(__file__).with_name("weights") / "tiny_lm"
@@ -33,21 +33,7 @@ VOCAB = 1024
 
 def build_model():
     """Returns an untrained LlamaForCausalLM of the tiny LM's shape."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=240,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=10,
-        num_key_value_heads=5,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_llama(VOCAB, hidden=240, ffn=512, heads=10, kv_heads=5)
 
 
 def train(steps: int = 600, batch: int = 16, lr: float = 5e-3, seed: int = 0, log: bool = False):

@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeprune.llm.train import byte_level_bpe, save_fp16, train_causal_lm  # noqa: E402
+from edgeprune.llm.train import byte_level_bpe, save_fp16, tiny_llama, train_causal_lm  # noqa: E402
 from edgeprune.llm.workload import tokenize  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "multilingual"
@@ -158,21 +158,7 @@ def mixed(train: dict[str, str], seed: int) -> str:
 
 def build_model():
     """Returns an untrained LlamaForCausalLM of the multilingual tiny LM's shape."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_llama(VOCAB, hidden=128, ffn=256, heads=8, kv_heads=4)
 
 
 def write_data(heldout: dict[str, str], text: str) -> None:

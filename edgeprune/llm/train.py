@@ -20,6 +20,17 @@ from edgeprune.llm.workload import sample_windows
 EOS = "<|endoftext|>"
 
 
+def tiny_llama(vocab: int, hidden: int, ffn: int, heads: int, kv_heads: int, layers: int = 4):
+    """Returns an untrained LlamaForCausalLM of the example LMs' kind: tied embeddings, 512
+    positions, token 0 as both BOS and EOS (the byte-level tokenizer's first token)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0))
+
+
 def byte_level_bpe(text: str, vocab_size: int):
     """Returns a byte-level BPE tokenizer (transformers fast tokenizer) trained on ``text``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
