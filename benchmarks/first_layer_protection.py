@@ -32,10 +32,10 @@ from cnn_variants import BasicBlock  # noqa: E402
 
 from edgeprune.backends.onnx_tools.export import export_onnx  # noqa: E402
 from edgeprune.measure.local import measure_onnx_files  # noqa: E402
-from edgeprune.measure.protocol import Protocol  # noqa: E402
 from edgeprune.prune import StructuredConfig, prune  # noqa: E402
 from edgeprune.prune.recover import recalibrate_batchnorm, recover  # noqa: E402
 from edgeprune.stats import count_macs  # noqa: E402
+from edgeprune.timing import Protocol  # noqa: E402
 
 RECOVER_STEPS = 200
 SEEDS = (0, 1)

@@ -33,8 +33,8 @@ import edgeprune  # noqa: E402
 from edgeprune.backends import LowerRequest, get_backend  # noqa: E402
 from edgeprune.backends.tensorrt.engine import tensorrt_unavailable  # noqa: E402
 from edgeprune.measure.local import measure_onnx_files  # noqa: E402
-from edgeprune.measure.protocol import Protocol  # noqa: E402
 from edgeprune.profile import load_profile  # noqa: E402
+from edgeprune.timing import Protocol  # noqa: E402
 from edgeprune.verify import verify_numeric  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -33,13 +33,13 @@ sys.path.insert(0, str(ROOT))
 import edgeprune  # noqa: E402
 from edgeprune.backends.onnx_tools.export import export_onnx  # noqa: E402
 from edgeprune.measure.local import measure_onnx_files  # noqa: E402
-from edgeprune.measure.protocol import Protocol  # noqa: E402
 from edgeprune.profile import load_profile  # noqa: E402
 from edgeprune.prune.heads import find_attention  # noqa: E402
 from edgeprune.prune.roles import layer_roles  # noqa: E402
 from edgeprune.prune.stage import prune_for_plan  # noqa: E402
 from edgeprune.specs import load_workload  # noqa: E402
 from edgeprune.stats import count_macs  # noqa: E402
+from edgeprune.timing import Protocol  # noqa: E402
 from tests.hf_zoo import ZOO, save  # noqa: E402
 
 LIMIT_S = 120

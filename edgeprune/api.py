@@ -3,7 +3,7 @@
     import edgeprune
     report = edgeprune.build("examples/digits_cnn.py", profile="x86-avx2", output="out/digits",
                              latency_budget_ms=2.0, max_accuracy_drop=0.01)
-    report.passed, report.latency["median_ms"]
+    report.passed, report.latency.median_ms
 
 The first argument is a workload file spec (``path/to/file.py[:function]``), a target file
 (``.toml``) or an ``edgeprune.Workload``; keyword arguments are the options of ``edgeprune
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.backends import get_backend
-from edgeprune.errors import BudgetMissed, InputError, missed_budgets
-from edgeprune.gate import Budgets
+from edgeprune.errors import BudgetMissed, InputError
+from edgeprune.gate import Budgets, missed_budgets
 from edgeprune.output import check_writable
 from edgeprune.planning import Plan, make_plan, precision_for
 from edgeprune.profile import load_profile
@@ -56,7 +56,7 @@ def build(workload_or_spec: Workload | str | Path, profile: str | None = None, *
     given = {**options, "profile": profile, "output": Path(output) if output is not None else None}
     report = run_build(options_from(spec, given), step=step, workload=workload)
     if fail_on_miss and not report.passed:
-        raise BudgetMissed(missed_budgets(report.budgets, report.artifact["verified"]["passed"]), report)
+        raise BudgetMissed(missed_budgets(report.budgets, report.verified), report)
     return report
 
 

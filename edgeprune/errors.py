@@ -34,13 +34,3 @@ class BudgetMissed(EdgepruneError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
-
-
-def missed_budgets(budgets: list[dict], verified: bool) -> str:
-    """Returns the one line that says what failed: the budgets missed (with value and limit) and the verification."""
-    parts = [f"{b['name']} {b['value'] if b['value'] is not None else 'unproven'} (limit {b['limit']:g}"
-             + (f", slice {b['slice']!r}" if b.get("slice") is not None else "") + ")"
-             for b in budgets if not b["met"]]
-    if not verified:
-        parts.append("the artifact is not verified")
-    return "missed: " + "; ".join(parts) if parts else "passed"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 from edgeprune.errors import InputError
-from edgeprune.metric import worst_slice
+from edgeprune.measurements import Accuracy, BudgetResult, Latency, Measurements
 
 LATENCY_STATS = ("median", "p90")
 
@@ -62,33 +62,7 @@ class Budgets:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Measurements:
-    """What the gate judges: the latency section (measured or estimated, with its spread), the
-    artifact's size, the peak memory and the accuracy section, as one evaluation recorded them."""
-
-    latency: dict | None = None
-    size_bytes: int | None = None
-    memory: dict = field(default_factory=dict)
-    accuracy: dict = field(default_factory=dict)
-
-    @classmethod
-    def of_report(cls, report: dict) -> Measurements:
-        """Returns the measurements a stored report holds (a report read back for ``edgeprune check``)."""
-        return cls(latency=report.get("latency"), size_bytes=(report.get("artifact") or {}).get("size_bytes"),
-                   memory=report.get("memory") or {}, accuracy=report.get("accuracy") or {})
-
-
-def _result(name: str, limit: float, value: float | None, met: bool, note: str = "", unit: str = "") -> dict:
-    out: dict[str, Any] = {"name": name, "limit": limit, "value": value, "met": met}
-    if unit:
-        out["unit"] = unit
-    if note:
-        out["note"] = note
-    return out
-
-
-def check_latency(latency: dict | None, budgets: Budgets, headroom: float = 0.0) -> dict:
+def check_latency(latency: Latency | None, budgets: Budgets, headroom: float = 0.0) -> BudgetResult:
     """Returns the latency budget's result: measured with its noise, or estimated with a margin.
 
     ``headroom`` pads a measured value (a search's quick timing must clear the budget by that
@@ -97,19 +71,20 @@ def check_latency(latency: dict | None, budgets: Budgets, headroom: float = 0.0)
     limit = budgets.latency_ms
     stat = budgets.latency_stat
     name = f"latency_{stat}_ms"
-    if not latency or latency.get(f"{stat}_ms") is None:
-        why = (latency or {}).get("note") or "no latency was measured or estimated"
-        return _result(name, limit, None, False, f"cannot prove the budget: {why}", "ms")
-    value = float(latency[f"{stat}_ms"])
-    if headroom and latency.get("source") != "estimated":
+    value = latency.stat(stat) if latency is not None else None
+    if value is None:
+        why = (latency.note if latency is not None else None) or "no latency was measured or estimated"
+        return BudgetResult(name, limit, None, False, "ms", note=f"cannot prove the budget: {why}")
+    value = float(value)
+    if headroom and not latency.estimated:
         padded = value * (1 + headroom)
         note = f"a quick timing: passes only if {value:.3g} ms x {1 + headroom:.2f} = {padded:.3g} ms <= {limit:g} ms"
-        return _result(name, limit, value, padded <= limit, note, "ms")
-    return _judge(name, limit, value, latency.get("source") == "estimated", float(latency.get("spread") or 0.0),
-                  budgets.estimate_margin, "ms", "the measurement's own spread")
+        return BudgetResult(name, limit, value, padded <= limit, "ms", note=note)
+    return _judge(name, limit, value, latency.estimated, float(latency.spread or 0.0), budgets.estimate_margin,
+                  "ms", "the measurement's own spread")
 
 
-def check_latency_ratio(latency: dict | None, budgets: Budgets) -> dict:
+def check_latency_ratio(latency: Latency | None, budgets: Budgets) -> BudgetResult:
     """Returns the ratio budget's result: the artifact's latency over the dense model's, timed side by side.
 
     The same protocol as the budget in milliseconds: an estimate (of both) must clear the
@@ -119,54 +94,59 @@ def check_latency_ratio(latency: dict | None, budgets: Budgets) -> dict:
     limit = budgets.latency_ratio
     stat = budgets.latency_stat
     name = f"latency_{stat}_ratio"
-    mine = (latency or {}).get(f"{stat}_ms")
-    dense = (latency or {}).get(f"baseline_{stat}_ms")
+    mine = latency.stat(stat) if latency is not None else None
+    dense = latency.baseline_stat(stat) if latency is not None else None
     if mine is None or not dense:
-        why = (latency or {}).get("note") or ("no latency was measured or estimated" if mine is None else
-                                              "the dense model was not timed side by side with the artifact")
-        return _result(name, limit, None, False, f"cannot prove the budget: {why}", "x dense")
+        why = (latency.note if latency is not None else None) or (
+            "no latency was measured or estimated" if mine is None else
+            "the dense model was not timed side by side with the artifact")
+        return BudgetResult(name, limit, None, False, "x dense", note=f"cannot prove the budget: {why}")
     value = round(float(mine) / float(dense), 4)
-    spread = float(latency.get("spread") or 0.0) + float(latency.get("baseline_spread") or 0.0)
-    return _judge(name, limit, value, latency.get("source") == "estimated", spread, budgets.estimate_margin,
+    spread = float(latency.spread or 0.0) + float(latency.baseline_spread or 0.0)
+    return _judge(name, limit, value, latency.estimated, spread, budgets.estimate_margin,
                   "x dense", "the two measurements' spread")
 
 
 def _judge(name: str, limit: float, value: float, estimated: bool, spread: float, margin: float, unit: str,
-           whose: str) -> dict:
-    """Judges a latency figure against its limit: an estimate must clear the margin; a measurement
-    closer to the limit than its spread is undecided, a failed budget."""
-    shown = f" {unit}" if unit == "ms" else ""
+           whose: str, lower_is_better: bool = True) -> BudgetResult:
+    """Judges a measured or estimated figure against its limit: an estimate must clear the margin; a
+    measurement closer to the limit than its spread is undecided, a failed budget.
+
+    ``lower_is_better`` False judges a floor (tokens per second) instead of a ceiling.
+    """
+    shown = f" {unit}" if unit not in ("x dense", "") else ""
     if estimated:
-        padded = value * (1 + margin)
-        note = (f"estimated, not measured: passes only if the estimate x {1 + margin:.2f} "
-                f"= {padded:.3g}{shown} <= {limit:g}{shown}")
-        return _result(name, limit, value, padded <= limit, note, unit)
+        padded = value * (1 + margin) if lower_is_better else value * (1 - margin)
+        sign, factor = ("<=", 1 + margin) if lower_is_better else (">=", 1 - margin)
+        note = (f"estimated, not measured: passes only if the estimate x {factor:.2f} "
+                f"= {padded:.4g}{shown} {sign} {limit:g}{shown}")
+        met = padded <= limit if lower_is_better else padded >= limit
+        return BudgetResult(name, limit, value, met, unit, note=note)
     if abs(value - limit) <= spread * value:
         note = (f"undecided: {whose} ({spread:.1%}) is larger than the distance to the budget; "
                 "re-measure on a quieter device")
-        return _result(name, limit, value, False, note, unit)
-    return _result(name, limit, value, value <= limit, "", unit)
+        return BudgetResult(name, limit, value, False, unit, note=note)
+    return BudgetResult(name, limit, value, value <= limit if lower_is_better else value >= limit, unit)
 
 
-def latency_undecided(latency: dict | None, budgets: Budgets) -> bool:
+def latency_undecided(latency: Latency | None, budgets: Budgets) -> bool:
     """Whether a latency budget (in ms or as a ratio) is undecided by the measurement's own noise."""
     results = ([check_latency(latency, budgets)] if budgets.latency_ms is not None else []) + \
         ([check_latency_ratio(latency, budgets)] if budgets.latency_ratio is not None else [])
-    return any(r.get("note", "").startswith("undecided") for r in results)
+    return any(r.undecided for r in results)
 
 
-def check_slices(accuracy: dict, budgets: Budgets) -> dict:
+def check_slices(accuracy: Accuracy | None, budgets: Budgets) -> BudgetResult:
     """Returns the slice budget's result: the worst slice's drop against the limit, the slice named."""
-    worst = worst_slice(accuracy)
+    worst = accuracy.worst() if accuracy is not None else None
     if worst is None:
-        why = accuracy.get("note") or "the metric has no slices evaluated on the artifact"
-        return _result("slice_drop", budgets.max_slice_drop, None, False, f"cannot prove the budget: {why}")
-    out = _result("slice_drop", budgets.max_slice_drop, worst["drop"], worst["drop"] <= budgets.max_slice_drop)
-    out["slice"] = str(worst["name"])
-    return out
+        why = (accuracy.note if accuracy is not None else None) or "the metric has no slices evaluated on the artifact"
+        return BudgetResult("slice_drop", budgets.max_slice_drop, None, False, note=f"cannot prove the budget: {why}")
+    return BudgetResult("slice_drop", budgets.max_slice_drop, worst.drop, worst.drop <= budgets.max_slice_drop,
+                        slice=worst.name)
 
 
-def check_budgets(measured: Measurements, budgets: Budgets, headroom: float = 0.0) -> list[dict]:
+def check_budgets(measured: Measurements, budgets: Budgets, headroom: float = 0.0) -> list[BudgetResult]:
     """Returns one result per budget set, each with limit, value, met and a note when unproven."""
     results = []
     if budgets.latency_ms is not None:
@@ -176,23 +156,34 @@ def check_budgets(measured: Measurements, budgets: Budgets, headroom: float = 0.
     if budgets.max_size_mb is not None:
         size = measured.size_bytes
         value = size / 1e6 if size is not None else None
-        results.append(_result("size_mb", budgets.max_size_mb, value,
-                               value is not None and value <= budgets.max_size_mb,
-                               "" if value is not None else "no artifact size", "MB"))
+        results.append(BudgetResult("size_mb", budgets.max_size_mb, value,
+                                    value is not None and value <= budgets.max_size_mb, "MB",
+                                    note=None if value is not None else "no artifact size"))
     if budgets.max_memory_mb is not None:
-        peak = measured.memory.get("peak_mb")
-        results.append(_result("memory_mb", budgets.max_memory_mb, peak,
-                               peak is not None and peak <= budgets.max_memory_mb,
-                               "" if peak is not None else "peak memory was not determined", "MB"))
+        peak = measured.memory.peak_mb if measured.memory is not None else None
+        results.append(BudgetResult("memory_mb", budgets.max_memory_mb, peak,
+                                    peak is not None and peak <= budgets.max_memory_mb, "MB",
+                                    note=None if peak is not None else "peak memory was not determined"))
     if budgets.max_accuracy_drop is not None:
         acc = measured.accuracy
-        drop = acc.get("drop")
-        note = "" if drop is not None else (acc.get("note") or "accuracy was not evaluated on the artifact")
-        results.append(_result("accuracy_drop", budgets.max_accuracy_drop, drop,
-                               drop is not None and drop <= budgets.max_accuracy_drop, note))
+        drop = acc.drop if acc is not None else None
+        note = None if drop is not None else ((acc.note if acc is not None else None)
+                                              or "accuracy was not evaluated on the artifact")
+        results.append(BudgetResult("accuracy_drop", budgets.max_accuracy_drop, drop,
+                                    drop is not None and drop <= budgets.max_accuracy_drop, note=note))
     if budgets.max_slice_drop is not None:
         results.append(check_slices(measured.accuracy, budgets))
     return results
+
+
+def missed_budgets(results: Sequence[BudgetResult], verified: bool) -> str:
+    """Returns the one line that says what failed: the budgets missed (with value and limit) and the verification."""
+    parts = [f"{b.name} {b.value if b.value is not None else 'unproven'} (limit {b.limit:g}"
+             + (f", slice {b.slice!r}" if b.slice is not None else "") + ")"
+             for b in results if not b.met]
+    if not verified:
+        parts.append("the artifact is not verified")
+    return "missed: " + "; ".join(parts) if parts else "passed"
 
 
 def refuse_unprovable(budgets: Budgets, has_evaluate: bool, has_slices: bool) -> None:

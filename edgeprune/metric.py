@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from edgeprune.errors import InputError
+from edgeprune.measurements import SliceDrop
 
 OVERALL = "overall"
 GIVEN = "given"
@@ -76,7 +77,7 @@ def drop(baseline: float, value: float, higher_is_better: bool) -> float:
 
 
 def slice_section(baseline: Score, value: Score, higher_is_better: bool, what: str) -> dict:
-    """Returns the report's per-slice entries: ``slices`` (name, baseline, value, drop), ``worst_slice``, ``overall``.
+    """Returns the Accuracy fields of the slices: ``slices`` (each a SliceDrop), ``worst_slice``, ``overall``.
 
     Empty when evaluate returned plain numbers. InputError when the two scores name
     different slices (an evaluate whose slices change between calls cannot be compared).
@@ -90,18 +91,8 @@ def slice_section(baseline: Score, value: Score, higher_is_better: bool, what: s
         missing = sorted(set(baseline.slices) ^ set(value.slices)) or ["(their order)"]
         raise InputError(f"{what} returned different slices for the dense model and the built one "
                          f"(they differ in {', '.join(map(repr, missing[:3]))}): return the same slices every call")
-    rows = [{"name": name, "baseline": base, "value": value.slices[name],
-             "drop": round(drop(base, value.slices[name], higher_is_better), 6)}
-            for name, base in baseline.slices.items()]
+    rows = tuple(SliceDrop(name, base, value.slices[name], round(drop(base, value.slices[name], higher_is_better), 6))
+                 for name, base in baseline.slices.items())
     out["slices"] = rows
-    out["worst_slice"] = max(rows, key=lambda r: r["drop"])["name"]  # the first of equals
+    out["worst_slice"] = max(rows, key=lambda r: r.drop).name  # the first of equals
     return out
-
-
-def worst_slice(accuracy: Mapping[str, Any]) -> dict | None:
-    """Returns the slice entry that lost most (``accuracy.worst_slice`` among ``accuracy.slices``), or None."""
-    rows = [r for r in accuracy.get("slices") or [] if isinstance(r, Mapping) and r.get("drop") is not None]
-    if not rows:
-        return None
-    named = [r for r in rows if r.get("name") == accuracy.get("worst_slice")]
-    return named[0] if named else max(rows, key=lambda r: r["drop"])

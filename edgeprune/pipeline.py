@@ -16,6 +16,7 @@ from edgeprune.errors import UnsupportedError
 from edgeprune.gate import check_budgets, refuse_unprovable
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.local import check_measure_flags
+from edgeprune.measurements import Accuracy
 from edgeprune.output import check_output_folder, claimed_output, staged_output
 from edgeprune.planning import Plan, make_plan
 from edgeprune.profile import load_profile
@@ -113,8 +114,9 @@ def assemble_report(workload: Workload, profile: str, before: dict, evaluation: 
         strategy=strategy_section(evaluation.plan, evaluation.pruned.details,
                                   pruned=evaluation.pruned.model is not workload.model),
         model=ModelCounts(before["params"], after["params"], after["nonzero_params"], before["macs"], after["macs"]),
-        artifact=artifact, latency=evaluation.latency, memory=evaluation.memory, accuracy=evaluation.accuracy or {},
-        budgets=budgets, passed=verification.passed and all(b["met"] for b in budgets), notes=notes, search=search,
+        artifact=artifact, latency=evaluation.latency, memory=evaluation.memory,
+        accuracy=evaluation.accuracy or Accuracy(workload.metric, note="not scored"),
+        budgets=budgets, passed=verification.passed and all(b.met for b in budgets), notes=notes, search=search,
         layers=layers,
     )
 

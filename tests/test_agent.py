@@ -21,7 +21,7 @@ import pytest
 
 from edgeprune.measure.agent_server import Agent, AgentConfig
 from edgeprune.measure.agent_wire import RequestError, UploadModel, pack_upload
-from edgeprune.measure.protocol import Protocol
+from edgeprune.timing import Protocol
 
 from conftest import ROOT, run_cli
 

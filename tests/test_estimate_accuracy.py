@@ -12,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune.measure.estimate import estimate_onnx
 from edgeprune.measure.local import measure_onnx_files
-from edgeprune.measure.protocol import Protocol
 from edgeprune.probe import calibrate_efficiency, probe_host, write_profile
 from edgeprune.profile import load_profile_file
+from edgeprune.timing import Protocol
 
 SHAPE = (1, 1, 32, 32)
 

@@ -6,11 +6,12 @@ import pytest
 
 from edgeprune import load_workload
 from edgeprune.backends import Artifact
-from edgeprune.gate import Budgets, Measurements, check_budgets
+from edgeprune.gate import Budgets, check_budgets
 from edgeprune.measure.estimate import estimate_onnx
 from edgeprune.measure.latency import Timing, latency_of
 from edgeprune.measure.memory import peak_memory
 from edgeprune.profile import load_profile
+from edgeprune.report import Report
 from edgeprune.target import BuildOptions
 
 from conftest import ROOT, build_report, run_cli
@@ -34,10 +35,10 @@ def test_jetson_build_reports_an_estimate_and_a_budget_inside_the_margin_fails(t
     assert report["memory"]["peak_mb"] == round(peak_memory(out / "model.onnx", [(1, 3, 32, 32)]).peak_bytes / 1e6, 4)
     assert report["passed"] is True
 
-    measured = Measurements.of_report(report)
+    measured = Report.from_dict(report).measurements()
     inside = check_budgets(measured, Budgets(latency_ms=est * 1.1))[0]  # estimate x 1.2 > budget
-    assert inside["met"] is False and "estimated, not measured" in inside["note"]
-    assert check_budgets(measured, Budgets(latency_ms=est * 1.3))[0]["met"] is True
+    assert inside.met is False and "estimated, not measured" in inside.note
+    assert check_budgets(measured, Budgets(latency_ms=est * 1.3))[0].met is True
     proc = run_cli("check", str(out), "--latency-budget-ms", f"{est * 1.1:.6f}", "--json")
     assert proc.returncode == 3 and json.loads(proc.stdout)["budgets"][0]["met"] is False
 
@@ -52,12 +53,12 @@ def test_iphone_coreml_artifact_is_estimated_at_its_precision(tmp_path):
     iphone = load_profile("iphone-15-pro")
     dense = export_onnx(workload.model, workload.example_inputs, tmp_path / "dense.onnx")
     lat, memory = latency_of(Timing(iphone, Budgets()), artifact, workload.model, workload.example_inputs, dense, False)
-    assert lat["source"] == "estimated" and lat["device"].startswith("iphone-15-pro")
-    assert "not measured" in lat["note"] and "--device" in lat["note"]
+    assert lat.source == "estimated" and lat.device.startswith("iphone-15-pro")
+    assert "not measured" in lat.note and "--device" in lat.note
     onnx_file = export_onnx(workload.model, workload.example_inputs, tmp_path / "same.onnx")
     fp16 = estimate_onnx(onnx_file, [(1, 3, 32, 32)], iphone, precision="fp16")
     fp32 = estimate_onnx(onnx_file, [(1, 3, 32, 32)], iphone)
-    assert lat["estimated_ms"] == round(fp16.ms, 4) and fp16.bytes == pytest.approx(fp32.bytes / 2)
+    assert lat.estimated_ms == round(fp16.ms, 4) and fp16.bytes == pytest.approx(fp32.bytes / 2)
     # the iPhone runs no fp32: the dense baseline is estimated at fp16 too
-    assert lat["estimate"]["baseline_precision"] == "fp16" and lat["speedup"] == 1.0
-    assert memory["peak_mb"] == round(peak_memory(onnx_file, [(1, 3, 32, 32)]).peak_bytes / 2 / 1e6, 4)
+    assert lat.estimate["baseline_precision"] == "fp16" and lat.speedup == 1.0
+    assert memory.peak_mb == round(peak_memory(onnx_file, [(1, 3, 32, 32)]).peak_bytes / 2 / 1e6, 4)

@@ -2,44 +2,49 @@ import json
 
 import pytest
 
-from edgeprune.gate import Budgets, Measurements, check_budgets
-from edgeprune.measure.protocol import Protocol, time_side_by_side
+from edgeprune.gate import Budgets, check_budgets, missed_budgets
+from edgeprune.measurements import Accuracy, Latency, Measurements, SliceDrop
+from edgeprune.timing import Protocol, time_side_by_side
 
 from conftest import run_cli, stored_report
 
 MEASURED = {"source": "measured", "median_ms": 10.0, "p90_ms": 12.0, "spread": 0.02}
 
 
+def _latency(fields: dict) -> Latency:
+    return Latency(**{"device": "test", **fields})
+
+
 def _measured(latency, size=2_000_000, drop=0.004) -> Measurements:
-    return Measurements(latency=latency, size_bytes=size, accuracy={"drop": drop})
+    return Measurements(latency=_latency(latency), size_bytes=size, accuracy=Accuracy("accuracy", drop=drop))
 
 
 def test_measured_latency_against_median_and_p90():
-    assert check_budgets(_measured(MEASURED), Budgets(latency_ms=11))[0]["met"] is True
+    assert check_budgets(_measured(MEASURED), Budgets(latency_ms=11))[0].met is True
     res = check_budgets(_measured(MEASURED), Budgets(latency_ms=11, latency_stat="p90"))[0]
-    assert res["met"] is False and res["name"] == "latency_p90_ms" and res["value"] == 12.0
+    assert res.met is False and res.name == "latency_p90_ms" and res.value == 12.0
 
 
 def test_estimated_latency_must_clear_the_margin():
     est = {**MEASURED, "source": "estimated", "spread": None}
     # 10 ms estimated, budget 11 ms: inside the 20% margin, so it cannot pass
     res = check_budgets(_measured(est), Budgets(latency_ms=11))[0]
-    assert res["met"] is False and "estimated" in res["note"]
-    assert check_budgets(_measured(est), Budgets(latency_ms=12.5))[0]["met"] is True
-    assert check_budgets(_measured(est), Budgets(latency_ms=11, estimate_margin=0.05))[0]["met"] is True
+    assert res.met is False and "estimated" in res.note
+    assert check_budgets(_measured(est), Budgets(latency_ms=12.5))[0].met is True
+    assert check_budgets(_measured(est), Budgets(latency_ms=11, estimate_margin=0.05))[0].met is True
 
 
 def test_noise_larger_than_the_distance_to_the_budget_is_undecided():
     noisy = {**MEASURED, "spread": 0.15}
     res = check_budgets(_measured(noisy), Budgets(latency_ms=10.5))[0]
-    assert res["met"] is False and res["note"].startswith("undecided")
-    assert check_budgets(_measured(noisy), Budgets(latency_ms=20))[0]["met"] is True
+    assert res.met is False and res.note.startswith("undecided")
+    assert check_budgets(_measured(noisy), Budgets(latency_ms=20))[0].met is True
 
 
 def test_unproven_budgets_fail():
-    results = check_budgets(Measurements(latency={"source": "unavailable", "note": "no device"}),
+    results = check_budgets(Measurements(latency=_latency({"source": "unavailable", "note": "no device"})),
                             Budgets(latency_ms=100, max_memory_mb=10, max_accuracy_drop=0.1))
-    assert [r["met"] for r in results] == [False, False, False]
+    assert [r.met for r in results] == [False, False, False]
 
 
 SIDE_BY_SIDE = {**MEASURED, "baseline_median_ms": 25.0, "baseline_p90_ms": 40.0, "baseline_spread": 0.01}
@@ -47,37 +52,34 @@ SIDE_BY_SIDE = {**MEASURED, "baseline_median_ms": 25.0, "baseline_p90_ms": 40.0,
 
 def test_a_latency_ratio_is_the_artifact_over_the_dense_model_timed_with_it():
     res = check_budgets(_measured(SIDE_BY_SIDE), Budgets(latency_ratio=0.5))[0]
-    assert res["name"] == "latency_median_ratio" and res["value"] == 0.4 and res["met"] is True
-    assert check_budgets(_measured(SIDE_BY_SIDE), Budgets(latency_ratio=0.35))[0]["met"] is False
+    assert res.name == "latency_median_ratio" and res.value == 0.4 and res.met is True
+    assert check_budgets(_measured(SIDE_BY_SIDE), Budgets(latency_ratio=0.35))[0].met is False
     p90 = check_budgets(_measured(SIDE_BY_SIDE), Budgets(latency_ratio=0.35, latency_stat="p90"))[0]
-    assert p90["name"] == "latency_p90_ratio" and p90["value"] == 0.3 and p90["met"] is True
+    assert p90.name == "latency_p90_ratio" and p90.value == 0.3 and p90.met is True
     # both measurements' noise counts: 2% + 10% of 0.4 is more than the distance to 0.42
     noisy = {**SIDE_BY_SIDE, "baseline_spread": 0.10}
     res = check_budgets(_measured(noisy), Budgets(latency_ratio=0.42))[0]
-    assert res["met"] is False and res["note"].startswith("undecided")
+    assert res.met is False and res.note.startswith("undecided")
     # estimated ratios must clear the margin, as estimated milliseconds do
     est = {**SIDE_BY_SIDE, "source": "estimated", "spread": None}
-    assert check_budgets(_measured(est), Budgets(latency_ratio=0.45))[0]["met"] is False
-    assert check_budgets(_measured(est), Budgets(latency_ratio=0.5))[0]["met"] is True
+    assert check_budgets(_measured(est), Budgets(latency_ratio=0.45))[0].met is False
+    assert check_budgets(_measured(est), Budgets(latency_ratio=0.5))[0].met is True
 
 
 def test_a_latency_ratio_without_the_dense_model_timed_beside_it_is_unproven():
     res = check_budgets(_measured(MEASURED), Budgets(latency_ratio=0.9))[0]
-    assert res["met"] is False and res["value"] is None and "side by side" in res["note"]
+    assert res.met is False and res.value is None and "side by side" in res.note
 
 
 def test_the_slice_budget_judges_the_worst_slice_and_names_it():
-    from edgeprune.errors import missed_budgets
-
-    accuracy = {"drop": 0.01, "worst_slice": "digit 8", "slices": [
-        {"name": "digit 3", "baseline": 1.0, "value": 0.98, "drop": 0.02},
-        {"name": "digit 8", "baseline": 1.0, "value": 0.9, "drop": 0.1}]}
+    accuracy = Accuracy("accuracy", drop=0.01, worst_slice="digit 8", slices=(
+        SliceDrop("digit 3", 1.0, 0.98, 0.02), SliceDrop("digit 8", 1.0, 0.9, 0.1)))
     res = check_budgets(Measurements(accuracy=accuracy), Budgets(max_slice_drop=0.05))[0]
-    assert res == {"name": "slice_drop", "limit": 0.05, "value": 0.1, "met": False, "slice": "digit 8"}
+    assert res.to_dict() == {"name": "slice_drop", "limit": 0.05, "value": 0.1, "met": False, "slice": "digit 8"}
     assert "slice 'digit 8'" in missed_budgets([res], True)
-    assert check_budgets(Measurements(accuracy=accuracy), Budgets(max_slice_drop=0.1))[0]["met"] is True
-    unproven = check_budgets(Measurements(accuracy={"drop": 0.0}), Budgets(max_slice_drop=0.1))[0]
-    assert unproven["met"] is False and unproven["value"] is None
+    assert check_budgets(Measurements(accuracy=accuracy), Budgets(max_slice_drop=0.1))[0].met is True
+    unproven = check_budgets(Measurements(accuracy=Accuracy("accuracy", drop=0.0)), Budgets(max_slice_drop=0.1))[0]
+    assert unproven.met is False and unproven.value is None
 
 
 @pytest.mark.parametrize("kwargs", [{"latency_ms": 0}, {"max_size_mb": -1}, {"latency_stat": "p50"},
@@ -116,11 +118,12 @@ def test_an_undecided_measurement_is_taken_once_more_and_the_quieter_kept():
     def _measure_decisively(measure, budgets):
         return remeasure_if_undecided(measure(), measure, budgets)
 
-    noisy, quiet = {**MEASURED, "median_ms": 9.0, "spread": 0.30}, {**MEASURED, "median_ms": 9.2, "spread": 0.05}
+    noisy = _latency({**MEASURED, "median_ms": 9.0, "spread": 0.30})
+    quiet = _latency({**MEASURED, "median_ms": 9.2, "spread": 0.05})
     calls = iter([noisy, quiet])
     kept = _measure_decisively(lambda: next(calls), Budgets(latency_ms=10))
-    assert kept["median_ms"] == 9.2 and kept["remeasured"] == {"first_spread": 0.30, "second_spread": 0.05}
-    assert check_budgets(Measurements(latency=kept), Budgets(latency_ms=10))[0]["met"] is True
+    assert kept.median_ms == 9.2 and kept.remeasured == {"first_spread": 0.30, "second_spread": 0.05}
+    assert check_budgets(Measurements(latency=kept), Budgets(latency_ms=10))[0].met is True
     # a measurement that decides the budget is taken once, and so is one with no budget to decide
     for budgets in (Budgets(latency_ms=10), Budgets()):
         once = iter([quiet])

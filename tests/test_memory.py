@@ -5,8 +5,9 @@ import json
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeprune.gate import Budgets, Measurements, check_budgets
+from edgeprune.gate import Budgets, check_budgets
 from edgeprune.measure.memory import peak_memory
+from edgeprune.measurements import Measurements
 
 from conftest import run_cli, stored_report
 
@@ -66,11 +67,11 @@ def test_fp16_artifact_from_fp32_graph_halves_and_report_budget_reads_peak(tmp_p
                                             [_w("w", (512, 256))]), opset_imports=OPSET)
     fp32, fp16 = peak_memory(m, [(1, 256)]), peak_memory(m, [(1, 256)], precision="fp16")
     assert fp16.peak_bytes == fp32.peak_bytes / 2
-    measured = Measurements(memory=fp32.to_dict())
-    assert measured.memory["peak_mb"] == round((512 * 256 + 256 + 512) * 4 / 1e6, 4)
-    assert check_budgets(measured, Budgets(max_memory_mb=1.0))[0]["met"] is True
-    assert check_budgets(measured, Budgets(max_memory_mb=0.5))[0]["met"] is False
-    report = {**digits_build[2], "memory": fp32.to_dict()}
+    measured = Measurements(memory=fp32.memory())
+    assert measured.memory.peak_mb == round((512 * 256 + 256 + 512) * 4 / 1e6, 4)
+    assert check_budgets(measured, Budgets(max_memory_mb=1.0))[0].met is True
+    assert check_budgets(measured, Budgets(max_memory_mb=0.5))[0].met is False
+    report = {**digits_build[2], "memory": fp32.memory().to_dict()}
     path = stored_report(tmp_path, report)
     proc = run_cli("check", str(path), "--max-memory-mb", "0.5", "--json")
     assert proc.returncode == 3 and json.loads(proc.stdout)["budgets"][0]["value"] == report["memory"]["peak_mb"]

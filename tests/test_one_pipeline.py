@@ -44,6 +44,7 @@ def test_the_search_takes_a_backends_own_timing(tmp_path):
     from edgeprune.backends import backend_replaced, get_backend
     from edgeprune.gate import Budgets
     from edgeprune.measure.local import measure_onnx_files
+    from edgeprune.measurements import Latency
     from edgeprune.target import BuildOptions
 
     onnx = get_backend("onnx")
@@ -55,8 +56,8 @@ def test_the_search_takes_a_backends_own_timing(tmp_path):
         def lower(self, model, example_inputs, request, out_dir):
             artifact = onnx.lower(model, example_inputs, request, out_dir)
             stats = measure_onnx_files({"a": artifact.measure_path}, example_inputs, 1)["a"]
-            artifact.latency = {"source": "measured", "device": "the backend's own runtime",
-                                "median_ms": stats.median_ms, "p90_ms": stats.p90_ms, "spread": 0.0}
+            artifact.latency = Latency("measured", "the backend's own runtime", median_ms=stats.median_ms,
+                                       p90_ms=stats.p90_ms, spread=0.0)
             return artifact
 
     with backend_replaced("onnx", OwnTiming()):
@@ -101,7 +102,7 @@ def test_a_build_a_plan_and_a_sweep_run_from_python_alone(tmp_path):
     report = edgeprune.build(workload, profile="jetson-orin-nano", format="onnx", output=tmp_path / "b",
                              latency_budget_ms=50.0)
     assert isinstance(report, edgeprune.Report) and report.passed
-    assert report.search["chosen"] == "dense" and report.latency["source"] == "estimated"
+    assert report.search["chosen"] == "dense" and report.latency.source == "estimated"
     assert edgeprune.report.read_report(tmp_path / "b").to_dict() == report.to_dict()
     with pytest.raises(edgeprune.BudgetMissed, match="missed: latency_median_ms") as missed:
         edgeprune.build(workload, profile="jetson-orin-nano", format="onnx", output=tmp_path / "miss",

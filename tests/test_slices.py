@@ -85,12 +85,12 @@ def test_a_lower_is_better_slice_drops_when_it_rises(tmp_path):
     report = edgeprune.build(_distance_workload(), "x86-avx2", output=tmp_path / "lower", strategy="structured",
                              sparsity=0.5, quantize="none", max_slice_drop=1e-9)
     acc = report.accuracy
-    assert acc["higher_is_better"] is False and acc["overall"] == "mean of slices"
-    values = {s["name"]: s["value"] for s in acc["slices"]}
-    assert all(s["baseline"] == 0.0 and s["value"] > 0 and s["drop"] == round(s["value"], 6) for s in acc["slices"])
-    assert acc["worst_slice"] == max(values, key=values.get)  # the slice whose distance rose most
-    assert abs(acc["pruned"] - sum(values.values()) / 2) < 1e-12 and acc["drop"] > 0
-    assert not report.passed and {b["name"]: b for b in report.budgets}["slice_drop"]["slice"] == acc["worst_slice"]
+    assert acc.higher_is_better is False and acc.overall == "mean of slices"
+    values = {s.name: s.value for s in acc.slices}
+    assert all(s.baseline == 0.0 and s.value > 0 and s.drop == round(s.value, 6) for s in acc.slices)
+    assert acc.worst_slice == max(values, key=values.get)  # the slice whose distance rose most
+    assert abs(acc.pruned - sum(values.values()) / 2) < 1e-12 and acc.drop > 0
+    assert not report.passed and {b.name: b for b in report.budgets}["slice_drop"].slice == acc.worst_slice
 
 
 @pytest.mark.parametrize("returned, says", [

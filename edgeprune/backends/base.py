@@ -12,6 +12,7 @@ import torch
 
 from edgeprune.errors import UnsupportedError
 from edgeprune.measure.agent_wire import UploadModel
+from edgeprune.measurements import Latency
 from edgeprune.profile import Profile
 from edgeprune.verify import Verification
 
@@ -65,7 +66,7 @@ class Artifact:
     details: dict[str, Any] = field(default_factory=dict)
     evaluated_on: str = "artifact"
     tolerance: str | None = None
-    latency: dict[str, Any] | None = None
+    latency: Latency | None = None
     reference: Path | None = None
     engine: Path | None = None
     scratch: Any = field(default=None, repr=False, compare=False)

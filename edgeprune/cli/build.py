@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from edgeprune.cli.common import csv, emit_json, err, out, progress
-from edgeprune.errors import BudgetMissed, missed_budgets
+from edgeprune.errors import BudgetMissed
+from edgeprune.gate import missed_budgets
 from edgeprune.vocabulary import AUTO, FORMATS, MAX_RECOVER_STEPS, QUANTIZE, STRATEGIES
 
 STRATEGY_CHOICE = click.Choice([AUTO, *STRATEGIES])
@@ -107,7 +108,7 @@ def build(model_or_target: str, as_json: bool, **given) -> None:
         for path in sorted(Path(options.output).glob("report.*")):  # report.md, report.json, and any other rendering
             click.echo(f"  {path}", err=True)
     if not report.passed:
-        raise BudgetMissed(missed_budgets(report.budgets, report.artifact["verified"]["passed"]), report)
+        raise BudgetMissed(missed_budgets(report.budgets, report.verified), report)
 
 
 @click.command("plan")
@@ -200,24 +201,21 @@ def check(report_path: Path, as_json: bool, **limits) -> None:
 
     With no budget flags, the budgets stored in the report are checked again.
     """
-    from edgeprune.gate import Measurements, check_budgets
+    from edgeprune.gate import check_budgets
     from edgeprune.report import read_report
     from edgeprune.target import budgets_from
 
     report = read_report(report_path)
     given = {k: v for k, v in limits.items() if v is not None and k not in ("latency_stat", "estimate_margin")}
-    if given:
-        results = check_budgets(Measurements.of_report(report.to_dict()), budgets_from(limits))
-    else:
-        results = report.budgets
-    verified = bool(report.artifact.get("verified", {}).get("passed", False))
-    passed = verified and all(r["met"] for r in results)
+    results = check_budgets(report.measurements(), budgets_from(limits)) if given else report.budgets
+    verified = report.verified
+    passed = verified and all(r.met for r in results)
     if as_json:
-        emit_json({"passed": passed, "verified": verified, "budgets": results})
+        emit_json({"passed": passed, "verified": verified, "budgets": [r.to_dict() for r in results]})
     else:
         for r in results:
-            mark = "[green]met[/green]" if r["met"] else "[red]MISSED[/red]"
-            out.print(f"{r['name']}: {r['value']} (limit {r['limit']}) {mark}{' — ' + r['note'] if r.get('note') else ''}")
+            mark = "[green]met[/green]" if r.met else "[red]MISSED[/red]"
+            out.print(f"{r.name}: {r.value} (limit {r.limit}) {mark}{' — ' + r.note if r.note else ''}")
         if not verified:
             out.print("[red]artifact not verified[/red]")
         out.print("PASSED" if passed else "FAILED")

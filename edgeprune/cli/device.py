@@ -64,8 +64,8 @@ def bench(artifact: Path, device: str | None, profile: str | None, input_shapes:
     """Time ARTIFACT (.onnx, .mlpackage, .engine, or a build folder) here or on a device."""
     from edgeprune.measure.bench import bench as run_bench
     from edgeprune.measure.bench import parse_shape
-    from edgeprune.measure.protocol import Protocol
     from edgeprune.profile import load_profile
+    from edgeprune.timing import Protocol
 
     shapes = [parse_shape(s) for s in input_shapes] or None
     prof = load_profile(profile) if profile else None
@@ -73,16 +73,16 @@ def bench(artifact: Path, device: str | None, profile: str | None, input_shapes:
     with progress(f"time {artifact.name} {where}"):
         result = run_bench(artifact, device, prof, shapes, baseline, threads, Protocol.quick() if quick else None)
     if as_json:
-        emit_json(result)
+        emit_json(result.to_dict())
         return
-    out.print(f"{result['artifact']} on {result['device']} ({result.get('runtime') or 'onnxruntime'}): "
-              f"median {result['median_ms']:.4g} ms, p90 {result['p90_ms']:.4g} ms over {result['runs']} runs, "
-              f"spread {result['spread']:.1%}")
-    if "speedup" in result:
-        out.print(f"baseline median {result['baseline_median_ms']:.4g} ms: speed-up {result['speedup']:.3g}x")
-    if result.get("estimated_ms") is not None:
-        out.print(f"estimated on {prof.name}: {result['estimated_ms']:.4g} ms "
-                  f"({result['estimate_error']:+.0%} against this measurement)")
+    out.print(f"{result.artifact} on {result.device} ({result.runtime or 'onnxruntime'}): "
+              f"median {result.median_ms:.4g} ms, p90 {result.p90_ms:.4g} ms over {result.runs} runs, "
+              f"spread {result.spread:.1%}")
+    if result.speedup is not None:
+        out.print(f"baseline median {result.baseline_median_ms:.4g} ms: speed-up {result.speedup:.3g}x")
+    if result.estimated_ms is not None:
+        out.print(f"estimated on {prof.name}: {result.estimated_ms:.4g} ms "
+                  f"({result.estimate_error:+.0%} against this measurement)")
 
 
 # --------------------------------------------------------------------------- agent

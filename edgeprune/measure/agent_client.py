@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeprune.errors import InputError
 from edgeprune.measure.agent_wire import API, TOKEN_ENV, UploadModel, pack_upload
-from edgeprune.measure.protocol import Protocol
+from edgeprune.timing import Protocol
 
 
 class AgentError(InputError):

@@ -45,7 +45,7 @@ from edgeprune.measure.agent_wire import (
     parse_upload,
     write_model,
 )
-from edgeprune.measure.protocol import time_side_by_side
+from edgeprune.timing import time_side_by_side
 
 
 @dataclass(frozen=True)

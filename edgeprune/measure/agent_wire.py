@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeprune.errors import InputError
 from edgeprune.measure import runtimes
-from edgeprune.measure.protocol import Protocol
+from edgeprune.timing import Protocol
 
 TOKEN_ENV = "EDGEPRUNE_AGENT_TOKEN"
 MIN_TOKEN_LENGTH = 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,9 @@ import numpy as np
 from edgeprune.errors import InputError
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.agent_wire import UploadModel, upload_format
-from edgeprune.measure.protocol import Protocol
+from edgeprune.measurements import Latency
 from edgeprune.profile import Profile
+from edgeprune.timing import LatencyStats, Protocol
 
 _NUMPY = {1: np.float32, 10: np.float16, 11: np.float64, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 9: np.bool_}
 
@@ -47,7 +49,7 @@ def resolve_artifact(path: Path) -> tuple[Path, list[list[int]] | None, str | No
         artifact = path / recorded.name if (path / recorded.name).exists() else recorded
         if not artifact.exists():
             raise InputError(f"the build's artifact {recorded.name} is not in {path}")
-        return artifact, report.latency.get("inputs"), report.artifact.get("precision")
+        return artifact, report.latency.inputs, report.artifact.get("precision")
     return path, None, None
 
 
@@ -98,50 +100,44 @@ def make_inputs(artifact: Path, shapes: Sequence[Sequence[int]] | None) -> list[
 
 def bench(artifact: Path, device: str | None = None, profile: Profile | None = None,
           input_shapes: Sequence[Sequence[int]] | None = None, baseline: Path | None = None,
-          threads: int | None = None, protocol: Protocol | None = None) -> dict:
-    """Returns the latency section for an artifact, measured here or on the device at ``device``."""
+          threads: int | None = None, protocol: Protocol | None = None) -> Latency:
+    """Returns the latency of an artifact, measured here or on the device at ``device``."""
     path, recorded, precision = resolve_artifact(Path(artifact))
     inputs = make_inputs(path, input_shapes or recorded)
     fmt = upload_format(path)
     if baseline is not None and (not baseline.is_file() or baseline.suffix != ".onnx"):
         raise InputError(f"--baseline must be an .onnx file, got {baseline}")
-    section: dict
+    shapes = tuple(tuple(a.shape) for a in inputs)
     if device:
         client = AgentClient(device)
         models = [UploadModel("artifact", fmt, path, None, precision or "fp32")]
         if baseline is not None:
             models.append(UploadModel("baseline", "onnx", baseline, None, "fp32"))
         reply = client.measure(models, inputs, threads, protocol)
-        stats = reply["results"]
-        section = {"source": "measured", "device": reply["device"], "agent": reply["agent"],
-                   "runtime": stats["artifact"].get("runtime"), "threads": reply.get("threads")}
+        stats = {k: LatencyStats.from_dict(v) for k, v in reply["results"].items()}
+        latency = Latency.measured(stats["artifact"], reply["device"], reply["results"]["artifact"].get("runtime"),
+                                   stats.get("baseline"), agent=reply["agent"], threads=reply.get("threads"),
+                                   artifact=str(path), inputs=shapes)
     else:
         if fmt != "onnx":
             raise InputError(f"{path.name} cannot run on this machine: measure it on the device with --device URL")
         from edgeprune.measure.local import local_device, measure_onnx_files
 
         files = {"artifact": path, **({"baseline": baseline} if baseline is not None else {})}
-        timed = measure_onnx_files(files, inputs, threads, protocol)
-        stats = {k: v.to_dict() for k, v in timed.items()}
-        section = {"source": "measured", "device": local_device(), "runtime": "onnxruntime", "threads": threads}
-    mine = stats["artifact"]
-    section.update({k: round(v, 4) if isinstance(v, float) else v for k, v in mine.items() if k != "runtime"})
-    if "baseline" in stats:
-        section["baseline_median_ms"] = round(float(stats["baseline"]["median_ms"]), 4)
-        section["speedup"] = round(section["baseline_median_ms"] / float(mine["median_ms"]), 4)
-    section["artifact"] = str(path)
-    section["inputs"] = [list(a.shape) for a in inputs]
+        stats = measure_onnx_files(files, inputs, threads, protocol)
+        latency = Latency.measured(stats["artifact"], local_device(), "onnxruntime", stats.get("baseline"),
+                                   threads=threads, artifact=str(path), inputs=shapes)
     if profile is not None:
-        section.update(_estimate_for(path, inputs, profile, section))
-    return section
+        latency = replace(latency, **_estimate_for(path, inputs, profile, latency.median_ms))
+    return latency
 
 
-def _estimate_for(path: Path, inputs: Sequence[np.ndarray], profile: Profile, section: dict) -> dict:
-    """Returns estimated_ms (and the estimate's error) on the profile for an ONNX artifact."""
+def _estimate_for(path: Path, inputs: Sequence[np.ndarray], profile: Profile, median_ms: float) -> dict:
+    """Returns the Latency fields of the estimate on the profile (and its error) for an ONNX artifact."""
     if path.suffix != ".onnx":
         return {"estimate": {"note": "the estimator reads ONNX graphs; this artifact is not one"}}
     from edgeprune.measure.estimate import estimate_onnx
 
     est = estimate_onnx(path, [a.shape for a in inputs], profile)
     return {"estimated_ms": round(est.ms, 4), "estimate": est.summary(),
-            "estimate_error": round(est.ms / section["median_ms"] - 1, 4)}
+            "estimate_error": round(est.ms / median_ms - 1, 4)}

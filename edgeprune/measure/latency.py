@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,8 +23,9 @@ from edgeprune.host import Host
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.agent_wire import UploadModel
 from edgeprune.measure.local import StandIn, local_device, measure_onnx_files, stand_in
-from edgeprune.measure.protocol import Protocol
+from edgeprune.measurements import ESTIMATED, MEASURED, UNAVAILABLE, Latency, Memory
 from edgeprune.profile import Profile
+from edgeprune.timing import LatencyStats, Protocol
 
 # A search's timing of one candidate: short, the final build measures the chosen one properly.
 SEARCH_PROTOCOL = Protocol(warmup_s=0.1, round_s=0.1, min_rounds=5, max_rounds=12)
@@ -51,8 +52,8 @@ class Timing:
 
 
 def latency_of(timing: Timing, artifact: Artifact, model: torch.nn.Module, inputs: Sequence[torch.Tensor],
-               baseline: Path, same_as_baseline: bool) -> tuple[dict, dict]:
-    """Returns the latency and memory sections for an artifact of ``model``.
+               baseline: Path, same_as_baseline: bool) -> tuple[Latency, Memory]:
+    """Returns the latency and memory of an artifact of ``model``.
 
     ``baseline`` is the dense model's ONNX graph (the speed-up is against it); it is the
     artifact itself when ``same_as_baseline``. Latency is the backend's own timing when it has
@@ -60,42 +61,34 @@ def latency_of(timing: Timing, artifact: Artifact, model: torch.nn.Module, input
     machine stands in for the profile's device (``--measure-here`` says it does), else estimated.
     """
     profile = timing.profile
-    shapes = [tuple(int(d) for d in t.shape) for t in inputs]
+    shapes = tuple(tuple(int(d) for d in t.shape) for t in inputs)
     here = timing.stand_in(artifact.precision)
     reason = None if here.here else here.reason
     if reason is None and artifact.measure_path is None:
         reason = f"{artifact.format} artifacts cannot run on this machine"
     with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
         graph, precision = estimate_graph(artifact, model, inputs, Path(tmp))
-        estimate = estimate_latency(graph, baseline, shapes, profile, precision)
-        memory = peak_memory_section(graph, shapes, precision)
+        estimate = estimate_latency(graph, baseline, list(shapes), profile, precision)
+        memory = peak_memory_of(graph, list(shapes), precision)
+    mine, dense = estimate.get("estimated_ms"), estimate.get("baseline_estimated_ms")
     if artifact.latency is not None:  # the backend timed it on its own runtime
-        section = dict(artifact.latency)
+        latency = artifact.latency
     elif timing.agent is not None:
-        section = _decisively(timing, lambda: measure_on_agent(timing, artifact, baseline, same_as_baseline, inputs))
+        latency = _decisively(timing, lambda: measure_on_agent(timing, artifact, baseline, same_as_baseline, inputs))
     elif reason is None:
-        section = _decisively(timing, lambda: measure_here(timing, artifact, baseline, same_as_baseline, inputs, here))
-    elif estimate.get("estimated_ms") is not None:  # no device: the estimate stands in, labelled
-        section = {
-            "source": "estimated",
-            "device": f"{profile.name}: {profile.description}",
-            "median_ms": estimate["estimated_ms"],
-            "p90_ms": estimate["estimated_ms"],
-            "baseline_median_ms": estimate["baseline_estimated_ms"],
-            "baseline_p90_ms": estimate["baseline_estimated_ms"],
-            "speedup": round(estimate["baseline_estimated_ms"] / estimate["estimated_ms"], 4)
-            if estimate["estimated_ms"] > 0 else None,
-            "note": f"estimated from profile {profile.name}, not measured: {reason}; "
-                    "measure on the device with --device http://HOST:PORT (edgeprune agent serve)",
-        }
+        latency = _decisively(timing, lambda: measure_here(timing, artifact, baseline, same_as_baseline, inputs, here))
+    elif mine is not None:  # no device: the estimate stands in, labelled
+        return Latency(
+            ESTIMATED, f"{profile.name}: {profile.description}", median_ms=mine, p90_ms=mine,
+            baseline_median_ms=dense, baseline_p90_ms=dense,
+            speedup=round(dense / mine, 4) if mine > 0 else None, inputs=shapes, **estimate,
+            note=f"estimated from profile {profile.name}, not measured: {reason}; "
+                 "measure on the device with --device http://HOST:PORT (edgeprune agent serve)"), memory
     else:
-        return {"source": "unavailable", "device": profile.name, "inputs": [list(s) for s in shapes], **estimate,
-                "note": f"not measured: {reason}; attach the device with --device"}, memory
-    section["inputs"] = [list(s) for s in shapes]
-    section.update(estimate)
-    if section["source"] == "measured" and estimate.get("estimated_ms"):
-        section["estimate_error"] = round(estimate["estimated_ms"] / section["median_ms"] - 1, 4)
-    return section, memory
+        return Latency(UNAVAILABLE, profile.name, inputs=shapes, **estimate,
+                       note=f"not measured: {reason}; attach the device with --device"), memory
+    error = round(mine / latency.median_ms - 1, 4) if latency.source == MEASURED and mine else None
+    return replace(latency, inputs=shapes, **estimate, estimate_error=error), memory
 
 
 def estimate_graph(artifact: Artifact, model: torch.nn.Module, inputs: Sequence[torch.Tensor],
@@ -123,7 +116,7 @@ def baseline_precision(profile: Profile) -> str:
 
 def estimate_latency(graph: Path, baseline: Path, shapes: list[tuple[int, ...]], profile: Profile,
                      precision: str | None) -> dict:
-    """Returns estimated_ms for the artifact and its dense baseline on the profile, with details."""
+    """Returns the Latency fields of the estimate: estimated_ms of the artifact and of its dense baseline."""
     from edgeprune.measure.estimate import estimate_onnx
 
     try:
@@ -139,21 +132,21 @@ def estimate_latency(graph: Path, baseline: Path, shapes: list[tuple[int, ...]],
     }
 
 
-def peak_memory_section(graph: Path, shapes: list[tuple[int, ...]], precision: str | None) -> dict:
-    """Returns the report's memory section: peak weights + activations of one inference."""
+def peak_memory_of(graph: Path, shapes: list[tuple[int, ...]], precision: str | None) -> Memory:
+    """Returns the peak weights + activations of one inference, estimated from the graph."""
     from edgeprune.measure.memory import peak_memory
 
     try:
-        return peak_memory(graph, shapes, precision).to_dict()
+        return peak_memory(graph, shapes, precision).memory()
     except Exception as exc:  # the memory budget then fails as "not determined"
-        return {"source": "unavailable", "note": f"no memory estimate: {type(exc).__name__}: {exc}"[:300]}
+        return Memory(UNAVAILABLE, note=f"no memory estimate: {type(exc).__name__}: {exc}"[:300])
 
 
 def measure_here(timing: Timing, artifact: Artifact, baseline: Path, same_as_baseline: bool,
-                 inputs: Sequence[torch.Tensor], here: StandIn) -> dict:
+                 inputs: Sequence[torch.Tensor], here: StandIn) -> Latency:
     """Returns the latency measured on this machine (side by side with the dense baseline when final).
 
-    The section says what it was measured on and why that stands for the profile's device.
+    The latency says what it was measured on and why that stands for the profile's device.
     """
     files = {"artifact": artifact.measure_path}
     if timing.final and not same_as_baseline:
@@ -161,27 +154,15 @@ def measure_here(timing: Timing, artifact: Artifact, baseline: Path, same_as_bas
     start = time.perf_counter()
     stats = measure_onnx_files(files, inputs, here.threads, None if timing.final else SEARCH_PROTOCOL)
     seconds = time.perf_counter() - start
-    mine = stats["artifact"]
-    section = {
-        "source": "measured",
-        "device": local_device(here.host),
-        "runtime": "onnxruntime " + _ort_version(),
-        **here.to_dict(),
-        "batch": int(inputs[0].shape[0]),
-        **_rounded(mine.to_dict()),
-        "seconds": round(seconds, 2),
-    }
-    if timing.final:
-        base = stats.get("baseline", mine)
-        section.update({"baseline_median_ms": round(base.median_ms, 4), "baseline_p90_ms": round(base.p90_ms, 4),
-                        "baseline_spread": round(base.spread, 4) if "baseline" in stats else 0.0,
-                        "speedup": round(base.median_ms / mine.median_ms, 4),
-                        "baseline": _rounded(base.to_dict())})
-    return section
+    where = {"host": here.host, "stands_in": here.reason, "threads": here.threads,
+             **({"measure_here": True, "differs": here.differs} if here.measure_here else {})}
+    return Latency.measured(stats["artifact"], local_device(here.host), "onnxruntime " + _ort_version(),
+                            stats.get("baseline", stats["artifact"]) if timing.final else None,
+                            "baseline" in stats, batch=int(inputs[0].shape[0]), seconds=round(seconds, 2), **where)
 
 
-def _decisively(timing: Timing, measure: Callable[[], dict]) -> dict:
-    """Returns ``measure()``'s latency section, measured once more if it cannot decide the budget.
+def _decisively(timing: Timing, measure: Callable[[], Latency]) -> Latency:
+    """Returns ``measure()``'s latency, measured once more if it cannot decide the budget.
 
     One noisy round sets the spread, and a budget inside the spread is undecided (a failed
     budget). Other load only ever slows runs down, so of two measurements the quieter is the
@@ -191,18 +172,18 @@ def _decisively(timing: Timing, measure: Callable[[], dict]) -> dict:
     return remeasure_if_undecided(first, measure, timing.budgets) if timing.final else first
 
 
-def remeasure_if_undecided(first: dict, measure: Callable[[], dict], budgets: Budgets) -> dict:
+def remeasure_if_undecided(first: Latency, measure: Callable[[], Latency], budgets: Budgets) -> Latency:
     """Returns ``first``, or the quieter of it and a second ``measure()`` when ``first`` cannot decide the budget."""
     if not latency_undecided(first, budgets):
         return first
     second = measure()
-    spreads = [float(m.get("spread") or 0.0) for m in (first, second)]
+    spreads = [float(m.spread or 0.0) for m in (first, second)]
     kept = second if spreads[1] < spreads[0] else first
-    return {**kept, "remeasured": {"first_spread": spreads[0], "second_spread": spreads[1]}}
+    return replace(kept, remeasured={"first_spread": spreads[0], "second_spread": spreads[1]})
 
 
 def measure_on_agent(timing: Timing, artifact: Artifact, baseline: Path, same_as_baseline: bool,
-                     inputs: Sequence[torch.Tensor]) -> dict:
+                     inputs: Sequence[torch.Tensor]) -> Latency:
     """Returns the latency measured on the remote device (side by side with the dense baseline when final)."""
     upload = get_backend(artifact.format).upload(artifact)
     models = [upload]
@@ -211,31 +192,12 @@ def measure_on_agent(timing: Timing, artifact: Artifact, baseline: Path, same_as
         models.append(UploadModel("baseline", "onnx", baseline, runtime, "fp32"))
     reply = timing.agent.measure(models, [t.detach().cpu().numpy() for t in inputs], timing.threads)
     mine = reply["results"]["artifact"]
-    stats = _rounded({k: v for k, v in mine.items() if k != "runtime"})
-    section = {
-        "source": "measured",
-        "device": reply["device"],
-        "agent": reply["agent"],
-        "runtime": mine.get("runtime"),
-        "threads": reply.get("threads"),
-        "batch": int(inputs[0].shape[0]),
-        **stats,
-        "seconds": reply.get("seconds"),
-    }
-    if timing.final:
-        base = reply["results"].get("baseline", mine)
-        section.update({"baseline_median_ms": round(float(base["median_ms"]), 4),
-                        "baseline_p90_ms": round(float(base.get("p90_ms", base["median_ms"])), 4),
-                        "baseline_spread": round(float(base.get("spread") or 0.0), 4) if base is not mine else 0.0,
-                        "baseline_runtime": base.get("runtime"),
-                        "speedup": round(float(base["median_ms"]) / float(mine["median_ms"]), 4),
-                        "baseline": _rounded({k: v for k, v in base.items() if k != "runtime"})})
-    return section
-
-
-def _rounded(stats: dict) -> dict:
-    """Returns latency statistics with their times rounded to 0.1 µs, as the report keeps them."""
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}
+    base = reply["results"].get("baseline", mine) if timing.final else None
+    return Latency.measured(LatencyStats.from_dict(mine), reply["device"], mine.get("runtime"),
+                            LatencyStats.from_dict(base) if base is not None else None, base is not mine,
+                            agent=reply["agent"], threads=reply.get("threads"), batch=int(inputs[0].shape[0]),
+                            seconds=reply.get("seconds"),
+                            baseline_runtime=base.get("runtime") if base is not None else None)
 
 
 def _ort_version() -> str:

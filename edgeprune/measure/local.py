@@ -11,8 +11,8 @@ import torch
 from edgeprune.backends.onnx_tools import runtime as onnx_runtime
 from edgeprune.errors import InputError
 from edgeprune.host import Host, this_host
-from edgeprune.measure.protocol import LatencyStats, Protocol, time_side_by_side
 from edgeprune.profile import Profile
+from edgeprune.timing import LatencyStats, Protocol, time_side_by_side
 
 
 @dataclass(frozen=True)

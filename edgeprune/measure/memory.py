@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 
 from edgeprune.measure.graph import LoweredGraph, lowered_graph
+from edgeprune.measurements import ESTIMATED, Memory
 
 METHOD = ("estimated from the lowered graph: stored weights plus the largest set of activations alive at "
           "once, running the fused kernels in graph order (runtime workspace and the runtime itself excluded)")
@@ -27,16 +28,11 @@ class MemoryEstimate:
     def peak_bytes(self) -> float:
         return self.weights_bytes + self.activations_peak_bytes
 
-    def to_dict(self) -> dict:
-        """Returns the report's memory section (MB are 10^6 bytes, like the size budget)."""
-        return {
-            "source": "estimated",
-            "peak_mb": round(self.peak_bytes / 1e6, 4),
-            "weights_mb": round(self.weights_bytes / 1e6, 4),
-            "activations_peak_mb": round(self.activations_peak_bytes / 1e6, 4),
-            "peak_at": self.peak_kernel,
-            "method": METHOD,
-        }
+    def memory(self) -> Memory:
+        """Returns the estimate as the report's Memory (MB are 10^6 bytes, like the size budget)."""
+        return Memory(ESTIMATED, peak_mb=round(self.peak_bytes / 1e6, 4), weights_mb=round(self.weights_bytes / 1e6, 4),
+                      activations_peak_mb=round(self.activations_peak_bytes / 1e6, 4), peak_at=self.peak_kernel,
+                      method=METHOD)
 
 
 def activation_peak(graph: LoweredGraph) -> tuple[float, str]:

@@ -113,7 +113,7 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     import tempfile
 
     from edgeprune.measure.graph import lowered_graph
-    from edgeprune.measure.protocol import Protocol, time_side_by_side
+    from edgeprune.timing import Protocol, time_side_by_side
 
     threads = threads or this_host().cores
     data = {**profile_data}

@@ -1,7 +1,9 @@
 """The report as data: one dataclass for every device family, with a schema version.
 
-Sections that differ by where the figures came from (a measured or an estimated latency, a
-numeric or a structural verification) stay mappings; ``schema.json`` says what each holds.
+The measurements are types (edgeprune.measurements); ``to_dict``/``from_dict`` are the one
+place they become report.json's data and back. Sections that describe rather than measure
+(the strategy, the artifact, the search, the per-layer profile) stay mappings;
+``schema.json`` says what each holds.
 """
 
 from __future__ import annotations
@@ -9,6 +11,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from edgeprune.measurements import (
+    Accuracy,
+    BudgetResult,
+    Generation,
+    Latency,
+    Measurements,
+    Memory,
+    plain,
+)
 
 SCHEMA_VERSION = 1
 
@@ -35,24 +47,34 @@ class Report:
     strategy: dict[str, Any]
     model: ModelCounts
     artifact: dict[str, Any]
-    latency: dict[str, Any]
-    memory: dict[str, Any]
-    accuracy: dict[str, Any]
-    budgets: list[dict[str, Any]]
+    latency: Latency
+    memory: Memory
+    accuracy: Accuracy
+    budgets: list[BudgetResult]
     passed: bool
     notes: list[str] = field(default_factory=list)
     search: dict[str, Any] | None = None
     layers: dict[str, Any] | None = None
+    generation: Generation | None = None
     schema: int = SCHEMA_VERSION
+
+    def measurements(self) -> Measurements:
+        """Returns what the report measured, as the gate judges it (``edgeprune check`` re-gates these)."""
+        return Measurements(self.latency, self.artifact.get("size_bytes"), self.memory, self.accuracy,
+                            self.generation)
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.artifact.get("verified", {}).get("passed"))
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the report as report.json holds it (the schema version first)."""
         out: dict[str, Any] = {"schema": self.schema}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "schema" or (f.name in ("search", "layers") and value is None):
+            if f.name == "schema" or (f.name in ("search", "layers", "generation") and value is None):
                 continue
-            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            out[f.name] = plain(value)
         return out
 
     @classmethod
@@ -60,4 +82,10 @@ class Report:
         """Returns the report a dict holds; the caller validates it against the schema first."""
         values = dict(data)
         values["model"] = ModelCounts(**values["model"])
+        values["latency"] = Latency.from_dict(values["latency"])
+        values["memory"] = Memory.from_dict(values["memory"])
+        values["accuracy"] = Accuracy.from_dict(values["accuracy"])
+        values["budgets"] = [BudgetResult.from_dict(b) for b in values["budgets"]]
+        if values.get("generation") is not None:
+            values["generation"] = Generation.from_dict(values["generation"])
         return cls(**values)

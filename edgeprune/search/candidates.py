@@ -6,9 +6,17 @@ from dataclasses import asdict, dataclass, field, replace
 
 from edgeprune import __version__
 from edgeprune.backends import get_backend
-from edgeprune.gate import Measurements, check_budgets
+from edgeprune.gate import check_budgets
 from edgeprune.host import this_host
-from edgeprune.metric import worst_slice
+from edgeprune.measurements import (
+    ESTIMATED,
+    UNAVAILABLE,
+    Accuracy,
+    Latency,
+    Measurements,
+    Memory,
+    SliceDrop,
+)
 from edgeprune.planning import Plan, precision_for
 from edgeprune.search.cache import Cache, inputs_fingerprint, model_fingerprint
 from edgeprune.search.evaluate import Context, Evaluation, evaluate, score_artifact
@@ -61,6 +69,15 @@ class Outcome:
         out["candidate"] = {**asdict(self.candidate), "label": self.candidate.label}
         return out
 
+    def measurements(self, stat: str) -> Measurements:
+        """Returns the figures the outcome recorded, as the gate judges them (``stat``: the latency statistic)."""
+        latency = (Latency(self.latency_source or UNAVAILABLE, "", **{f"{stat}_ms": self.latency_ms})
+                   if self.latency_ms is not None else None)
+        worst = ((SliceDrop(self.worst_slice, 0.0, 0.0, self.worst_slice_drop),)
+                 if self.worst_slice and self.worst_slice_drop is not None else ())
+        accuracy = Accuracy("metric", drop=self.drop, slices=worst, worst_slice=self.worst_slice)
+        return Measurements(latency, self.size_bytes, Memory(ESTIMATED, peak_mb=self.peak_memory_mb), accuracy)
+
     @classmethod
     def from_dict(cls, data: dict) -> Outcome:
         data = dict(data)
@@ -100,7 +117,7 @@ class CandidateEvaluator:
     def _evaluation(self, candidate: Candidate, recover_steps: int) -> Evaluation:
         key = (candidate, recover_steps)
         if key not in self._evaluations:
-            folder = self.ctx.scratch(f"candidate-{len(self._evaluations)}")
+            folder = self.ctx.scratch("candidate")
             self._evaluations[key] = evaluate(self.ctx, self.plan_for(candidate, recover_steps), folder,
                                               final=False, score=False)
         return self._evaluations[key]
@@ -163,26 +180,23 @@ class CandidateEvaluator:
             return ["build"]
         budgets = self.budgets if with_accuracy else replace(self.budgets, max_accuracy_drop=None,
                                                                          max_slice_drop=None)
-        latency = {"source": outcome.latency_source, f"{budgets.latency_stat}_ms": outcome.latency_ms}
-        worst = [{"name": outcome.worst_slice, "drop": outcome.worst_slice_drop}] if outcome.worst_slice else []
-        measured = Measurements(latency, outcome.size_bytes, {"peak_mb": outcome.peak_memory_mb},
-                                {"drop": outcome.drop, "slices": worst, "worst_slice": outcome.worst_slice})
-        missed = [r["name"] for r in check_budgets(measured, budgets, SEARCH_HEADROOM) if not r["met"]]
+        missed = [r.name for r in check_budgets(outcome.measurements(budgets.latency_stat), budgets, SEARCH_HEADROOM)
+                  if not r.met]
         return missed + (["verification"] if outcome.verified is False else [])
 
 
 def record(outcome: Outcome, evaluation: Evaluation, stat: str) -> None:
     """Copies an evaluation's figures into the outcome (what the sweep table and the search's report show)."""
     latency = evaluation.latency
-    outcome.latency_ms = latency.get(f"{stat}_ms")
-    outcome.latency_source = latency.get("source")
+    outcome.latency_ms = latency.stat(stat)
+    outcome.latency_source = latency.source
     outcome.size_bytes = evaluation.artifact.size_bytes
-    outcome.peak_memory_mb = evaluation.memory.get("peak_mb")
+    outcome.peak_memory_mb = evaluation.memory.peak_mb
     outcome.macs, outcome.nonzero_params = evaluation.stats["macs"], evaluation.stats["nonzero_params"]
     outcome.verified = evaluation.verification.passed
     if evaluation.accuracy is not None:
-        outcome.metric = evaluation.accuracy.get("pruned")
-        outcome.drop = evaluation.accuracy.get("drop")
-        worst = worst_slice(evaluation.accuracy)
+        outcome.metric = evaluation.accuracy.pruned
+        outcome.drop = evaluation.accuracy.drop
+        worst = evaluation.accuracy.worst()
         if worst is not None:
-            outcome.worst_slice, outcome.worst_slice_drop = str(worst["name"]), worst["drop"]
+            outcome.worst_slice, outcome.worst_slice_drop = worst.name, worst.drop

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from edgeprune.backends import Artifact, LowerRequest, get_backend
 from edgeprune.backends.onnx_tools.export import export_onnx
-from edgeprune.gate import Budgets, Measurements
+from edgeprune.gate import Budgets
 from edgeprune.host import Host
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.latency import Timing, latency_of
+from edgeprune.measurements import Accuracy, Latency, Measurements, Memory
 from edgeprune.metric import Score, slice_section
 from edgeprune.planning import Plan
 from edgeprune.profile import Profile
@@ -96,9 +97,7 @@ class Context:
 
     def scratch(self, name: str) -> Path:
         """Returns a new empty folder that lives as long as the context (a candidate's artifact)."""
-        folder = Path(self._workdir.name) / name
-        folder.mkdir()
-        return folder
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self._workdir.name))
 
     def close(self) -> None:
         self._pruned.clear()
@@ -120,12 +119,12 @@ class Evaluation:
     stats: dict
     artifact: Artifact
     verification: Verification
-    latency: dict
-    memory: dict
-    accuracy: dict | None = None
+    latency: Latency
+    memory: Memory
+    accuracy: Accuracy | None = None
 
     def measurements(self) -> Measurements:
-        return Measurements(self.latency, self.artifact.size_bytes, self.memory, self.accuracy or {})
+        return Measurements(self.latency, self.artifact.size_bytes, self.memory, self.accuracy)
 
 
 def evaluate(ctx: Context, plan: Plan, folder: Path, *, final: bool = True, score: bool = True,
@@ -203,36 +202,33 @@ def verify_artifact(workload: Workload, model, artifact: Artifact, request: Lowe
                           classifier=workload.task == "classification", subject=artifact.evaluated_on)
 
 
-def score_artifact(ctx: Context, evaluation: Evaluation, predict: Callable | None = None) -> dict:
-    """Returns (and records) the accuracy section: the workload's metric computed by the artifact.
+def score_artifact(ctx: Context, evaluation: Evaluation, predict: Callable | None = None) -> Accuracy:
+    """Returns (and records) the accuracy: the workload's metric computed by the artifact.
 
     ``predict`` is the artifact's predictor when the caller holds one (a new one otherwise).
-    Where the artifact cannot run here, the section says so and has no drop: an accuracy
+    Where the artifact cannot run here, the accuracy says so and has no drop: an accuracy
     budget is then unproven, for a search's candidate exactly as for the final build.
     """
     workload = ctx.workload
+    recovery = evaluation.pruned.details.get("recovery") or {}
+    inputs = workload.extras.get("inputs")
+    common = {"metric": workload.metric, "inputs": str(inputs) if inputs else None,
+              "before_recovery": recovery.get("metric_before"), "after_recovery": recovery.get("metric_after")}
     if workload.evaluate is None:
-        section = {"metric": workload.metric, "note": "the workload has no evaluate()"}
+        accuracy = Accuracy(**common, note="the workload has no evaluate()")
     else:
-        section = {"metric": workload.metric, "higher_is_better": workload.higher_is_better,
-                   "baseline": ctx.baseline_metric()}
+        common.update(higher_is_better=workload.higher_is_better, baseline=ctx.baseline_metric())
         backend = get_backend(evaluation.artifact.format)
         predict = predict or backend.predictor(evaluation.artifact)
         if predict is None:
-            section["note"] = f"not evaluated on the artifact: {backend.cannot_run_reason()}"
-            if ctx.baseline_score().overall is not None:
-                section["overall"] = ctx.baseline_score().overall
+            accuracy = Accuracy(**common, overall=ctx.baseline_score().overall,
+                                note=f"not evaluated on the artifact: {backend.cannot_run_reason()}")
         else:
             scored = workload.score_slices(predict)
-            section.update({"pruned": scored.value, "drop": round(workload.drop(section["baseline"], scored.value), 6),
-                            "evaluated_on": evaluation.artifact.evaluated_on,
-                            **slice_section(ctx.baseline_score(), scored, workload.higher_is_better,
-                                            f"workload {workload.name}: evaluate()")})
-    if workload.extras.get("inputs"):  # a model argument's inputs: random, or the user's --data
-        section["inputs"] = str(workload.extras["inputs"])
-    recovery = evaluation.pruned.details.get("recovery")
-    if recovery:
-        section.update({"before_recovery": recovery.get("metric_before"),
-                        "after_recovery": recovery.get("metric_after")})
-    evaluation.accuracy = section
-    return section
+            accuracy = Accuracy(**common, pruned=scored.value,
+                                drop=round(workload.drop(common["baseline"], scored.value), 6),
+                                evaluated_on=evaluation.artifact.evaluated_on,
+                                **slice_section(ctx.baseline_score(), scored, workload.higher_is_better,
+                                                f"workload {workload.name}: evaluate()"))
+    evaluation.accuracy = accuracy
+    return accuracy

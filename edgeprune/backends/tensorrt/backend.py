@@ -47,6 +47,7 @@ from edgeprune.backends.tensorrt.bundle import (
 from edgeprune.backends.tensorrt.engine import EngineRunner, build_bundle, tensorrt_unavailable
 from edgeprune.errors import EdgepruneError, UnsupportedError
 from edgeprune.measure.agent_wire import UploadModel
+from edgeprune.measurements import Latency
 from edgeprune.verify import Verification, structural
 
 
@@ -127,7 +128,7 @@ class TensorRTBackend:
         notes.append(result["sparsity"])
         if "latency" in result:
             artifact.engine = Path(result["engine"])
-            artifact.latency = {**result["latency"], "batch": batch}
+            artifact.latency = Latency.from_dict({**result["latency"], "batch": batch})
             artifact.evaluated_on = "artifact"
         return artifact
 

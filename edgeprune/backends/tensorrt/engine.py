@@ -26,6 +26,8 @@ import torch
 
 from edgeprune.backends.tensorrt.bundle import TIMING_CACHE, BundleSpec
 from edgeprune.errors import EdgepruneError, UnsupportedError
+from edgeprune.measurements import Latency
+from edgeprune.timing import LatencyStats
 from edgeprune.verify import TOLERANCE
 
 CACHE_ENV = "EDGEPRUNE_CACHE_DIR"
@@ -302,12 +304,11 @@ def verify_engine(runner: EngineRunner, reference: Path, tolerance: str) -> dict
             "rel_diff": rel, "agreement": agreement, "samples": int(want.shape[0] * want.shape[1])}
 
 
-def time_engine(runner: EngineRunner) -> dict:
+def time_engine(runner: EngineRunner) -> LatencyStats:
     """Returns latency statistics of the engine on this GPU (inputs already on the device)."""
-    from edgeprune.measure.protocol import time_callable
+    from edgeprune.timing import time_callable
 
-    stats = time_callable(runner.execute)
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.to_dict().items()}
+    return time_callable(runner.execute)
 
 
 def build_bundle(folder: Path, spec: BundleSpec, root: Path | None = None, force: bool = False,
@@ -329,6 +330,6 @@ def build_bundle(folder: Path, spec: BundleSpec, root: Path | None = None, force
     if reference.exists():
         result["verified"] = verify_engine(runner, reference, spec.tolerance or spec.precision)
     if measure:
-        result["latency"] = {"source": "measured", "device": f"local: {build.gpu}",
-                             "runtime": f"tensorrt {build.tensorrt_version}", **time_engine(runner)}
+        result["latency"] = Latency.measured(time_engine(runner), f"local: {build.gpu}",
+                                             f"tensorrt {build.tensorrt_version}").to_dict()
     return result

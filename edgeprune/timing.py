@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,11 @@ class LatencyStats:
 
     median_ms: float
     p90_ms: float
-    min_ms: float
-    runs: int
-    rounds: int
-    spread: float
-    stable: bool
+    min_ms: float | None = None
+    runs: int | None = None
+    rounds: int | None = None
+    spread: float | None = None
+    stable: bool | None = None
     p25_ms: float | None = None
     p75_ms: float | None = None
     p99_ms: float | None = None
@@ -31,6 +31,17 @@ class LatencyStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def rounded(self) -> LatencyStats:
+        """Returns the statistics with times and spread rounded to 4 decimals, as reports keep them."""
+        return replace(self, **{f.name: round(v, 4) for f in fields(self)
+                                if isinstance(v := getattr(self, f.name), float)})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LatencyStats:
+        """Returns the statistics a dict holds (a report's or an agent's reply); other keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)
