@@ -85,8 +85,8 @@ def tiny_lm_table() -> list[str]:
     return [
         f"Tiny LM of `examples/tiny_lm.py` (LLaMA architecture, 4 blocks, width 240, 10 query heads in "
         f"5 key/value groups, SwiGLU 512, byte-level BPE of 1024 tokens), held-out perplexity over "
-        f"{workload.extras['eval_tokens']:,} tokens of `{workload.extras['text']}` (Python "
-        f"{platform.python_version()}), sequence length {workload.extras['seq_len']}, "
+        f"{workload.text.eval_tokens:,} tokens of `{workload.text.source}` (Python "
+        f"{platform.python_version()}), sequence length {workload.text.seq_len}, "
         f"{len(workload.calibration)} calibration sequences from the training topics. "
         "Measured; no fine-tuning after pruning.",
         "",

@@ -65,11 +65,12 @@ def spread(rises: list[float]) -> tuple[float, float, float]:
 
 
 def measure() -> tuple[dict[str, float], list[tuple[str, float, dict[str, float]]], dict]:
-    """Returns (dense scores, [(label, block sparsity, heads and FFN width, scores)], the workload's extras)."""
+    """Returns (dense scores, [(label, block sparsity, heads and FFN width, scores)], facts for the table)."""
     workload = multilingual_lm.workload()
     dense = workload.evaluate(workload.model)
     config = workload.model.lm.config
-    workload.extras["dense_shape"] = f"{config.num_attention_heads}/{config.num_key_value_heads}, {config.intermediate_size}"
+    extras = {"dense_shape": f"{config.num_attention_heads}/{config.num_key_value_heads}, {config.intermediate_size}",
+              "slice_tokens": dict(workload.text.slice_tokens), "seq_len": workload.text.seq_len}
     print("dense", {k: round(v, 3) for k, v in dense.items()}, flush=True)
     rows = []
     for label, method, sparsity, kwargs in RUNS:
@@ -79,7 +80,7 @@ def measure() -> tuple[dict[str, float], list[tuple[str, float, dict[str, float]
         shape = f"{'/'.join(str(h) for h in d['heads']['after'])}, {d['ffn_width']['after']}"
         rows.append((label, d["block_sparsity"], shape, scores))
         print(label, {k: round(v, 3) for k, v in scores.items()}, flush=True)
-    return dense, rows, workload.extras
+    return dense, rows, extras
 
 
 def table(dense: dict[str, float], rows, extras: dict) -> list[str]:

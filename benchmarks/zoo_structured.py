@@ -36,7 +36,7 @@ from edgeprune.measure.local import measure_onnx_files  # noqa: E402
 from edgeprune.profile import load_profile  # noqa: E402
 from edgeprune.prune.heads import find_attention  # noqa: E402
 from edgeprune.prune.roles import layer_roles  # noqa: E402
-from edgeprune.prune.stage import prune_for_plan  # noqa: E402
+from edgeprune.search.pruning import prune_for_plan  # noqa: E402
 from edgeprune.specs import load_workload  # noqa: E402
 from edgeprune.stats import count_macs  # noqa: E402
 from edgeprune.timing import Protocol  # noqa: E402

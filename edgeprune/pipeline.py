@@ -20,15 +20,15 @@ from edgeprune.measurements import Accuracy
 from edgeprune.output import check_output_folder, claimed_output, staged_output
 from edgeprune.planning import Plan, make_plan
 from edgeprune.profile import load_profile
-from edgeprune.prune.stage import check_prunable
 from edgeprune.report import ModelCounts, Report, write_report
 from edgeprune.report.mlflow_run import check_tracking, log_build
 from edgeprune.search import Context, Evaluation, choose_plan, evaluate
 from edgeprune.search.evaluate import profile_layers, silent_step
+from edgeprune.search.pruning import check_prunable
 from edgeprune.specs import load_workload
 from edgeprune.stats import model_stats
 from edgeprune.target import BuildOptions
-from edgeprune.workload import Workload, check_runs, is_hf_causal_lm_workload
+from edgeprune.workload import Workload, check_runs
 
 
 def run_build(options: BuildOptions, step: Callable = silent_step, workload: Workload | None = None) -> Report:
@@ -74,7 +74,7 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
             with step("profile layers with ONNX Runtime"):  # its own sessions, after the timing
                 layers = profile_layers(ctx, evaluation)
             hf_model = None
-            if is_hf_causal_lm_workload(workload):
+            if workload.is_causal_lm:
                 with step("save the pruned model as a Hugging Face directory"):
                     hf_model = save_causal_lm(evaluation, workload, stage, final)
             report = assemble_report(workload, profile.name, before, evaluation, ctx, stage, final, search, hf_model,
@@ -155,7 +155,7 @@ def save_causal_lm(evaluation: Evaluation, workload: Workload, stage: Path, fina
     from edgeprune.llm import reload_max_abs_diff, save_pretrained
 
     model = evaluation.pruned.model
-    folder = save_pretrained(model, stage / "hf", workload.extras.get("tokenizer"))
+    folder = save_pretrained(model, stage / "hf", workload.text.tokenizer if workload.text else None)
     diff = reload_max_abs_diff(model, folder, workload.example_inputs[0])
     if diff > 1e-4:
         raise UnsupportedError(f"the saved Hugging Face model does not reload to the pruned one (max logit "

@@ -13,7 +13,7 @@ from edgeprune.layers import Layer, inventory
 from edgeprune.profile import Profile
 from edgeprune.prune.config import parse_nm
 from edgeprune.vocabulary import AUTO, MAX_RECOVER_STEPS
-from edgeprune.workload import Workload, is_hf_causal_lm_workload
+from edgeprune.workload import Workload
 
 STRATEGIES = (AUTO, *vocabulary.STRATEGIES)
 QUANTIZE = (AUTO, *vocabulary.QUANTIZE)
@@ -204,11 +204,11 @@ def make_plan(
     if strategy == "auto":
         kind, why, details = choose_strategy(inventory(workload.model, workload.example_inputs), profile, budgets, fmt)
         reasons += why
-        if kind == "hybrid" and is_hf_causal_lm_workload(workload):
+        if kind == "hybrid" and workload.is_causal_lm:
             kind = "structured"
             reasons.append("a causal LM's embeddings and LM head shrink with its hidden width, which width "
                            "pruning removes (structured) instead of zeroing them")
-        if kind in ("structured", "hybrid") and workload.extras.get("graph_only"):
+        if kind in ("structured", "hybrid") and workload.graph_only:
             kind = "none"
             reasons.append("a torch.export program has no layer modules to narrow, so it is not pruned "
                            "(--strategy unstructured or nm prunes its weights)")

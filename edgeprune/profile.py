@@ -21,11 +21,11 @@ from edgeprune.host import (
     kernel_class,
     memory_gb,
 )
+from edgeprune.precision import Precision
 
 Format = Literal["onnx", "coreml", "tensorrt"]
 # Profile families whose devices compute on CPU cores.
 CPU_FAMILIES = ("x86", "arm", "custom")
-Precision = Literal["fp32", "fp16", "int8"]
 PROFILE_PATH_ENV = "EDGEPRUNE_PROFILE_PATH"
 HOST_PROFILE = "host"  # reserved: the profile derived from this machine (see host_profile)
 

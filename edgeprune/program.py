@@ -101,7 +101,7 @@ def load_program_workload(text: str, data: str | Path | None = None):
 
     return Workload(model=model, example_inputs=tuple(args), calibration=calibration, evaluate=evaluate,
                     metric=metric, higher_is_better=True, name=path.stem,
-                    extras={"program": str(path), "inputs": inputs, "graph_only": True})
+                    inputs=inputs, graph_only=True)
 
 
 def _image_batches(path: Path, args: tuple, data: str | Path) -> list[tuple[torch.Tensor]]:

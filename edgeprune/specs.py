@@ -128,7 +128,7 @@ def _classifier(folder: Path, kind: str, data: str | Path | None) -> Workload:
             inputs, names = torch.randint(0, int(config.vocab_size), (96, SEQ_LEN), generator=generator), None
         else:
             inputs, names = _token_rows(folder, data, hf)
-    return agreement_workload(wrapped, inputs, f"hf:{folder.name}", {"hf_path": str(folder)}, data, names,
+    return agreement_workload(wrapped, inputs, f"hf:{folder.name}", data, names,
                               dict(getattr(config, "id2label", None) or {}))
 
 
@@ -168,7 +168,7 @@ def _token_rows(folder: Path, data: str | Path, hf) -> tuple[torch.Tensor, list[
     return torch.tensor(rows, dtype=torch.long), None if folders is None else [label for _, label in per_line]
 
 
-def agreement_workload(model: nn.Module, inputs: torch.Tensor, name: str, extras: dict,
+def agreement_workload(model: nn.Module, inputs: torch.Tensor, name: str,
                        data: str | Path | None = None, names: list[str] | None = None,
                        label_names: dict[int, str] | None = None) -> Workload:
     """Returns a workload over ``inputs``, scored on the held-out ones.
@@ -204,7 +204,7 @@ def agreement_workload(model: nn.Module, inputs: torch.Tensor, name: str, extras
     return Workload(model=model, example_inputs=(inputs[:1],),
                     calibration=[(calibration[i:i + 8],) for i in range(0, len(calibration), 8)],
                     evaluate=top1, metric=AGREEMENT if targets is None else ACCURACY, higher_is_better=True,
-                    name=name, extras={**extras, "inputs": described})
+                    name=name, inputs=described)
 
 
 def load_library_model(text: str, data: str | Path | None = None) -> Workload:
@@ -227,7 +227,7 @@ def load_library_model(text: str, data: str | Path | None = None) -> Workload:
     else:
         inputs = user_data.load_images(data, size, IMAGENET_MEAN, IMAGENET_STD)
     names = None if data is None else user_data.labels(data, user_data.IMAGE_SUFFIXES)
-    return agreement_workload(model.eval(), inputs, text, {"library": prefix, "pretrained": pretrained}, data, names)
+    return agreement_workload(model.eval(), inputs, text, data, names)
 
 
 def _offline():

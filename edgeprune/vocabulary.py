@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import get_args
 
+from edgeprune.precision import QUANTIZE  # noqa: F401  (the --quantize choices, kept with the precisions)
 from edgeprune.profile import Format
 
 STRATEGIES = ("none", "structured", "unstructured", "nm", "hybrid")
-QUANTIZE = ("none", "fp16", "int8")
 FORMATS = get_args(Format)
 AUTO = "auto"
 # A model argument naming a Hugging Face model directory: hf:path/to/dir

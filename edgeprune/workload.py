@@ -13,9 +13,26 @@ import torch
 
 from edgeprune.errors import InputError
 from edgeprune.metric import Score, drop, score_of
+from edgeprune.tasks import CAUSAL_LM, resolve_task
 
 Inputs = tuple[torch.Tensor, ...]
 Predict = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LMText:
+    """What a causal-LM workload reads: the tokenizer, the window length and the text it came from.
+
+    ``eval_tokens`` are the held-out tokens ``evaluate`` scores (``slice_tokens`` per slice
+    when it scores slices); ``checkpoint`` the model directory the LM was loaded from.
+    """
+
+    tokenizer: Any
+    seq_len: int
+    source: str
+    eval_tokens: int = 0
+    slice_tokens: Mapping[str, int] = field(default_factory=dict)
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -32,6 +49,12 @@ class Workload:
         then the headline metric, and without it the headline is the mean of the slices.
     finetune_data: batches of inputs for recovery by distillation (labels not needed).
     metric: what ``evaluate`` returns; ``higher_is_better`` says which way is good.
+    task: ``classification`` (default), ``causal-lm`` or ``other`` (edgeprune.tasks); a model
+        holding a transformers causal LM is ``causal-lm`` whatever is given.
+    inputs: what the calibration and evaluation inputs are, in a sentence for the report
+        (a model argument's random inputs, or the user's --data folder).
+    text: a causal LM's tokenizer, window length and text (edgeprune.llm builds it).
+    graph_only: the model is a torch.export program: a graph with no layer modules to narrow.
     """
 
     model: torch.nn.Module
@@ -42,12 +65,18 @@ class Workload:
     metric: str = "accuracy"
     higher_is_better: bool = True
     name: str = "model"
-    task: str = "classification"
-    extras: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    inputs: str | None = None
+    text: LMText | None = None
+    graph_only: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, torch.nn.Module):
             raise InputError(f"Workload.model must be a torch.nn.Module, got {type(self.model).__name__}")
+        try:
+            self.task = resolve_task(self.model, self.task)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         if isinstance(self.example_inputs, torch.Tensor):
             self.example_inputs = (self.example_inputs,)
         self.example_inputs = tuple(self.example_inputs)
@@ -60,6 +89,11 @@ class Workload:
         if self.finetune_data is not None:
             self.finetune_data = [_as_inputs(b, "finetune_data") for b in self.finetune_data]
         self.model.eval()
+
+    @property
+    def is_causal_lm(self) -> bool:
+        """Whether this is a transformers causal LM: pruned block by block, shipped as a KV-cache decoder."""
+        return self.task == CAUSAL_LM
 
     def calibration_batches(self) -> list[Inputs]:
         """Returns the calibration batches, or the example inputs when none were given."""
@@ -201,15 +235,3 @@ def load_workload_file(spec: str | Path) -> Workload:
 
 def _is_windows_drive(text: str) -> bool:
     return len(text) > 1 and text[1] == ":" and text[0].isalpha() and text.count(":") == 1
-
-
-def is_hf_causal_lm_workload(workload: Workload) -> bool:
-    """Returns whether a Workload's model is, or wraps, a transformers causal LM (pruned by edgeprune.llm).
-
-    However the user wrapped it (``CausalLMLogits``, an adapter of their own, a head on top),
-    the LM inside takes the block-wise path. A hand-written decoder is not one: the general
-    engines prune it.
-    """
-    from edgeprune.llm.hf import find_causal_lm
-
-    return find_causal_lm(workload.model) is not None

@@ -62,5 +62,5 @@ if __name__ == "__main__":
     with torch.no_grad():
         scores = w.evaluate(w.model)
     for key, value in scores.items():
-        tokens = w.extras["slice_tokens"].get(key, w.extras["eval_tokens"])
+        tokens = w.text.slice_tokens.get(key, w.text.eval_tokens)
         print(f"{key:8s} perplexity {value:8.3f} over {tokens:,} tokens")

@@ -84,4 +84,4 @@ if __name__ == "__main__":
         save(*train(steps=args.steps, log=True))
     w = workload()
     with torch.no_grad():
-        print(f"held-out perplexity {w.evaluate(w.model):.3f} over {w.extras['eval_tokens']} tokens")
+        print(f"held-out perplexity {w.evaluate(w.model):.3f} over {w.text.eval_tokens} tokens")

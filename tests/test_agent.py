@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from edgeprune.measure.agent_server import Agent, AgentConfig
-from edgeprune.measure.agent_wire import RequestError, UploadModel, pack_upload
+from edgeprune.measure.agent_wire import RequestError, pack_upload
 from edgeprune.timing import Protocol
+from edgeprune.uploads import UploadModel
 
 from conftest import ROOT, run_cli
 

@@ -60,7 +60,7 @@ def test_without_labels_the_folder_is_scored_against_the_dense_model(layout, why
 
     workload = load_workload(f"hf:{model}", data)
     assert workload.metric == "top1_agreement_with_dense"
-    assert workload.extras["inputs"] == f"10 inputs from {data}: 5 calibrate, 5 held out, " \
+    assert workload.inputs == f"10 inputs from {data}: 5 calibrate, 5 held out, " \
                                          f"scored against the dense model ({why})"
 
 
@@ -90,7 +90,7 @@ def test_a_text_classifier_takes_a_line_of_text_an_input(tmp_path, capsys):
     from edgeprune.specs import load_workload
 
     workload = load_workload(f"hf:{model}", labelled)
-    assert workload.metric == "top1_accuracy" and workload.extras["inputs"].endswith("labelled by their subfolders")
+    assert workload.metric == "top1_accuracy" and workload.inputs.endswith("labelled by their subfolders")
     assert 0.0 <= workload.evaluate(lambda x: workload.model(x)) <= 1.0
 
 

@@ -37,8 +37,8 @@ def test_the_shipped_model_is_small_and_loads_as_a_causal_lm_workload(workload):
     assert sum(f.stat().st_size for f in WEIGHTS.iterdir()) < 2_000_000
     assert workload.task == "causal-lm" and workload.metric == "perplexity" and not workload.higher_is_better
     assert workload.example_inputs[0].shape == (1, SEQ_LEN) and len(workload.calibration) == 32
-    assert set(workload.extras["slice_tokens"]) == LANGUAGES
-    assert all(tokens >= 10 * SEQ_LEN for tokens in workload.extras["slice_tokens"].values())
+    assert set(workload.text.slice_tokens) == LANGUAGES
+    assert all(tokens >= 10 * SEQ_LEN for tokens in workload.text.slice_tokens.values())
 
 
 def test_evaluate_gives_a_finite_perplexity_for_every_language_and_the_pooled_overall(workload, scores):
@@ -46,7 +46,7 @@ def test_evaluate_gives_a_finite_perplexity_for_every_language_and_the_pooled_ov
     # trained: far below the 1024 of a uniform guess over the vocabulary, and never below 1
     assert all(math.isfinite(v) and 1.0 < v < 1024 / 4 for v in scores.values()), scores
     # pooled: exp of the token-weighted mean log-perplexity of the slices
-    predicted = {k: n // SEQ_LEN * (SEQ_LEN - 1) for k, n in workload.extras["slice_tokens"].items()}
+    predicted = {k: n // SEQ_LEN * (SEQ_LEN - 1) for k, n in workload.text.slice_tokens.items()}
     pooled = math.exp(sum(predicted[k] * math.log(scores[k]) for k in LANGUAGES) / sum(predicted.values()))
     assert scores["overall"] == pytest.approx(pooled, rel=1e-6)
     assert min(scores[k] for k in LANGUAGES) < scores["overall"] < max(scores[k] for k in LANGUAGES)
@@ -68,7 +68,7 @@ def test_without_eval_texts_evaluate_still_returns_one_float():
     single = causal_lm_workload(WEIGHTS, text=DATA / "calibration.txt", seq_len=SEQ_LEN, samples=2, eval_samples=4)
     value = single.evaluate(single.model)
     assert isinstance(value, float) and 1.0 < value < 1024
-    assert "slice_tokens" not in single.extras
+    assert not single.text.slice_tokens
 
 
 def test_pooled_perplexity_is_the_perplexity_of_all_windows_together():

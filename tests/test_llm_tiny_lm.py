@@ -41,7 +41,7 @@ def test_the_example_file_is_a_causal_lm_workload():
     assert example.task == "causal-lm" and example.metric == "perplexity" and not example.higher_is_better
     assert example.example_inputs[0].shape == (1, 128)
     assert len(example.calibration) == 32
-    assert example.extras["eval_tokens"] > 10_000
+    assert example.text.eval_tokens > 10_000
 
 
 def test_the_tiny_lm_is_a_trained_language_model(dense_ppl):
@@ -65,7 +65,7 @@ def test_least_squares_restoration_lowers_structured_perplexity(workload, dense_
 
 def test_the_pruned_directory_reloads_with_its_tokenizer(workload, tmp_path):
     result = prune_causal_lm(workload.model, "structured", 0.3, workload.calibration)
-    save_pretrained(result.model, tmp_path, tokenizer=workload.extras["tokenizer"])
+    save_pretrained(result.model, tmp_path, tokenizer=workload.text.tokenizer)
     assert reload_max_abs_diff(result.model, tmp_path, workload.example_inputs[0]) < 1e-4
     reloaded = causal_lm_workload(tmp_path, seq_len=128, samples=2, eval_samples=4)
     assert reloaded.evaluate(reloaded.model) == pytest.approx(reloaded.evaluate(result.model), rel=1e-5)
@@ -76,8 +76,8 @@ def test_a_text_file_gives_calibration_and_held_out_windows(tmp_path):
     text.write_text("".join(f"The value of x{i} is computed by the function f.\n" for i in range(400)))
     workload = causal_lm_workload(WEIGHTS, text=text, seq_len=32, samples=4, eval_samples=6)
     assert [batch[0].shape for batch in workload.calibration] == [(1, 32)] * 4
-    assert workload.extras["eval_tokens"] == 6 * 32
-    assert workload.extras["text"] == str(text)
+    assert workload.text.eval_tokens == 6 * 32
+    assert workload.text.source == str(text)
     assert 1.0 < workload.evaluate(workload.model) < 1e4
 
 

@@ -46,3 +46,24 @@ def test_cli_reports_a_missing_workload_file_with_exit_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "workload file not found" in proc.stderr
     assert not (tmp_path / "o").exists()
     assert ROOT.exists()
+
+
+def test_the_task_is_decided_once_when_the_workload_is_made():
+    import torch
+    import transformers
+    from wrapped_lm import Logits
+
+    linear = torch.nn.Linear(4, 2)
+    assert Workload(model=linear, example_inputs=(torch.randn(1, 4),)).task == "classification"
+    assert Workload(model=linear, example_inputs=(torch.randn(1, 4),), task="other").task == "other"
+    with pytest.raises(InputError, match="task must be one of"):
+        Workload(model=linear, example_inputs=(torch.randn(1, 4),), task="detection")
+    # a hand-written decoder is not a transformers causal LM: the block-wise path would fail on it
+    with pytest.raises(InputError, match="hand-written decoder is task 'other'"):
+        Workload(model=linear, example_inputs=(torch.randn(1, 4),), task="causal-lm")
+    # a transformers causal LM, however wrapped and whatever the user wrote, is one
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1)
+    lm = Logits(transformers.LlamaForCausalLM(config))
+    made = Workload(model=lm, example_inputs=(torch.zeros(1, 4, dtype=torch.long),), task="other")
+    assert made.task == "causal-lm" and made.is_causal_lm

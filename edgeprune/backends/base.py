@@ -11,9 +11,9 @@ from typing import Any, Protocol
 import torch
 
 from edgeprune.errors import UnsupportedError
-from edgeprune.measure.agent_wire import UploadModel
 from edgeprune.measurements import Latency
 from edgeprune.profile import Profile
+from edgeprune.uploads import UploadModel
 from edgeprune.verify import Verification
 
 Inputs = tuple[torch.Tensor, ...]

@@ -7,6 +7,7 @@ saved as directories that ``AutoModelForCausalLM.from_pretrained`` loads. transf
 imported only when a function here needs it.
 """
 
+from edgeprune.llm.handler import CausalLMConfig  # registers the causal-LM pruner
 from edgeprune.llm.logits import CausalLMLogits
 from edgeprune.llm.prune import CRITERIA, METHODS, LLMPruneResult, prune_causal_lm
 from edgeprune.llm.save import load_causal_lm, reload_max_abs_diff, save_pretrained
@@ -14,6 +15,7 @@ from edgeprune.llm.workload import causal_lm_workload, perplexity
 
 __all__ = [
     "CRITERIA",
+    "CausalLMConfig",
     "METHODS",
     "CausalLMLogits",
     "LLMPruneResult",

@@ -20,13 +20,13 @@ from edgeprune.llm.blocks import (
     weight_matrix,
 )
 from edgeprune.llm.calibrate import BlockInputs, capture_block_inputs, collect_input_stats
-from edgeprune.llm.hf import is_causal_lm
 from edgeprune.llm.hidden import hidden_scores, kept_channels, prune_hidden_
 from edgeprune.llm.logits import CausalLMLogits
 from edgeprune.llm.sparsegpt import sparsegpt_
 from edgeprune.llm.sparsify import magnitude_scores, sparsify_
 from edgeprune.llm.width import apply_width_to_config, plan_width, prune_block_width
 from edgeprune.prune.masks import wanda_scores
+from edgeprune.tasks import is_causal_lm
 
 METHODS = ("unstructured", "nm", "structured")
 CRITERIA = ("magnitude", "wanda", "sparsegpt")

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
-from edgeprune.llm.hf import find_causal_lm, transformers
+from edgeprune.llm.hf import transformers
 from edgeprune.llm.logits import CausalLMLogits
+from edgeprune.tasks import find_causal_lm
 
 
 def _lm(model: nn.Module) -> nn.Module:

@@ -13,7 +13,8 @@ from edgeprune.errors import InputError
 from edgeprune.llm.logits import CausalLMLogits
 from edgeprune.llm.save import load_causal_lm
 from edgeprune.llm.text import pydoc_corpus, read_text, split_text
-from edgeprune.workload import Workload
+from edgeprune.tasks import CAUSAL_LM
+from edgeprune.workload import LMText, Workload
 
 OVERALL = "overall"  # the pooled figure's key when evaluate scores slices
 
@@ -132,7 +133,7 @@ def causal_lm_workload(
         ``{"overall": pooled perplexity, slice: perplexity, ...}`` instead of one float.
 
     The Workload's model maps ``input_ids`` (batch, seq_len) to logits; its metric is
-    perplexity (lower is better); ``extras`` holds the source directory, the tokenizer and
+    perplexity (lower is better); ``text`` holds the source directory, the tokenizer and
     the sequence length so the pruned model can be saved as a directory of its own.
     """
     from edgeprune.llm.hf import transformers
@@ -175,14 +176,8 @@ def causal_lm_workload(
         metric="perplexity",
         higher_is_better=False,
         name=name or path.name,
-        task="causal-lm",
-        extras={
-            "hf_path": str(path),
-            "tokenizer": tokenizer,
-            "seq_len": seq_len,
-            "text": source,
-            "inputs": f"text {source}: {len(calibration)} calibration windows, {heldout.numel()} held-out tokens",
-            "eval_tokens": heldout.numel(),
-            **({"slice_tokens": {name: windows.numel() for name, windows in slices.items()}} if slices else {}),
-        },
+        task=CAUSAL_LM,
+        inputs=f"text {source}: {len(calibration)} calibration windows, {heldout.numel()} held-out tokens",
+        text=LMText(tokenizer, seq_len, source, heldout.numel(),
+                    {name: windows.numel() for name, windows in slices.items()}, str(path)),
     )

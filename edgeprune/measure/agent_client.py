@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgeprune.errors import InputError
-from edgeprune.measure.agent_wire import API, TOKEN_ENV, UploadModel, pack_upload
+from edgeprune.measure.agent_wire import API, TOKEN_ENV, pack_upload
 from edgeprune.timing import Protocol
+from edgeprune.uploads import UploadModel
 
 
 class AgentError(InputError):

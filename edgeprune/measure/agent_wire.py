@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.errors import InputError
 from edgeprune.measure import runtimes
 from edgeprune.timing import Protocol
+from edgeprune.uploads import UploadModel
 
 TOKEN_ENV = "EDGEPRUNE_AGENT_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -63,28 +63,6 @@ class Job:
     threads: int | None
     protocol: Protocol
 
-
-
-@dataclass(frozen=True)
-class UploadModel:
-    """One model to time on the device: its role in the reply, its format, where it lies here."""
-
-    role: str
-    format: str  # onnx | mlpackage | engine
-    path: Path
-    runtime: str | None = None  # onnxruntime or tensorrt for onnx; the agent picks when None
-    precision: str = "fp32"  # what TensorRT builds an ONNX model at
-
-
-def upload_format(path: Path) -> str:
-    """Returns the agent format of an artifact path; AgentError for anything else."""
-    if path.is_dir() and path.suffix == ".mlpackage":
-        return "mlpackage"
-    if path.suffix == ".onnx":
-        return "onnx"
-    if path.suffix in (".engine", ".plan", ".trt"):
-        return "engine"
-    raise InputError(f"{path}: the agent runs .onnx files, .mlpackage folders and TensorRT .engine files only")
 
 
 def pack_upload(models: Sequence[UploadModel], inputs: Sequence[np.ndarray], threads: int | None = None,

@@ -10,10 +10,10 @@ import numpy as np
 
 from edgeprune.errors import InputError
 from edgeprune.measure.agent_client import AgentClient
-from edgeprune.measure.agent_wire import UploadModel, upload_format
 from edgeprune.measurements import Latency
 from edgeprune.profile import Profile
 from edgeprune.timing import LatencyStats, Protocol
+from edgeprune.uploads import UploadModel, upload_format
 
 _NUMPY = {1: np.float32, 10: np.float16, 11: np.float64, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 9: np.bool_}
 

@@ -20,9 +20,8 @@ from pathlib import Path
 import onnx
 
 from edgeprune.measure.graph import Kernel, LoweredGraph, lowered_graph
+from edgeprune.precision import bytes_per_weight
 from edgeprune.profile import Profile
-
-_BYTES_PER = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 @dataclass(frozen=True)
@@ -98,12 +97,12 @@ def _sparse_speed(kernel: Kernel, profile: Profile, precision: str) -> tuple[str
         wide = min(kernel.in_channels, kernel.out_channels) >= nm.min_channels
         if w.nm[1] == m and w.nm[0] <= n and wide and peak is not None and peak.sparse_tops:
             # Compressed N:M storage: the kept values plus 2 bits of index each.
-            itemsize = _BYTES_PER.get(precision, 4)
+            itemsize = bytes_per_weight(precision)
             return f"{n}:{m}", 1.0, n / m * (1 + 2 / (8 * itemsize))
     un = profile.sparsity.unstructured
     if un is not None and w.zero_fraction >= un.min_sparsity:
         dense = 1.0 - w.zero_fraction
-        itemsize = _BYTES_PER.get(precision, 4)
+        itemsize = bytes_per_weight(precision)
         # The device skips zero weights; it stores the rest plus a one-bit mask per weight.
         return "unstructured", dense, dense + 1 / (8 * itemsize)
     return None, 1.0, 1.0
@@ -118,7 +117,7 @@ def kernel_time(kernel: Kernel, profile: Profile, precision: str | None = None) 
     prec = kernel.precision
     scale = 1.0
     if precision and precision != prec and prec == "fp32":
-        scale = _BYTES_PER.get(precision, 4) / 4
+        scale = bytes_per_weight(precision) / 4
         prec = precision
     eff = profile.efficiency
     sparse, flop_frac, weight_frac = _sparse_speed(kernel, profile, prec)

@@ -21,11 +21,11 @@ from edgeprune.backends.onnx_tools.export import export_onnx
 from edgeprune.gate import Budgets, latency_undecided
 from edgeprune.host import Host
 from edgeprune.measure.agent_client import AgentClient
-from edgeprune.measure.agent_wire import UploadModel
 from edgeprune.measure.local import StandIn, local_device, measure_onnx_files, stand_in
 from edgeprune.measurements import ESTIMATED, MEASURED, UNAVAILABLE, Latency, Memory
 from edgeprune.profile import Profile
 from edgeprune.timing import LatencyStats, Protocol
+from edgeprune.uploads import UploadModel
 
 # A search's timing of one candidate: short, the final build measures the chosen one properly.
 SEARCH_PROTOCOL = Protocol(warmup_s=0.1, round_s=0.1, min_rounds=5, max_rounds=12)

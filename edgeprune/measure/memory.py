@@ -10,10 +10,10 @@ import onnx
 
 from edgeprune.measure.graph import LoweredGraph, lowered_graph
 from edgeprune.measurements import ESTIMATED, Memory
+from edgeprune.precision import bytes_per_weight
 
 METHOD = ("estimated from the lowered graph: stored weights plus the largest set of activations alive at "
           "once, running the fused kernels in graph order (runtime workspace and the runtime itself excluded)")
-_BYTES_PER = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ def peak_memory_graph(graph: LoweredGraph, precision: str | None = None) -> Memo
     """
     activations, where = activation_peak(graph)
     weights = graph.weight_bytes
-    if precision in ("fp16", "int8") and not any(k.precision != "fp32" for k in graph.kernels):
-        scale = _BYTES_PER[precision] / 4
+    if precision in ("fp16", "int8", "int4") and not any(k.precision != "fp32" for k in graph.kernels):
+        scale = bytes_per_weight(precision) / 4
         weights, activations = weights * scale, activations * scale
     return MemoryEstimate(weights_bytes=weights, activations_peak_bytes=activations, peak_kernel=where)
 

@@ -5,11 +5,10 @@
     recover(result.model, model, finetune_data, steps=200, masks=result.masks)
 """
 
-from edgeprune.prune import causal_lm, hybrid, nm, structured, unstructured  # noqa: F401  (register handlers)
+from edgeprune.prune import hybrid, nm, structured, unstructured  # noqa: F401  (register handlers)
 from edgeprune.prune.api import PruneResult, prune, register_pruner
 from edgeprune.prune.attention import ExplicitAttention, rewrite_multihead_attention
 from edgeprune.prune.config import (
-    CausalLMConfig,
     HybridConfig,
     NMConfig,
     PruneConfig,
@@ -20,7 +19,6 @@ from edgeprune.prune.config import (
 from edgeprune.prune.recover import recover
 
 __all__ = [
-    "CausalLMConfig",
     "ExplicitAttention",
     "HybridConfig",
     "NMConfig",

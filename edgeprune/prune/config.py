@@ -172,28 +172,8 @@ def parse_nm(text: str) -> tuple[int, int]:
     return n_i, m_i
 
 
-@dataclass(frozen=True)
-class CausalLMConfig:
-    """Prune a transformers causal LM block by block (edgeprune.llm): its own calibration per block.
-
-    method: ``unstructured``, ``nm`` or ``structured`` (FFN neurons and whole key/value head
-    groups, widths a multiple of ``channel_multiple``, the next projection restored by least
-    squares). criterion: ``magnitude``, ``wanda`` or ``sparsegpt`` (not structured).
-    """
-
-    method: str
-    sparsity: float
-    criterion: str = "wanda"
-    nm: tuple[int, int] = (2, 4)
-    channel_multiple: int = 1
-
-    def __post_init__(self) -> None:
-        from edgeprune.llm.prune import check_arguments
-
-        check_arguments(self.method, self.sparsity, self.criterion, tuple(self.nm))
-
-
-PruneConfig = StructuredConfig | UnstructuredConfig | NMConfig | HybridConfig | CausalLMConfig
+# the general engines' configs; a method of its own (edgeprune.llm's causal-LM pruner) registers its config too
+PruneConfig = StructuredConfig | UnstructuredConfig | NMConfig | HybridConfig
 
 
 def config_for(strategy: str, sparsity: float | None = None, criterion: str | None = None,

@@ -23,7 +23,7 @@ from edgeprune.measurements import Accuracy, Latency, Measurements, Memory
 from edgeprune.metric import Score, slice_section
 from edgeprune.planning import Plan
 from edgeprune.profile import Profile
-from edgeprune.prune.stage import Pruned, prune_for_plan
+from edgeprune.search.pruning import Pruned, prune_for_plan
 from edgeprune.stats import model_stats
 from edgeprune.verify import Verification, verify_numeric
 from edgeprune.workload import Workload, torch_predictor
@@ -211,8 +211,7 @@ def score_artifact(ctx: Context, evaluation: Evaluation, predict: Callable | Non
     """
     workload = ctx.workload
     recovery = evaluation.pruned.details.get("recovery") or {}
-    inputs = workload.extras.get("inputs")
-    common = {"metric": workload.metric, "inputs": str(inputs) if inputs else None,
+    common = {"metric": workload.metric, "inputs": workload.inputs,
               "before_recovery": recovery.get("metric_before"), "after_recovery": recovery.get("metric_after")}
     if workload.evaluate is None:
         accuracy = Accuracy(**common, note="the workload has no evaluate()")

@@ -42,7 +42,7 @@ from edgeprune.backends.coreml.convert import (
 )
 from edgeprune.backends.coreml.program import ProgramSummary, read_program
 from edgeprune.errors import UnsupportedError
-from edgeprune.measure.agent_wire import UploadModel
+from edgeprune.uploads import UploadModel
 from edgeprune.verify import Verification, structural
 
 PACKAGE = "model.mlpackage"

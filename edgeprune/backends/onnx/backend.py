@@ -23,7 +23,7 @@ from edgeprune.backends.onnx_tools.fp16 import convert_fp16
 from edgeprune.backends.onnx_tools.fusion import fp16_notes, inspect_kernels, int8_fusion_notes
 from edgeprune.backends.onnx_tools.quantize import int8_config_for, quantize_int8
 from edgeprune.errors import UnsupportedError
-from edgeprune.measure.agent_wire import UploadModel
+from edgeprune.uploads import UploadModel
 from edgeprune.verify import Verification, structural
 
 INT8_MODES = ("static", "dynamic")

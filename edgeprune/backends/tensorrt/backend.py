@@ -46,8 +46,8 @@ from edgeprune.backends.tensorrt.bundle import (
 )
 from edgeprune.backends.tensorrt.engine import EngineRunner, build_bundle, tensorrt_unavailable
 from edgeprune.errors import EdgepruneError, UnsupportedError
-from edgeprune.measure.agent_wire import UploadModel
 from edgeprune.measurements import Latency
+from edgeprune.uploads import UploadModel
 from edgeprune.verify import Verification, structural
 
 

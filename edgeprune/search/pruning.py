@@ -1,4 +1,4 @@
-"""The prune stage of a build: the plan's pruning applied to a copy of the workload's model, then recovery."""
+"""The prune stage of an evaluation: the plan's pruning applied to a copy of the workload's model, then recovery."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
+from edgeprune.llm import CausalLMConfig
 from edgeprune.planning import Plan
 from edgeprune.profile import Profile
 from edgeprune.prune.api import prune
-from edgeprune.prune.config import CausalLMConfig, PruneConfig, config_for
+from edgeprune.prune.config import PruneConfig, config_for
 from edgeprune.prune.recover import recalibrate_batchnorm, recover
-from edgeprune.workload import Workload, is_hf_causal_lm_workload
+from edgeprune.workload import Workload
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Pruned:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def prune_config(plan: Plan, profile: Profile, workload: Workload) -> PruneConfig | None:
+def prune_config(plan: Plan, profile: Profile, workload: Workload) -> PruneConfig | CausalLMConfig | None:
     """Returns the pruning method's config for the plan (None when it prunes nothing).
 
     A transformers causal LM is pruned block by block (its widths rounded to the profile's
@@ -33,7 +34,7 @@ def prune_config(plan: Plan, profile: Profile, workload: Workload) -> PruneConfi
     """
     if not plan.prunes:
         return None
-    if is_hf_causal_lm_workload(workload):
+    if workload.is_causal_lm:
         multiple = int(profile.channel_multiple.value) if plan.kind == "structured" else 1
         return CausalLMConfig(plan.kind, plan.sparsity, plan.criterion or "wanda", plan.nm or (2, 4), multiple)
     nm = f"{plan.nm[0]}:{plan.nm[1]}" if plan.nm else None
@@ -42,10 +43,10 @@ def prune_config(plan: Plan, profile: Profile, workload: Workload) -> PruneConfi
 
 def check_prunable(plan: Plan, profile: Profile, workload: Workload) -> None:
     """Raises InputError, before any work, for a plan this workload cannot be pruned or recovered by."""
-    if is_hf_causal_lm_workload(workload) and plan.kind != "none":
+    if workload.is_causal_lm and plan.kind != "none":
         # the method and criterion are checked even when a search starts from the dense model
         CausalLMConfig(plan.kind, 0.0, plan.criterion or "wanda", plan.nm or (2, 4))
-    if plan.kind in ("structured", "hybrid") and workload.extras.get("graph_only"):
+    if plan.kind in ("structured", "hybrid") and workload.graph_only:
         raise InputError(f"--strategy {plan.kind} removes channels from layer modules, and a torch.export program "
                          "has none (only its graph): give the nn.Module in a workload file, or prune the program "
                          "unstructured or N:M")
@@ -61,7 +62,7 @@ def prune_for_plan(workload: Workload, plan: Plan, profile: Profile) -> Pruned:
     check_prunable(plan, profile, workload)
     result = prune(workload.model, config, workload.calibration, workload.example_inputs)
     details = dict(result.details)
-    if plan.kind in ("structured", "hybrid") and workload.calibration and not isinstance(config, CausalLMConfig):
+    if plan.kind in ("structured", "hybrid") and workload.calibration and not workload.is_causal_lm:
         details["batchnorm_recalibrated"] = recalibrate_batchnorm(result.model, workload.calibration_batches())
     if plan.recover:
         before = workload.score_model(result.model)
