@@ -8,8 +8,10 @@ STAMP  := $(VENV)/.installed
 # environment of their own, on torch 2.14.1 + torchvision 0.29.1 (a CUDA build, run on the CPU).
 VISION := .venv-vision
 VISION_STAMP := $(VISION)/.installed
+LLM    := .venv-llm
+LLM_STAMP := $(LLM)/.installed
 
-.PHONY: demo test test-vision lint bench clean
+.PHONY: demo test test-vision lint bench bench-llm-env clean
 
 # torch is pinned to the CPU build that this toolchain is developed and tested on;
 # a looser requirement would pull a multi-GB CUDA build. coremltools 9 needs numpy<2.4.
@@ -36,6 +38,21 @@ test: $(STAMP) test-vision
 # the model-argument tests that need timm and torchvision; there they must run, not skip
 test-vision: $(VISION_STAMP)
 	EDGEPRUNE_VISION_TESTS=1 $(VISION)/bin/python -m pytest tests/test_model_specs.py
+
+# The LLM decoding comparison (benchmarks/llm_decode.py): llama.cpp through llama-cpp-python,
+# compiled here for this CPU (-DGGML_NATIVE=ON: about 20 minutes on 2 cores), ONNX Runtime
+# GenAI and its model builder, and edgeprune itself. Never part of `make test`. Made once: it
+# does not follow pyproject.toml (that would recompile llama.cpp); `rm -r .venv-llm` remakes it.
+bench-llm-env: $(LLM_STAMP)
+
+$(LLM_STAMP):
+	$(PYTHON) -m venv $(LLM)
+	$(LLM)/bin/python -m pip install -q --upgrade pip
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(LLM)/bin/python -m pip install "llama-cpp-python==0.3.36"
+	$(LLM)/bin/python -m pip install -q "torch==2.13.0" "numpy<2.4"
+	$(LLM)/bin/python -m pip install -q -e ".[dev]"
+	$(LLM)/bin/python -m pip install -q onnxruntime-genai onnx-ir sentencepiece
+	touch $(LLM_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edgeprune tests examples benchmarks

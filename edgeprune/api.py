@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgeprune.backends import get_backend
 from edgeprune.errors import BudgetMissed, InputError
 from edgeprune.gate import Budgets, missed_budgets
 from edgeprune.output import check_writable
@@ -105,7 +104,7 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
     if bad or not precisions:
         raise InputError(f"--quantize: {'unknown precision ' + repr(bad[0]) if bad else 'none given'} "
                          f"(choose from {', '.join(QUANTIZE)})")
-    backend = get_backend(base.format)
+    backend = base.backend()
     for q in precisions:  # a precision the profile or format does not run is refused before any work, as build does
         backend.check(replace(base, precision=precision_for(q, base.format)).lower_request(prof, ()))
     candidates = grid(list(strategies), [float(a) for a in sparsities], precisions)

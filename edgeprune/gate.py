@@ -7,9 +7,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from edgeprune.errors import InputError
-from edgeprune.measurements import Accuracy, BudgetResult, Latency, Measurements
+from edgeprune.measurements import Accuracy, BudgetResult, Generation, Latency, Measurements
 
 LATENCY_STATS = ("median", "p90")
+# budgets on a causal LM's generation: Budgets field -> (report name, unit, whether a lower value is better)
+GENERATION_BUDGETS = {
+    "min_decode_tokens_per_s": ("decode_tokens_per_s", "tokens/s", False),
+    "min_prefill_tokens_per_s": ("prefill_tokens_per_s", "tokens/s", False),
+    "max_ttft_ms": ("ttft_ms", "ms", True),
+}
 
 
 @dataclass(frozen=True)
@@ -26,18 +32,23 @@ class Budgets:
     latency_ratio: float | None = None
     # the largest drop any one slice of the metric may take (evaluate returns slice -> number)
     max_slice_drop: float | None = None
+    # a causal LM's generation at the build's context: decode and prompt tokens per second, time to first token
+    min_decode_tokens_per_s: float | None = None
+    min_prefill_tokens_per_s: float | None = None
+    max_ttft_ms: float | None = None
 
     def __post_init__(self) -> None:
         flags = {"latency_ms": "latency-budget-ms", "max_size_mb": "max-size-mb", "max_memory_mb": "max-memory-mb",
                  "max_accuracy_drop": "max-accuracy-drop", "estimate_margin": "estimate-margin",
-                 "latency_ratio": "latency-budget-ratio", "max_slice_drop": "max-slice-drop"}
+                 "latency_ratio": "latency-budget-ratio", "max_slice_drop": "max-slice-drop",
+                 **{name: name.replace("_", "-") for name in GENERATION_BUDGETS}}
         for name, flag in flags.items():
             value = getattr(self, name)
             if value is None and name != "estimate_margin":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise InputError(f"--{flag} must be a finite number, got {value!r}")
-        for name in ("latency_ms", "max_size_mb", "max_memory_mb", "latency_ratio"):
+        for name in ("latency_ms", "max_size_mb", "max_memory_mb", "latency_ratio", *GENERATION_BUDGETS):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise InputError(f"--{flags[name]} must be a positive number, got {value}")
@@ -52,11 +63,15 @@ class Budgets:
 
     def any(self) -> bool:
         return any(v is not None for v in (self.latency_ms, self.max_size_mb, self.max_memory_mb, self.max_accuracy_drop,
-                                           self.latency_ratio, self.max_slice_drop))
+                                           self.latency_ratio, self.max_slice_drop, *self.generation_limits()))
+
+    def generation_limits(self) -> tuple[float | None, ...]:
+        return tuple(getattr(self, name) for name in GENERATION_BUDGETS)
 
     def on_latency(self) -> bool:
-        """Whether a latency budget is set (in milliseconds or as a ratio to the dense model)."""
-        return self.latency_ms is not None or self.latency_ratio is not None
+        """Whether a speed budget is set (milliseconds, a ratio to the dense model, tokens per second, TTFT)."""
+        return self.latency_ms is not None or self.latency_ratio is not None or \
+            any(v is not None for v in self.generation_limits())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,7 +134,7 @@ def _judge(name: str, limit: float, value: float, estimated: bool, spread: float
         padded = value * (1 + margin) if lower_is_better else value * (1 - margin)
         sign, factor = ("<=", 1 + margin) if lower_is_better else (">=", 1 - margin)
         note = (f"estimated, not measured: passes only if the estimate x {factor:.2f} "
-                f"= {padded:.4g}{shown} {sign} {limit:g}{shown}")
+                f"= {padded:.3g}{shown} {sign} {limit:g}{shown}")
         met = padded <= limit if lower_is_better else padded >= limit
         return BudgetResult(name, limit, value, met, unit, note=note)
     if abs(value - limit) <= spread * value:
@@ -173,7 +188,23 @@ def check_budgets(measured: Measurements, budgets: Budgets, headroom: float = 0.
                                     drop is not None and drop <= budgets.max_accuracy_drop, note=note))
     if budgets.max_slice_drop is not None:
         results.append(check_slices(measured.accuracy, budgets))
+    for field_name, (name, unit, lower) in GENERATION_BUDGETS.items():
+        limit = getattr(budgets, field_name)
+        if limit is not None:
+            results.append(check_generation(measured.generation, name, limit, unit, lower, budgets))
     return results
+
+
+def check_generation(generation: Generation | None, name: str, limit: float, unit: str, lower_is_better: bool,
+                     budgets: Budgets) -> BudgetResult:
+    """Returns a generation budget's result (tokens per second, TTFT): measured with its spread, or estimated
+    with the margin, as a latency is; unproven where the artifact cannot generate token by token."""
+    value = getattr(generation, name, None) if generation is not None else None
+    if value is None:
+        why = (generation.note if generation is not None else None) or "no generation was measured or estimated"
+        return BudgetResult(name, limit, None, False, unit, note=f"cannot prove the budget: {why}")
+    return _judge(name, limit, float(value), generation.estimated, float(generation.spread or 0.0),
+                  budgets.estimate_margin, unit, "the measurement's own spread", lower_is_better)
 
 
 def missed_budgets(results: Sequence[BudgetResult], verified: bool) -> str:
@@ -184,6 +215,14 @@ def missed_budgets(results: Sequence[BudgetResult], verified: bool) -> str:
     if not verified:
         parts.append("the artifact is not verified")
     return "missed: " + "; ".join(parts) if parts else "passed"
+
+
+def refuse_generation_budgets(budgets: Budgets, causal_lm: bool) -> None:
+    """Raises InputError, before any work, for budgets on generation of a model that does not generate."""
+    if not causal_lm and any(v is not None for v in budgets.generation_limits()):
+        flags = [f"--{f.replace('_', '-')}" for f in GENERATION_BUDGETS if getattr(budgets, f) is not None]
+        raise InputError(f"{', '.join(flags)}: budgets on generation need a causal LM (a transformers model that "
+                         "generates text); this workload is not one")
 
 
 def refuse_unprovable(budgets: Budgets, has_evaluate: bool, has_slices: bool) -> None:

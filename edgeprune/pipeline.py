@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeprune import __version__
-from edgeprune.backends import Artifact, get_backend
+from edgeprune.backends import Artifact
 from edgeprune.errors import UnsupportedError
-from edgeprune.gate import check_budgets, refuse_unprovable
+from edgeprune.gate import check_budgets, refuse_generation_budgets, refuse_unprovable
 from edgeprune.measure.agent_client import AgentClient
+from edgeprune.measure.generation import GenerationSettings
 from edgeprune.measure.local import check_measure_flags
 from edgeprune.measurements import Accuracy
 from edgeprune.output import check_output_folder, claimed_output, staged_output
@@ -44,16 +45,18 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
         profile = load_profile(options.profile)
         workload = workload or load_workload(options.model, options.data)
         check_runs(workload)
+        refuse_generation_budgets(options.budgets, workload.is_causal_lm)
     plan = make_plan(workload, profile, options.strategy, options.sparsity, options.quantize, options.format,
                      options.criterion, options.nm, options.budgets, options.recover, options.palettize)
     check_prunable(plan, profile, workload)
-    backend = get_backend(plan.format)
+    backend = plan.backend()
     backend.check(plan.lower_request(profile, workload.calibration_batches()))
     check_measure_flags(profile, options.measure_here, options.threads)  # before any work
     # Reach the device before the long stages, so a wrong token or URL fails in a second.
     agent = connect_agent(options.device) if options.device else None
+    generation = GenerationSettings(options.prompt_tokens, options.generate_tokens)
     with claimed_output(options.output), Context(workload, profile, options.budgets, options.host,
-                                                  options.measure_here, options.threads, agent) as ctx:
+                                                  options.measure_here, options.threads, agent, generation) as ctx:
         preflight = getattr(backend, "preflight", None)
         if preflight is not None and plan.kind != "none":  # an unlowerable operator fails before pruning runs
             with step(f"check {plan.format} can lower every operator"):
@@ -117,7 +120,7 @@ def assemble_report(workload: Workload, profile: str, before: dict, evaluation: 
         artifact=artifact, latency=evaluation.latency, memory=evaluation.memory,
         accuracy=evaluation.accuracy or Accuracy(workload.metric, note="not scored"),
         budgets=budgets, passed=verification.passed and all(b.met for b in budgets), notes=notes, search=search,
-        layers=layers,
+        layers=layers, generation=evaluation.generation,
     )
 
 

@@ -6,12 +6,13 @@ from dataclasses import asdict, dataclass, field
 
 from edgeprune import vocabulary
 from edgeprune.backends import get_backend
-from edgeprune.backends.base import LowerRequest
+from edgeprune.backends.base import LowerRequest, serves_task
 from edgeprune.errors import InputError
 from edgeprune.gate import Budgets
 from edgeprune.layers import Layer, inventory
 from edgeprune.profile import Profile
 from edgeprune.prune.config import parse_nm
+from edgeprune.tasks import CAUSAL_LM
 from edgeprune.vocabulary import AUTO, MAX_RECOVER_STEPS
 from edgeprune.workload import Workload
 
@@ -46,6 +47,7 @@ class Plan:
     search: tuple[float, float] | None = None
     quantize_candidates: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)
+    task: str = "classification"
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -60,10 +62,19 @@ class Plan:
         """Whether the plan changes the model (N:M prunes at any amount; the rest above 0)."""
         return self.kind != "none" and (self.sparsity > 0.0 or self.kind == "nm")
 
-    def lower_request(self, profile: Profile, calibration) -> LowerRequest:
-        """Returns what the backend is asked to lower: precision, the zeros to store, palettization."""
+    def lower_request(self, profile: Profile, calibration, options: dict | None = None) -> LowerRequest:
+        """Returns what the backend is asked to lower: precision, the zeros to store, palettization.
+
+        ``options`` are what the workload gives the backend beyond the model (a causal LM's
+        tokenizer and the context its decoder is written for).
+        """
         return LowerRequest(precision=self.precision, profile=profile, calibration=calibration,
-                            sparsity=self.kind, nm=self.nm or (2, 4), palettize=self.palettize)
+                            sparsity=self.kind, nm=self.nm or (2, 4), palettize=self.palettize,
+                            options=dict(options or {}))
+
+    def backend(self):
+        """Returns the backend that lowers this plan: the format's, or the workload kind's own."""
+        return get_backend(self.format, self.task)
 
     def strategy_section(self) -> dict:
         """Returns the report's ``strategy`` object for this plan."""
@@ -107,6 +118,17 @@ def recommended_quantization(profile: Profile, fmt: str) -> tuple[str, str]:
         return "fp16", (f"fp16 tensor cores run {profile.peak_tops('fp16') / fp32.dense_tops:.0f}x the fp32 "
                         f"rate on {profile.name} ({profile.compute['fp16'].source})")
     return "none", f"{profile.name} gains nothing from a lower precision it lists"
+
+
+def llm_quantization(profile: Profile, fmt: str) -> tuple[tuple[str, ...], str]:
+    """Returns (the precisions a causal LM's search tries, why): decode reads every weight once a token."""
+    backend = get_backend(fmt, CAUSAL_LM)
+    lower = tuple(p for p in ("int8", "int4") if p in profile.precisions and p in backend.precisions)
+    if not lower:
+        return ("none",), f"{profile.name} lists no int8 or int4 weights for {fmt}"
+    return ("none", *lower), (f"decode reads every weight once a token (memory-bound at batch 1): {' and '.join(lower)} "
+                              f"weights read about {32 / (4.5 if lower[-1] == 'int4' else 8.25):.0f}x fewer bytes "
+                              f"than fp32; tried with the width")
 
 
 def choose_strategy(layers: list[Layer], profile: Profile, budgets: Budgets, fmt: str) -> tuple[str, list[str], dict]:
@@ -183,8 +205,14 @@ def make_plan(
     if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
                                  or not 0.0 <= sparsity < 1.0):
         raise InputError(f"--sparsity must be in [0, 1), got {sparsity}")
-    fmt = resolve_format(fmt, profile)
     reasons: list[str] = []
+    if fmt == "auto" and workload.is_causal_lm and not serves_task(profile.preferred_format, CAUSAL_LM):
+        decoders = [f for f in profile.formats if serves_task(f, CAUSAL_LM)]
+        if decoders:
+            reasons.append(f"format {decoders[0]}: a causal LM ships as a decoder with a KV cache, which edgeprune "
+                           f"writes for {', '.join(decoders)}, not for {profile.preferred_format}")
+            fmt = decoders[0]
+    fmt = resolve_format(fmt, profile)
     details: dict = {}
     kind = strategy
     search: tuple[float, float] | None = None
@@ -192,7 +220,11 @@ def make_plan(
     recommended, why_quant = recommended_quantization(profile, fmt)
     if precision_for(recommended, fmt) == precision_for("none", fmt):
         recommended, why_quant = "none", f"{fmt} already computes in {precision_for('none', fmt)} on {profile.name}"
-    if quantize == "auto":
+    if quantize == "auto" and workload.is_causal_lm:
+        candidates, why_quant = llm_quantization(profile, fmt)
+        quantize = "none"
+        reasons.append(f"quantization: {why_quant}")
+    elif quantize == "auto":
         candidates = ("none",) if recommended == "none" else ("none", recommended)
         quantize = "none"
         reasons.append(f"quantization: {why_quant}" + ("; tried when pruning alone misses the budget"
@@ -208,6 +240,11 @@ def make_plan(
             kind = "structured"
             reasons.append("a causal LM's embeddings and LM head shrink with its hidden width, which width "
                            "pruning removes (structured) instead of zeroing them")
+        if kind == "nm" and workload.is_causal_lm:
+            kind = "structured"
+            reasons.append(f"not 2:4: decoding a token is memory-bound, and no measured decode speed-up from 2:4 "
+                           f"exists for {profile.name} (TensorRT-LLM users report none; PyTorch's 2:4 tutorial "
+                           "measured decode 12% slower); fewer channels read fewer bytes, so width pruning")
         if kind in ("structured", "hybrid") and workload.graph_only:
             kind = "none"
             reasons.append("a torch.export program has no layer modules to narrow, so it is not pruned "
@@ -229,11 +266,14 @@ def make_plan(
         amount = 1 - nm_pair[0] / nm_pair[1]
     else:
         amount = float(sparsity or 0.0)
+    if kind == "nm" and workload.is_causal_lm:
+        reasons.append(f"{nm_pair[0]}:{nm_pair[1]} on a causal LM is reported as size and accuracy only: no measured "
+                       f"decode speed-up from it exists for {profile.name}")
     return Plan(
         kind=kind, sparsity=amount, quantization=quantize, format=fmt,
         precision=precision_for(quantize, fmt), criterion=criterion, nm=nm_pair,
         recover=_steps(recover), palettize=palettize, reasons=tuple(reasons),
-        search=search, quantize_candidates=candidates, details=details,
+        search=search, quantize_candidates=candidates, details=details, task=workload.task,
     )
 
 

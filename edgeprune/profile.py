@@ -21,7 +21,7 @@ from edgeprune.host import (
     kernel_class,
     memory_gb,
 )
-from edgeprune.precision import Precision
+from edgeprune.precision import WEIGHT_ONLY, Precision
 
 Format = Literal["onnx", "coreml", "tensorrt"]
 # Profile families whose devices compute on CPU cores.
@@ -94,6 +94,10 @@ class Efficiency(_Strict):
         """Returns the fraction of a precision's peak reached: its own factor, else ``compute``."""
         return self.compute_by_precision.get(precision, self.compute)
 
+    def bandwidth_for(self, precision: str) -> float:
+        """Returns the fraction of the bandwidth reached streaming weights of a precision: its own factor, else ``bandwidth``."""
+        return self.bandwidth_by_precision.get(precision, self.bandwidth)
+
     def overhead_us_for(self, precision: str) -> float:
         """Returns the fixed cost of one kernel of a precision, in microseconds."""
         return self.layer_overhead_us_by_precision.get(precision, self.layer_overhead_us)
@@ -119,6 +123,12 @@ class Efficiency(_Strict):
         default_factory=dict, description="per-precision fractions of peak where they differ from compute"
     )
     bandwidth: float = Field(gt=0, le=1)
+    bandwidth_by_precision: dict[Precision, Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=dict, description="fraction of the bandwidth a batch-1 product of weights stored at a "
+                                          "precision streams them at, where it differs from bandwidth (int4 blocks)")
+    attention: dict[Literal["decode", "prompt"], Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=dict, description="fraction of the fp32 peak a decoder's attention reaches, decoding one "
+                                          "token over its cache and over a prompt; absent: compute")
     layer_overhead_us: float = Field(ge=0)
     layer_overhead_us_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="per-kernel overhead of a precision's kernels where it differs"
@@ -157,7 +167,8 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
-        missing = [p for p in self.precisions if p not in self.compute]
+        # a weight-only precision (int4) computes in a wider one: it needs no peak of its own
+        missing = [p for p in self.precisions if p not in self.compute and p not in WEIGHT_ONLY]
         if missing:
             raise ValueError(f"precisions {missing} have no [compute.{missing[0]}] table")
         if "coreml" in self.formats and not self.min_deployment_target:
@@ -326,7 +337,7 @@ def host_profile(host: Host) -> Profile:
         "description": f"this machine: {host.description}, ONNX Runtime; derived from its CPU flags "
                        "(`edgeprune profiles probe` measures it)",
         "formats": ["onnx"],
-        "precisions": ["fp32", "fp16", "int8"],
+        "precisions": ["fp32", "fp16", "int8", "int4"],
         "int8_activation": "s8" if host.int8_full_range else "u8",
         "cores": host.cores,
         "cpu_flags": flags,

@@ -16,13 +16,15 @@ import tomllib
 from edgeprune.errors import InputError
 from edgeprune.gate import Budgets
 from edgeprune.host import Host
-from edgeprune.vocabulary import HF_PREFIX, LIBRARY_PREFIXES, MAX_RECOVER_STEPS
+from edgeprune.vocabulary import HF_PREFIX, LIBRARY_PREFIXES, MAX_CONTEXT, MAX_RECOVER_STEPS
 
 # option keys that are budgets, and the Budgets field each fills
 BUDGET_KEYS = {
     "latency_budget_ms": "latency_ms", "latency_stat": "latency_stat", "max_size_mb": "max_size_mb",
     "max_memory_mb": "max_memory_mb", "max_accuracy_drop": "max_accuracy_drop", "estimate_margin": "estimate_margin",
     "latency_budget_ratio": "latency_ratio", "max_slice_drop": "max_slice_drop",
+    "min_decode_tokens_per_s": "min_decode_tokens_per_s", "min_prefill_tokens_per_s": "min_prefill_tokens_per_s",
+    "max_ttft_ms": "max_ttft_ms",
 }
 
 
@@ -51,6 +53,8 @@ class BuildOptions:
     palettize: int | None = None
     measure_here: bool = False
     mlflow: str | None = None
+    prompt_tokens: int = 512
+    generate_tokens: int = 128
     host: Host | None = None
 
 
@@ -90,7 +94,8 @@ def check_option_types(options: dict[str, Any]) -> None:
         options["sparsity"] = number("sparsity", options["sparsity"])
         if not 0.0 <= options["sparsity"] < 1.0:
             raise InputError(f"--sparsity must be in [0, 1), got {options['sparsity']}")
-    for name, low, high in (("recover", 0, MAX_RECOVER_STEPS), ("threads", 1, 4096)):
+    for name, low, high in (("recover", 0, MAX_RECOVER_STEPS), ("threads", 1, 4096), ("prompt_tokens", 1, MAX_CONTEXT),
+                            ("generate_tokens", 1, MAX_CONTEXT)):
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
             raise InputError(f"{name} must be a whole number from {low} to {high}, got {value!r}")

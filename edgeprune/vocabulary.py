@@ -20,3 +20,5 @@ HF_PREFIX = "hf:"
 LIBRARY_PREFIXES = ("timm:", "torchvision:")
 # Distillation steps a build may spend (each a forward and backward pass of both models).
 MAX_RECOVER_STEPS = 100_000
+# The longest prompt or generation a causal LM's build measures, in tokens.
+MAX_CONTEXT = 131_072

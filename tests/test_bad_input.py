@@ -64,7 +64,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def reports(digits_build, files) -> dict[str, Path]:
     report = digits_build[2]
     made = {}
-    for name, change in {"passed_text": {"passed": "yes"}, "schema_2": {"schema": 2},
+    for name, change in {"passed_text": {"passed": "yes"}, "schema_3": {"schema": 3},
                          "latency_number": {"latency": 3}, "budgets_text": {"budgets": "none"},
                          "macs_negative": {"model": {**report["model"], "macs_after": -1}}}.items():
         path = files["dir"] / f"{name}.json"
@@ -182,7 +182,7 @@ CASES = [
     ("check a JSON array", ["check", "{array.json}"], "not an edgeprune report"),
     ("check a folder without a report", ["check", "{empty_dir}"], "not found"),
     ("check passed as text", ["check", "{report:passed_text}"], "passed"),
-    ("check schema 2", ["check", "{report:schema_2}"], "schema"),
+    ("check schema 3", ["check", "{report:schema_3}"], "schema"),
     ("check latency a number", ["check", "{report:latency_number}"], "latency"),
     ("check budgets text", ["check", "{report:budgets_text}"], "budgets"),
     ("check negative MACs", ["check", "{report:macs_negative}"], "macs_after"),

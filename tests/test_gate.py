@@ -128,3 +128,11 @@ def test_an_undecided_measurement_is_taken_once_more_and_the_quieter_kept():
     for budgets in (Budgets(latency_ms=10), Budgets()):
         once = iter([quiet])
         assert _measure_decisively(lambda it=once: next(it), budgets) == quiet
+
+
+def test_check_reads_a_report_of_the_previous_schema(tmp_path, digits_build):
+    # schema 1 is schema 2 without generation and int4: a stored version-1 report is re-gated as it was
+    report = {k: v for k, v in digits_build[2].items() if k != "generation"}
+    path = stored_report(tmp_path, report, schema=1, artifact={**report["artifact"], "size_bytes": 3_000_000})
+    assert run_cli("check", str(path), "--max-size-mb", "5").returncode == 0
+    assert run_cli("check", str(path), "--max-size-mb", "2").returncode == 3

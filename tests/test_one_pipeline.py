@@ -130,7 +130,7 @@ def test_every_report_is_checked_against_the_published_schema(tmp_path, digits_b
     report = digits_build[2]
     assert schema_errors(report) == []
     for broken in ({"passed": "yes"}, {"latency": {"source": "measured", "device": "x"}},
-                   {"model": {**report["model"], "macs_after": -1}}, {"schema": 2}):
+                   {"model": {**report["model"], "macs_after": -1}}, {"schema": 3}):
         path = stored_report(tmp_path, report, **broken)
         proc = run_cli("check", str(path))
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (broken, proc.stderr)

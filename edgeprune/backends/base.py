@@ -70,6 +70,7 @@ class Artifact:
     reference: Path | None = None
     engine: Path | None = None
     scratch: Any = field(default=None, repr=False, compare=False)
+    task: str | None = None  # the workload kind a backend of its own lowered it for (a causal LM's decoder)
 
     @property
     def size_bytes(self) -> int:
@@ -111,47 +112,55 @@ class Backend(Protocol):
         """Returns what a device agent is sent to time the artifact: the file, its agent format and runtime."""
 
 
-_BACKENDS: dict[str, Backend] = {}
+_BACKENDS: dict[tuple[str, str | None], Backend] = {}
 
 
-def register_backend(name: str) -> Callable[[type], type]:
-    """Registers a backend class for a format name; backends are stateless, so one instance serves all.
+def register_backend(name: str, task: str | None = None) -> Callable[[type], type]:
+    """Registers a backend class for a format name (and a workload kind, when it lowers only that kind).
 
-    Everything a backend learns while lowering (a twin graph, an engine) lives in the Artifact.
+    Backends are stateless, so one instance serves all; everything a backend learns while
+    lowering (a twin graph, an engine) lives in the Artifact. A task's own backend (a causal
+    LM's decoder) is found before the format's general one.
     """
 
     def wrap(cls: type) -> type:
-        _BACKENDS[name] = cls()
+        _BACKENDS[(name, task)] = cls()
         return cls
 
     return wrap
 
 
-def get_backend(name: str) -> Backend:
-    """Returns the backend for a format name."""
-    if name not in _BACKENDS:
-        known = ", ".join(sorted(_BACKENDS))
-        raise UnsupportedError(f"unknown format {name!r}; formats: {known}")
-    return _BACKENDS[name]
+def get_backend(name: str, task: str | None = None) -> Backend:
+    """Returns the backend for a format name: the task's own if one is registered, else the format's."""
+    if (name, task) in _BACKENDS:
+        return _BACKENDS[(name, task)]
+    if (name, None) not in _BACKENDS:
+        raise UnsupportedError(f"unknown format {name!r}; formats: {', '.join(known_formats())}")
+    return _BACKENDS[(name, None)]
 
 
 @contextmanager
-def backend_replaced(name: str, backend: Backend) -> Iterator[Backend]:
+def backend_replaced(name: str, backend: Backend, task: str | None = None) -> Iterator[Backend]:
     """Serves ``backend`` for a format name inside the block (a runtime the user wraps or a test's)."""
-    previous = _BACKENDS.get(name)
-    _BACKENDS[name] = backend
+    previous = _BACKENDS.get((name, task))
+    _BACKENDS[(name, task)] = backend
     try:
         yield backend
     finally:
         if previous is None:
-            _BACKENDS.pop(name, None)
+            _BACKENDS.pop((name, task), None)
         else:
-            _BACKENDS[name] = previous
+            _BACKENDS[(name, task)] = previous
+
+
+def serves_task(name: str, task: str) -> bool:
+    """Returns whether a format has a backend of its own for a workload kind (a causal LM's decoder)."""
+    return (name, task) in _BACKENDS
 
 
 def known_formats() -> list[str]:
     """Returns the registered format names."""
-    return sorted(_BACKENDS)
+    return sorted({name for name, _ in _BACKENDS})
 
 
 def check_palettize(backend: Backend, request: LowerRequest) -> None:

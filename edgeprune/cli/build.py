@@ -9,7 +9,7 @@ import click
 from edgeprune.cli.common import csv, emit_json, err, out, progress
 from edgeprune.errors import BudgetMissed
 from edgeprune.gate import missed_budgets
-from edgeprune.vocabulary import AUTO, FORMATS, MAX_RECOVER_STEPS, QUANTIZE, STRATEGIES
+from edgeprune.vocabulary import AUTO, FORMATS, MAX_CONTEXT, MAX_RECOVER_STEPS, QUANTIZE, STRATEGIES
 
 STRATEGY_CHOICE = click.Choice([AUTO, *STRATEGIES])
 QUANTIZE_CHOICE = click.Choice([AUTO, *QUANTIZE])
@@ -57,6 +57,15 @@ PLAN_OPTIONS = [
                  help="Largest drop any one slice of the metric may take (evaluate() returns slice -> number; "
                       "a plain number is bad input, exit 2)."),
     click.option("--estimate-margin", type=float, help="Margin an estimated latency must clear (default 0.2)."),
+    click.option("--min-decode-tokens-per-s", type=float,
+                 help="Causal LM: fewest tokens a second generated after the prompt (llama-bench's tg)."),
+    click.option("--min-prefill-tokens-per-s", type=float,
+                 help="Causal LM: fewest prompt tokens a second processed in one pass (llama-bench's pp)."),
+    click.option("--max-ttft-ms", type=float, help="Causal LM: longest time to the first token after the prompt, ms."),
+    click.option("--prompt-tokens", type=click.IntRange(1, MAX_CONTEXT),
+                 help="Causal LM: the prompt's tokens the generation is measured after (default 512)."),
+    click.option("--generate-tokens", type=click.IntRange(1, MAX_CONTEXT),
+                 help="Causal LM: tokens generated one at a time after the prompt (default 128)."),
 ]
 BUILD_OPTIONS = PLAN_OPTIONS + [
     click.option("--device", help="URL of an edgeprune agent on the device (http://HOST:PORT)."),
@@ -194,6 +203,9 @@ def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsitie
 @click.option("--max-accuracy-drop", type=float)
 @click.option("--latency-budget-ratio", type=float)
 @click.option("--max-slice-drop", type=float)
+@click.option("--min-decode-tokens-per-s", type=float)
+@click.option("--min-prefill-tokens-per-s", type=float)
+@click.option("--max-ttft-ms", type=float)
 @click.option("--estimate-margin", type=float, default=0.2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def check(report_path: Path, as_json: bool, **limits) -> None:

@@ -7,6 +7,8 @@ saved as directories that ``AutoModelForCausalLM.from_pretrained`` loads. transf
 imported only when a function here needs it.
 """
 
+from edgeprune.llm import coreml_backend as _coreml_backend  # noqa: F401  (registers the Core ML decoder)
+from edgeprune.llm import onnx_backend as _onnx_backend  # noqa: F401  (registers the ONNX decoder)
 from edgeprune.llm.handler import CausalLMConfig  # registers the causal-LM pruner
 from edgeprune.llm.logits import CausalLMLogits
 from edgeprune.llm.prune import CRITERIA, METHODS, LLMPruneResult, prune_causal_lm

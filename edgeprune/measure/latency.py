@@ -185,7 +185,7 @@ def remeasure_if_undecided(first: Latency, measure: Callable[[], Latency], budge
 def measure_on_agent(timing: Timing, artifact: Artifact, baseline: Path, same_as_baseline: bool,
                      inputs: Sequence[torch.Tensor]) -> Latency:
     """Returns the latency measured on the remote device (side by side with the dense baseline when final)."""
-    upload = get_backend(artifact.format).upload(artifact)
+    upload = get_backend(artifact.format, artifact.task).upload(artifact)
     models = [upload]
     if timing.final and not same_as_baseline:
         runtime = "tensorrt" if upload.runtime == "tensorrt" else "onnxruntime"

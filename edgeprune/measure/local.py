@@ -42,7 +42,8 @@ class StandIn:
 
 def classes_for(precision: str) -> tuple[str, ...]:
     """Returns the kernel classes an artifact of a precision runs: int8 graphs keep fp32 operators."""
-    return ("fp32", "int8") if precision == "int8" else ("fp32",)
+    # int4 weights (MatMulNBits) run int8 arithmetic on CPUs (accuracy level 4)
+    return ("fp32", "int8") if precision in ("int8", "int4") else ("fp32",)
 
 
 def stand_in(profile: Profile, precision: str, host: Host | None = None, measure_here: bool = False,

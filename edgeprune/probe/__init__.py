@@ -55,7 +55,7 @@ def probe_host(name: str | None = None, seconds: float = 1.0, calibrate: bool = 
         "description": f"this machine as probed: {host.description}"
                        + (f", using {threads} of its cores" if threads != host.cores else ""),
         "formats": ["onnx"],
-        "precisions": list(compute),
+        "precisions": [*compute, "int4"],  # int4 weights (MatMulNBits) compute in int8 on ONNX Runtime's CPU
         "int8_activation": "s8" if host.int8_full_range else "u8",  # VNNI, AVX-VNNI or AMX
         "cores": threads,
         "cpu_flags": flags,

@@ -32,7 +32,7 @@ def _gemm_model(n: int, precision: str) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _time(fn, seconds: float) -> float:
+def best_seconds(fn, seconds: float) -> float:
     """Returns the fastest of repeated runs in seconds: a peak is what the machine can do
     when nothing else runs, and the fastest run is the one least disturbed by other load."""
     fn()
@@ -77,7 +77,7 @@ def gemm_tops(precision: str, seconds: float, n: int = 1024, threads: int | None
     else:
         feed = {"a": rng.standard_normal((n, n)).astype(np.float16 if precision == "fp16" else np.float32)}
     try:
-        seconds_per = _time(lambda: sess.run(None, feed), seconds)
+        seconds_per = best_seconds(lambda: sess.run(None, feed), seconds)
     except Exception:
         return None
     return 2 * n**3 / seconds_per / 1e12
@@ -87,7 +87,7 @@ def memory_bandwidth_gbs(seconds: float, mb: int = 256) -> float:
     """Returns measured copy bandwidth in GB/s (bytes read plus bytes written)."""
     src = np.ones(mb * 1024 * 1024 // 8)
     dst = np.empty_like(src)
-    seconds_per = _time(lambda: np.copyto(dst, src), seconds)
+    seconds_per = best_seconds(lambda: np.copyto(dst, src), seconds)
     return 2 * src.nbytes / seconds_per / 1e9
 
 
@@ -104,7 +104,7 @@ def layer_overhead_us(seconds: float, layers: int = 64, threads: int | None = No
         onnx.save(model, path)
         sess = onnx_runtime.session(path, threads or this_host().cores)
     feed = {"x0": np.ones((1, 8), np.float32)}
-    return _time(lambda: sess.run(None, feed), seconds) / layers * 1e6
+    return best_seconds(lambda: sess.run(None, feed), seconds) / layers * 1e6
 
 
 def int8_layer_overhead_us(seconds: float, int8_activation: str, layers: int = 32, threads: int | None = None) -> float:
@@ -129,7 +129,7 @@ def int8_layer_overhead_us(seconds: float, int8_activation: str, layers: int = 3
         int8 = quantize_int8(fp32, Path(tmp) / "chain-int8.onnx", int8_activation, shape)
         sess = onnx_runtime.session(int8, threads or this_host().cores)
     feed = {"x": rng.standard_normal(shape).astype(np.float32)}
-    return _time(lambda: sess.run(None, feed), seconds) / layers * 1e6
+    return best_seconds(lambda: sess.run(None, feed), seconds) / layers * 1e6
 
 
 def gemv_bandwidth_gbs(seconds: float, n: int = 4096, threads: int | None = None) -> float:
@@ -146,7 +146,7 @@ def gemv_bandwidth_gbs(seconds: float, n: int = 4096, threads: int | None = None
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
         sess = onnx_runtime.session(path, threads or this_host().cores)
     feed = {"a": np.ones((1, n), np.float32)}
-    return n * n * 4 / _time(lambda: sess.run(None, feed), seconds) / 1e9
+    return n * n * 4 / best_seconds(lambda: sess.run(None, feed), seconds) / 1e9
 
 
 def quantize_int8(fp32: Path, out: Path, int8_activation: str, shape: tuple[int, ...]) -> Path:

@@ -182,6 +182,55 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         f"tiny QLinearConvs); bandwidth {data['efficiency']['bandwidth']:g} = "
         f"{gemv:.1f} GB/s of a batch-1 MatMul over a 64 MiB weight / {copy_gbs:.1f} GB/s copy"
         f"{load_note()}")
+    return calibrate_decoder(data, seconds, threads) if "int4" in data["precisions"] else data
+
+
+def calibrate_decoder(data: dict, seconds: float, threads: int) -> dict:
+    """Returns profile data with the estimator's decoder terms fitted on this machine.
+
+    attention: the share of the fp32 peak GroupQueryAttention reaches decoding one token over
+    512 cached ones, and over a 256-token prompt, timed alone (medians). Then a calibration decoder of
+    the probe's own (random int4 weights, decoder_bench) runs as a build runs one:
+    bandwidth_by_precision.int4 makes the estimate of its decode step equal the step's median,
+    compute.int4 (at efficiency 1) the estimate of its prompt's pass, each after the attention
+    and the per-kernel overhead the estimate already counts.
+    """
+    import tempfile
+
+    from edgeprune.measure.generation_estimate import DecoderFacts, decode_parts, prefill_parts
+    from edgeprune.probe import decoder_bench as bench
+    from edgeprune.profile import Profile
+
+    data = {**data, "efficiency": dict(data["efficiency"])}
+    peak = data["compute"]["fp32"]["dense_tops"] * 1e3
+    decode, prompt = (bench.attention_gflops(seconds / 2, tokens, past, threads) for tokens, past in ((1, 512), (256, 0)))
+    data["efficiency"]["attention"] = {"decode": round(min(1.0, decode / peak), 4), "prompt": round(min(1.0, prompt / peak), 4)}
+    with tempfile.TemporaryDirectory() as tmp:
+        # a short probe (--seconds under 1, as tests run it) writes a 2-layer decoder instead of 8
+        timed = bench.time_calibration_decoder(Path(tmp), 256, 32, threads, bench.LAYERS if seconds >= 1 else 2)
+    facts = DecoderFacts(timed["layers"], 2048, bench.HEADS, bench.KV_HEADS, bench.HEAD, 8000, timed["matmul_params"],
+                         timed["weight_bytes"], 4, "fp32", "int4")
+    # start from efficiency 1 (and a nominal int4 rate): each weights term is then scaled to fit
+    data["efficiency"]["bandwidth_by_precision"] = {"int4": 1.0}
+    data["compute"] = {**data["compute"], "int4": {"dense_tops": 1.0, "source": "fitted below"}}
+    data["efficiency"]["compute_by_precision"] = {**data["efficiency"].get("compute_by_precision", {}), "int4": 1.0}
+    profile = Profile.model_validate(data)
+    weights_s, attention_s, overhead_s = decode_parts(facts, profile, timed["depth"])
+    left = max(timed["decode_s"] - attention_s - overhead_s, weights_s)  # never faster than the bus at full speed
+    share = round(min(1.0, weights_s / left), 4)
+    weights_s, attention_s, overhead_s = prefill_parts(facts, profile, timed["prompt"])
+    compute_s = max(timed["prefill_s"] - attention_s - overhead_s, 1e-9)
+    tops = 2 * facts.matmul_params * timed["prompt"] / compute_s / 1e12
+    data["efficiency"]["bandwidth_by_precision"] = {"int4": share}
+    data["compute"]["int4"] = {"dense_tops": round(tops, 5), "source": (
+        f"probed: a calibration decoder of {timed['layers']} layers (int4 blocks of {bench.INT4_BLOCK}, random weights, "
+        f"{facts.weight_bytes / 1e6:.0f} MB) run as builds run decoders: its 256-token prompt took "
+        f"{timed['prefill_s'] * 1e3:.0f} ms, less its attention")}
+    data["efficiency"]["source"] = (
+        f"{data['efficiency']['source']}; decoder: GroupQueryAttention {decode:.1f} GFLOP/s decoding over 512 tokens, "
+        f"{prompt:.1f} GFLOP/s over a 256-token prompt; the calibration decoder's decode step "
+        f"{timed['decode_s'] * 1e3:.2f} ms at {timed['depth']} tokens: int4 blocks streamed at "
+        f"{share * data['memory_bandwidth_gbs']['value']:.1f} GB/s")
     return data
 
 

@@ -74,7 +74,8 @@ def render_html(report: dict) -> str:
         f'<span class="meta">built {escape(str(report.get("created")))} by edgeprune '
         f'{escape(str(report.get("edgeprune_version")))}</span></p>',
     ]
-    body += _budgets(report) + _plan(report) + _latency(report) + _layers(report) + _widths(report)
+    body += _budgets(report) + _plan(report) + _generation(report) + _latency(report) + _layers(report)
+    body += _widths(report)
     body += _accuracy(report) + _model(report) + _search(report)
     if report.get("notes"):
         body += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in report["notes"]) + "</ul>"]
@@ -153,6 +154,29 @@ def _latency(report: dict) -> list[str]:
         out.append(f'<p class="note">Measured on {escape(str(lat.get("host")))}: {escape(lat["stands_in"])}.</p>')
     elif lat.get("note"):
         out.append(f'<p class="note">{escape(lat["note"])}</p>')
+    return out
+
+
+def _generation(report: dict) -> list[str]:
+    gen = report.get("generation")
+    if not gen:
+        return []
+    out = ["<h2>Generation</h2>"]
+    if gen.get("source") == "unavailable":
+        return out + [f'<p class="note">{escape(gen.get("note", "not measured"))}</p>']
+    p, g = gen["prompt_tokens"], gen["generated_tokens"]
+    memory = report.get("memory") or {}
+    rows = [[f"pp{p} (prompt tokens/s)", gen.get("prefill_tokens_per_s"), gen.get("estimated_prefill_tokens_per_s")],
+            [f"tg{g} (generated tokens/s)", gen.get("decode_tokens_per_s"), gen.get("estimated_decode_tokens_per_s")],
+            ["time to first token (ms)", gen.get("ttft_ms"), gen.get("estimated_ttft_ms")],
+            ["decode per token, median (ms)", gen.get("decode_ms_median"), None],
+            ["decode per token, p90 (ms)", gen.get("decode_ms_p90"), None],
+            [f"peak memory at {memory.get('context_tokens')} tokens (MB)", memory.get("peak_mb"), None],
+            ["KV cache at that context (MB)", memory.get("kv_cache_mb"), None]]
+    out.append(table(["", gen["source"], "estimated"], rows, {1, 2}))
+    where = gen.get("stands_in") or gen.get("note") or ""
+    out.append(f'<p class="note">{escape(gen["source"])} on {escape(str(gen.get("device")))}'
+               + (f", {gen['threads']} threads" if gen.get("threads") else "") + f". {escape(where)}</p>")
     return out
 
 

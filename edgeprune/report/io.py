@@ -9,7 +9,7 @@ from typing import Any
 
 from edgeprune.errors import EdgepruneError, InputError
 from edgeprune.report.html import render_html
-from edgeprune.report.model import SCHEMA_VERSION, Report
+from edgeprune.report.model import READABLE_SCHEMAS, Report
 from edgeprune.report.render import render_markdown
 
 SCHEMA = Path(__file__).with_name("schema.json")
@@ -68,8 +68,8 @@ def read_report(path: str | Path) -> Report:
         raise InputError(f"cannot read report {path}: {exc.strerror or exc}") from None
     if not isinstance(data, dict) or "budgets" not in data or "latency" not in data:
         raise InputError(f"{path} is not an edgeprune report (no 'latency' or 'budgets')")
-    if data.get("schema") != SCHEMA_VERSION:
-        raise InputError(f"{path}: report schema {data.get('schema')!r}, this edgeprune reads schema {SCHEMA_VERSION}")
+    if data.get("schema") not in READABLE_SCHEMAS:
+        raise InputError(f"{path}: report schema {data.get('schema')!r}, this edgeprune reads schemas {', '.join(map(str, READABLE_SCHEMAS))}")
     errors = schema_errors(data)
     if errors:
         raise InputError(f"{path} is not a valid edgeprune report: {errors[0]}")

@@ -22,7 +22,9 @@ from edgeprune.measurements import (
     plain,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# versions this edgeprune reads: 1 is 2 without generation and int4
+READABLE_SCHEMAS = (1, 2)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,12 @@ def render_markdown(report: dict) -> str:
         + ".",
         "",
     ]
+    checked = verified.get("generation")
+    if checked:
+        lines += [f"Verified as a generator: a {checked['prompt_tokens']}-token prompt and {checked['decode_steps']} "
+                  f"cached decode steps against PyTorch's full forward, relative logit difference "
+                  f"{fmt(checked['rel_diff'], 3)}; greedy tokens {'equal PyTorch' if checked['greedy_equal'] else 'differ'}"
+                  f" ({checked['greedy_agreement']:.0%} of steps the same).", ""]
     if lat:
         lines += [
             f"Latency ({lat.get('source')}, {lat.get('device')}): median {fmt(lat.get('median_ms'))} ms, "
@@ -72,6 +78,7 @@ def render_markdown(report: dict) -> str:
             lines += [f"Measured on {lat.get('host')}: {lat['stands_in']}.", ""]
         elif lat.get("source") != "measured" and lat.get("note"):
             lines += [lat["note"][:1].upper() + lat["note"][1:].rstrip(".") + ".", ""]
+    lines += generation_lines(report.get("generation"), report.get("memory") or {})
     if acc:
         headline = f" ({acc['overall']})" if acc.get("overall") else ""
         lines += [
@@ -93,6 +100,33 @@ def render_markdown(report: dict) -> str:
     if report.get("notes"):
         lines += ["Notes:", *[f"- {n}" for n in report["notes"]], ""]
     return "\n".join(lines)
+
+
+def generation_lines(gen: dict | None, memory: dict) -> list[str]:
+    """Returns report.md's lines on a causal LM's generation: pp/tg tokens per second, TTFT, memory at the context."""
+    if not gen:
+        return []
+    if gen.get("source") == "unavailable":
+        return [f"Generation: not measured ({gen.get('note', 'no KV cache')}).", ""]
+    p, g = gen["prompt_tokens"], gen["generated_tokens"]
+    lines = [f"Generation ({gen['source']}, {gen['device']}): pp{p} **{fmt(gen.get('prefill_tokens_per_s'))}** "
+             f"tokens/s, tg{g} **{fmt(gen.get('decode_tokens_per_s'))}** tokens/s, time to first token "
+             f"{fmt(gen.get('ttft_ms'))} ms, decode per token median {fmt(gen.get('decode_ms_median'))} ms, "
+             f"p90 {fmt(gen.get('decode_ms_p90'))} ms"
+             + (f", {gen['threads']} threads" if gen.get("threads") else "")
+             + (f", spread {gen['spread']:.1%}" if gen.get("spread") is not None and gen["source"] == "measured"
+                else "") + "."]
+    if gen["source"] == "measured":
+        lines.append(f"Estimated from the profile: pp{p} {fmt(gen.get('estimated_prefill_tokens_per_s'))}, "
+                     f"tg{g} {fmt(gen.get('estimated_decode_tokens_per_s'))} tokens/s "
+                     f"(error {', '.join(f'{k} {v:+.0%}' for k, v in (gen.get('estimate_error') or {}).items())}).")
+    elif gen.get("note"):
+        lines.append(gen["note"][:1].upper() + gen["note"][1:].rstrip(".") + ".")
+    if memory.get("context_tokens"):
+        lines.append(f"Memory at {memory['context_tokens']} tokens of context ({memory.get('source')}): peak "
+                     f"{fmt(memory.get('peak_mb'))} MB, weights {fmt(memory.get('weights_mb'))} MB, KV cache "
+                     f"{fmt(memory.get('kv_cache_mb'))} MB.")
+    return [*lines, ""]
 
 
 def slice_table(acc: dict) -> list[str]:

@@ -109,7 +109,9 @@ def search(evaluator: CandidateEvaluator, recover_steps: int | None = None,
 
     For each quantization candidate, bisection finds the least sparsity that meets the
     latency and size budgets; the finalists are scored on accuracy, least pruned first,
-    with recovery by distillation when the workload has fine-tuning data.
+    with recovery by distillation when the workload has fine-tuning data. A causal LM's
+    finalists (a width for each precision) are all scored, and the one whose metric drops
+    least wins: a wider int4 model may lose less perplexity than a narrower fp32 one.
     """
     plan = evaluator.plan
     low, high = plan.search or (plan.sparsity, plan.sparsity)
@@ -124,6 +126,8 @@ def search(evaluator: CandidateEvaluator, recover_steps: int | None = None,
     finalists.sort(key=lambda c: (c.sparsity, plan.quantize_candidates.index(c.quantize)))
     can_recover = bool(evaluator.workload.finetune_data)
     steps = recover_steps if recover_steps else (DEFAULT_RECOVER_STEPS if can_recover else 0)
+    if evaluator.workload.is_causal_lm:
+        return least_drop(evaluator, finalists, tried, reference, progress)
     for candidate in finalists:
         progress(f"accuracy of {candidate.label}")
         outcome = evaluator.score(candidate)
@@ -139,6 +143,21 @@ def search(evaluator: CandidateEvaluator, recover_steps: int | None = None,
     return SearchResult(None, tried, reference)
 
 
+def least_drop(evaluator: CandidateEvaluator, finalists: list[Candidate], tried: list[Outcome],
+               reference: str | None, progress: Callable[[str], None]) -> SearchResult:
+    """Returns the finalist that meets every budget with the smallest metric drop (the first of equals)."""
+    passing = []
+    for candidate in finalists:
+        progress(f"accuracy of {candidate.label}")
+        outcome = evaluator.score(candidate)
+        tried.append(outcome)
+        if not outcome.misses:
+            passing.append(outcome)
+    if not passing:
+        return SearchResult(None, tried, reference)
+    return SearchResult(min(passing, key=lambda o: o.drop if o.drop is not None else float("inf")), tried, reference)
+
+
 def choose_plan(ctx: Context, plan: Plan, progress: Callable[[str], None] = lambda _: None,
                 use_cache: bool = True) -> tuple[Plan, dict]:
     """Returns the plan of the least-pruned candidate meeting the budgets (or the nearest one) and the search's record.
@@ -152,7 +171,9 @@ def choose_plan(ctx: Context, plan: Plan, progress: Callable[[str], None] = lamb
     if best is None or best.error is not None:
         raise UnsupportedError("the search found no candidate that builds: " + "; ".join(
             o.error or "" for o in result.tried)[:300])
-    how = (f"search chose {best.candidate.label}: the least pruning that meets every budget"
+    goal = ("the smallest metric drop among the least widths that meet every budget at each precision"
+            if ctx.workload.is_causal_lm else "the least pruning that meets every budget")
+    how = (f"search chose {best.candidate.label}: {goal}"
            if result.chosen else
            f"no candidate meets every budget; building the nearest, {best.candidate.label} "
            f"(misses {', '.join(best.misses)})")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from edgeprune import __version__
-from edgeprune.backends import get_backend
 from edgeprune.gate import check_budgets
 from edgeprune.host import this_host
 from edgeprune.measurements import (
     ESTIMATED,
     UNAVAILABLE,
     Accuracy,
+    Generation,
     Latency,
     Measurements,
     Memory,
@@ -23,8 +23,8 @@ from edgeprune.search.evaluate import Context, Evaluation, evaluate, score_artif
 
 # A candidate's quick timing must clear the latency budget by this much (see gate.check_latency).
 SEARCH_HEADROOM = 0.15
-# what a cached Outcome holds (2: the worst slice too); older entries are not read
-OUTCOME_FORMAT = 2
+# what a cached Outcome holds (2: the worst slice too; 3: a causal LM's generation); older entries are not read
+OUTCOME_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ class Outcome:
     peak_memory_mb: float | None = None
     worst_slice: str | None = None
     worst_slice_drop: float | None = None
+    decode_tokens_per_s: float | None = None
+    prefill_tokens_per_s: float | None = None
+    ttft_ms: float | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -76,7 +79,11 @@ class Outcome:
         worst = ((SliceDrop(self.worst_slice, 0.0, 0.0, self.worst_slice_drop),)
                  if self.worst_slice and self.worst_slice_drop is not None else ())
         accuracy = Accuracy("metric", drop=self.drop, slices=worst, worst_slice=self.worst_slice)
-        return Measurements(latency, self.size_bytes, Memory(ESTIMATED, peak_mb=self.peak_memory_mb), accuracy)
+        generation = (Generation(self.latency_source or UNAVAILABLE, "", 1, 1, prefill_tokens_per_s=self.prefill_tokens_per_s,
+                                 decode_tokens_per_s=self.decode_tokens_per_s, ttft_ms=self.ttft_ms)
+                      if self.decode_tokens_per_s is not None else None)
+        return Measurements(latency, self.size_bytes, Memory(ESTIMATED, peak_mb=self.peak_memory_mb), accuracy,
+                            generation)
 
     @classmethod
     def from_dict(cls, data: dict) -> Outcome:
@@ -104,7 +111,7 @@ class CandidateEvaluator:
         self.cache = Cache([__version__, OUTCOME_FORMAT, model_fingerprint(ctx.workload.model),
                             inputs_fingerprint(ctx.workload.calibration_batches()),
                             profile.path.read_text() if profile.path else profile.model_dump_json(),
-                            plan.format, type(get_backend(plan.format)).__qualname__, plan.criterion, plan.nm, plan.palettize, ctx.threads, ctx.measure_here,
+                            plan.format, type(plan.backend()).__qualname__, plan.criterion, plan.nm, plan.palettize, ctx.threads, ctx.measure_here,
                             [host.description, sorted(host.flags)],
                             ctx.agent.url if ctx.agent is not None else None], enabled=use_cache)
 
@@ -194,6 +201,10 @@ def record(outcome: Outcome, evaluation: Evaluation, stat: str) -> None:
     outcome.peak_memory_mb = evaluation.memory.peak_mb
     outcome.macs, outcome.nonzero_params = evaluation.stats["macs"], evaluation.stats["nonzero_params"]
     outcome.verified = evaluation.verification.passed
+    if evaluation.generation is not None:
+        g = evaluation.generation
+        outcome.decode_tokens_per_s, outcome.prefill_tokens_per_s, outcome.ttft_ms = (
+            g.decode_tokens_per_s, g.prefill_tokens_per_s, g.ttft_ms)
     if evaluation.accuracy is not None:
         outcome.metric = evaluation.accuracy.pruned
         outcome.drop = evaluation.accuracy.drop

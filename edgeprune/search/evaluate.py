@@ -10,25 +10,30 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgeprune.backends import Artifact, LowerRequest, get_backend
 from edgeprune.backends.onnx_tools.export import export_onnx
 from edgeprune.gate import Budgets
 from edgeprune.host import Host
+from edgeprune.llm.generate_check import check_generation
 from edgeprune.measure.agent_client import AgentClient
+from edgeprune.measure.generation import GenerationSettings, generation_of, unavailable
 from edgeprune.measure.latency import Timing, latency_of
-from edgeprune.measurements import Accuracy, Latency, Measurements, Memory
+from edgeprune.measurements import UNAVAILABLE, Accuracy, Generation, Latency, Measurements, Memory
 from edgeprune.metric import Score, slice_section
 from edgeprune.planning import Plan
 from edgeprune.profile import Profile
 from edgeprune.search.pruning import Pruned, prune_for_plan
 from edgeprune.stats import model_stats
+from edgeprune.tasks import CAUSAL_LM
 from edgeprune.verify import Verification, verify_numeric
 from edgeprune.workload import Workload, torch_predictor
 
 VERIFY_BATCHES = 4
+# a causal LM's decoder generates after this many tokens of a calibration window (then 32 cached steps)
+GENERATION_PROMPT = 16
 # pruned models a context keeps: the search's last ones, so the final build of the chosen
 # candidate does not prune and recover it again (a causal LM's copies are large: keep few)
 KEEP_PRUNED = 2
@@ -52,10 +57,12 @@ class Context:
     measure_here: bool = False
     threads: int | None = None
     agent: AgentClient | None = None
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     def __post_init__(self) -> None:
         self._workdir = tempfile.TemporaryDirectory(prefix="edgeprune-evaluate-")
         self._dense_onnx: Path | None = None
+        self._dense_decoder: Artifact | None = None
         self._baseline_metric = _UNSCORED
         self._pruned: dict[tuple, Pruned] = {}
 
@@ -68,6 +75,22 @@ class Context:
             self._dense_onnx = export_onnx(self.workload.model, tuple(self.workload.example_inputs),
                                            Path(self._workdir.name) / "dense.onnx")
         return self._dense_onnx
+
+    def lowering_options(self) -> dict:
+        """Returns what the workload gives a backend beyond the model: a causal LM's tokenizer and context."""
+        if not self.workload.is_causal_lm:
+            return {}
+        text = self.workload.text
+        return {"tokenizer": text.tokenizer if text else None, "context": self.generation.context}
+
+    def dense_decoder(self, plan: Plan) -> Artifact:
+        """Returns the dense model's fp32 decoder (a causal LM's baseline), lowered once."""
+        if self._dense_decoder is None:
+            dense = replace(plan, kind="none", sparsity=0.0, quantization="none", precision="fp32", recover=0)
+            self._dense_decoder = dense.backend().lower(
+                self.workload.model, tuple(self.workload.example_inputs),
+                dense.lower_request(self.profile, (), self.lowering_options()), self.scratch("dense-decoder"))
+        return self._dense_decoder
 
     def baseline_score(self) -> Score | None:
         """Returns the dense PyTorch model's metric with its slices, computed once."""
@@ -122,9 +145,10 @@ class Evaluation:
     latency: Latency
     memory: Memory
     accuracy: Accuracy | None = None
+    generation: Generation | None = None
 
     def measurements(self) -> Measurements:
-        return Measurements(self.latency, self.artifact.size_bytes, self.memory, self.accuracy)
+        return Measurements(self.latency, self.artifact.size_bytes, self.memory, self.accuracy, self.generation)
 
 
 def evaluate(ctx: Context, plan: Plan, folder: Path, *, final: bool = True, score: bool = True,
@@ -136,8 +160,8 @@ def evaluate(ctx: Context, plan: Plan, folder: Path, *, final: bool = True, scor
     (``score_artifact`` adds it later). ``step(name)`` wraps each stage (the CLI's progress).
     """
     workload, profile = ctx.workload, ctx.profile
-    backend = get_backend(plan.format)
-    request = plan.lower_request(profile, workload.calibration_batches())
+    backend = plan.backend()
+    request = plan.lower_request(profile, workload.calibration_batches(), ctx.lowering_options())
     backend.check(request)
     with step(f"prune ({plan.kind})"):
         pruned = ctx.pruned(plan)
@@ -149,14 +173,39 @@ def evaluate(ctx: Context, plan: Plan, folder: Path, *, final: bool = True, scor
         verification = verify_artifact(workload, pruned.model, artifact, request, predict)
     timing = ctx.timing(final)
     here = timing.stand_in(artifact.precision).here and artifact.measure_path is not None
-    with step("measure latency" if ctx.agent or here or artifact.latency else "estimate latency"):
-        baseline, same = baseline_graph(ctx, plan, artifact)
-        latency, memory = latency_of(timing, artifact, pruned.model, workload.example_inputs, baseline, same)
-    evaluation = Evaluation(plan, pruned, stats, artifact, verification, latency, memory)
+    generation = None
+    if artifact.task == CAUSAL_LM:
+        with step("measure generation (tokens per second)" if here else "estimate generation (tokens per second)"):
+            baseline = ctx.dense_decoder(plan) if final else None
+            latency, memory, generation = generation_stage(timing, artifact, baseline, ctx.generation)
+    else:
+        with step("measure latency" if ctx.agent or here or artifact.latency else "estimate latency"):
+            baseline, same = baseline_graph(ctx, plan, artifact)
+            latency, memory = latency_of(timing, artifact, pruned.model, workload.example_inputs, baseline, same)
+    evaluation = Evaluation(plan, pruned, stats, artifact, verification, latency, memory, generation=generation)
     if score:
         with step("evaluate accuracy on the artifact"):
             score_artifact(ctx, evaluation, predict)
     return evaluation
+
+
+def generation_stage(timing: Timing, artifact: Artifact, baseline: Artifact | None,
+                     settings: GenerationSettings) -> tuple[Latency, Memory, Generation]:
+    """Returns a causal LM artifact's decode latency, memory at the context and generation figures.
+
+    A decoder is measured where this machine stands in for the device and estimated where
+    not; an artifact with no KV cache (a full-sequence forward) cannot generate token by
+    token, so its figures are unavailable and a budget on them is unproven.
+    """
+    if "decoder" not in artifact.details:
+        why = "the artifact has no KV cache (" + "; ".join(n for n in artifact.notes if "KV cache" in n)[:200] + ")"
+        return (Latency(UNAVAILABLE, timing.profile.name, note=why), Memory(UNAVAILABLE, note=why),
+                unavailable(artifact, settings, why))
+    here = timing.stand_in(artifact.precision)
+    reason = None if here.here else here.reason
+    if timing.agent is not None:
+        reason = "a device agent does not run decoders yet: estimated here instead"
+    return generation_of(timing.profile, artifact, baseline, settings, here, timing.final, reason)
 
 
 def baseline_graph(ctx: Context, plan: Plan, artifact: Artifact) -> tuple[Path, bool]:
@@ -174,6 +223,9 @@ def profile_layers(ctx: Context, evaluation: Evaluation) -> dict:
     from edgeprune.measure.layer_profile import layer_profile
 
     artifact = evaluation.artifact
+    if artifact.task == CAUSAL_LM:
+        return {"source": "unavailable", "rows": [],
+                "note": "no per-layer profile of a decoder: its prompt and decode steps are timed by the generation stage"}
     try:
         baseline, same = baseline_graph(ctx, evaluation.plan, artifact)
         here = ctx.timing(True).stand_in(artifact.precision)
@@ -191,15 +243,21 @@ def verify_artifact(workload: Workload, model, artifact: Artifact, request: Lowe
     backend's predictor; the full metric is scored separately); structurally (spec, storage,
     bit widths) where it cannot (``predict`` None).
     """
-    backend = get_backend(artifact.format)
+    backend = get_backend(artifact.format, artifact.task)
     if predict is None:
         check = getattr(backend, "verify_structure", None)
         if check is None:
             return Verification("structural", True, detail=backend.cannot_run_reason() or "")
         return check(artifact, model, request)
-    return verify_numeric(model, predict, workload.calibration_batches()[:VERIFY_BATCHES],
-                          artifact.tolerance or request.precision,
-                          classifier=workload.task == "classification", subject=artifact.evaluated_on)
+    numeric = verify_numeric(model, predict, workload.calibration_batches()[:VERIFY_BATCHES],
+                             artifact.tolerance or request.precision,
+                             classifier=workload.task == "classification", subject=artifact.evaluated_on)
+    if artifact.task != CAUSAL_LM:
+        return numeric
+    prompt = workload.calibration_batches()[0][0][:1, :GENERATION_PROMPT]
+    check = check_generation(artifact.path, model, prompt, artifact.tolerance or request.precision)
+    detail = "; ".join(d for d in (numeric.detail, check.detail) if d)
+    return replace(numeric, passed=numeric.passed and check.passed, detail=detail, generation=check.to_dict())
 
 
 def score_artifact(ctx: Context, evaluation: Evaluation, predict: Callable | None = None) -> Accuracy:
@@ -217,7 +275,7 @@ def score_artifact(ctx: Context, evaluation: Evaluation, predict: Callable | Non
         accuracy = Accuracy(**common, note="the workload has no evaluate()")
     else:
         common.update(higher_is_better=workload.higher_is_better, baseline=ctx.baseline_metric())
-        backend = get_backend(evaluation.artifact.format)
+        backend = get_backend(evaluation.artifact.format, evaluation.artifact.task)
         predict = predict or backend.predictor(evaluation.artifact)
         if predict is None:
             accuracy = Accuracy(**common, overall=ctx.baseline_score().overall,

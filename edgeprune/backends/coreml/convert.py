@@ -136,9 +136,16 @@ def _first_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Keeps coremltools' progress bars, version warnings and import notices off the terminal."""
+    """Keeps coremltools' progress bars, version warnings and import notices off the terminal, and the
+    notices transformers logs while a model of its is traced (its logger writes past redirected stderr)."""
     logging.getLogger("coremltools").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    hf = logging.getLogger("transformers")
+    level = hf.level
+    hf.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf.setLevel(level)
