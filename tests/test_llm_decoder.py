@@ -180,3 +180,79 @@ def test_an_iphone_build_writes_a_stateful_int4_core_ml_decoder(tmp_path):
     assert found["weights"]["block_sizes"] == [16]  # 240 wide: the largest block that divides it
     assert report["generation"]["source"] == "estimated" and report["accuracy"].get("pruned") is None
     assert np.isfinite(report["generation"]["decode_tokens_per_s"])
+
+
+@pytest.fixture(scope="module")
+def decoder_agent():
+    """A real `edgeprune agent serve` on loopback that takes uploads as large as a small decoder."""
+    import os
+    import queue
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    token = "decoder-token-0123456789abcdef"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEPRUNE_AGENT_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeprune.cli", "agent", "serve", "--port", "0",
+                             "--max-upload-mb", "64", "--idle-exit-s", "300"], stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    url, deadline = None, time.monotonic() + 60
+    while url is None and time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            assert proc.poll() is None, "the agent exited at start"
+            continue
+        if "listening on" in line:
+            url = line.split("listening on ")[1].split()[0]
+    assert url, "the agent did not start"
+    yield url, token
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_the_device_agent_runs_the_generation_loop_itself(tmp_path, decoder_agent):
+    url, token = decoder_agent
+    # x86-avx2 is not this machine's profile here: without the agent its figures would be estimated
+    proc = run_cli("build", f"hf:{TINY}", "--profile", "x86-avx2", "--quantize", "int4", "--strategy", "none",
+                   "--prompt-tokens", str(PROMPT), "--generate-tokens", str(GENERATE), "--device", url,
+                   "-o", str(tmp_path / "a"), "--json", env={"EDGEPRUNE_AGENT_TOKEN": token})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    gen, latency = report["generation"], report["latency"]
+    assert gen["source"] == "measured" and gen["agent"] == url and gen["decode_tokens_per_s"] > 0
+    assert latency["source"] == "measured" and latency["agent"] == url and latency["baseline_median_ms"] > 0
+    assert report["memory"]["source"] == "measured" and report["memory"]["peak_mb"] > report["memory"]["weights_mb"]
+
+
+def test_the_agent_refuses_a_decoder_whose_weights_point_elsewhere(tmp_path, decoder_agent):
+    import io
+    import urllib.error
+    import urllib.request
+    import zipfile
+
+    url, token = decoder_agent
+    source = CausalLMDecoder(load_causal_lm(TINY), 64)
+    files = write_decoder(source, tmp_path, "int4")
+    write_genai_config(tmp_path, source.shape)
+    model = onnx.load(str(files.model), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../../etc/passwd"  # a path the agent must never open
+    body = io.BytesIO()
+    with zipfile.ZipFile(body, "w") as zf:
+        zf.writestr("manifest.json", json.dumps({"version": 1, "models": [{"role": "artifact", "format": "decoder",
+                                                                          "member": "a"}],
+                                                 "inputs": [], "generation": {"prompt": 8, "gen": 4}}))
+        zf.writestr("a/model.onnx", model.SerializeToString())
+        zf.writestr("a/model.onnx.data", files.data.read_bytes())
+        zf.writestr("a/genai_config.json", (tmp_path / "genai_config.json").read_text())
+    request = urllib.request.Request(f"{url}/v1/measure", data=body.getvalue(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 400 and "only in model.onnx.data" in json.loads(refused.value.read())["error"]

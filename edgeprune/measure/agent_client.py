@@ -87,6 +87,22 @@ class AgentClient:
             return AgentError(f"{self.url} is not an edgeprune agent (HTTP 404 for {API})")
         return AgentError(f"the agent at {self.url} could not measure (HTTP {exc.code}): {message}")
 
+    def measure_generation(self, models: Sequence[UploadModel], prompt: int, gen: int, repeats: int = 1,
+                           threads: int | None = None) -> dict:
+        """Returns the agent's generation figures of decoders (``results[role]``: pp/tg tokens per second, TTFT,
+        decode latency, peak RSS), each run by the agent's own loop in a process of its own."""
+        info = self.info()
+        if "decoder" not in info.get("formats", {}) or not info["formats"]["decoder"]:
+            raise AgentError(f"the agent at {self.url} ({info['device']}) does not run decoders "
+                             f"(its runtimes: {', '.join(info.get('runtimes', {}))})")
+        body = pack_upload(models, [], threads, generation={"prompt": prompt, "gen": gen, "repeats": repeats})
+        reply = self._request("POST", f"{API}/measure", body)
+        results = reply.get("results")
+        if not isinstance(results, dict) or any(m.role not in results for m in models):
+            raise AgentError(f"the agent at {self.url} sent a reply without results for every decoder")
+        reply["agent"] = self.url
+        return reply
+
     def info(self) -> dict:
         """Returns the agent's description of its device, runtimes and limits."""
         data = self._request("GET", f"{API}/info", timeout=min(self.timeout_s, 30.0))

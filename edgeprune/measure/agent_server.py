@@ -7,6 +7,9 @@ Protocol (version 1), every request but /v1/health carrying ``Authorization: Bea
 - ``POST /v1/measure``: a zip archive (``Content-Length`` required) holding ``manifest.json``,
   the models it names, and the inputs as ``.npy`` files. The reply is the latency
   statistics of every model, timed side by side on this device, and the device description.
+  Decoders (an LLM's ``model.onnx``, ``model.onnx.data`` and ``genai_config.json``) come with
+  a ``generation`` request instead of inputs: the agent runs its own generation loop on each
+  (agent_decoder) and replies with tokens per second, TTFT, decode latency and peak RSS.
 
 Limits: a wrong or missing token is 401 (compared in constant time); a body over the upload
 limit is 413; a malformed, truncated or unsupported upload is 400; a model the runtime
@@ -35,6 +38,7 @@ from edgeprune import __version__
 from edgeprune.errors import InputError
 from edgeprune.host import this_host
 from edgeprune.measure import runtimes
+from edgeprune.measure.agent_decoder import run_generation
 from edgeprune.measure.agent_wire import (
     API,
     MIN_TOKEN_LENGTH,
@@ -146,6 +150,8 @@ class Agent:
     def _run(self, job: Job) -> dict:
         cores = self.config.threads or this_host().cores
         threads = min(job.threads or cores, cores)  # a client cannot start more threads than the device has
+        if job.generation is not None:
+            return self._generate(job, threads)
         with tempfile.TemporaryDirectory(prefix="edgeprune-agent-") as tmp:
             loaded: dict[str, runtimes.Loaded] = {}
             for i, model in enumerate(job.models):
@@ -170,6 +176,21 @@ class Agent:
             "seconds": round(seconds, 3),
             "results": {role: {**stats[role].to_dict(), "runtime": loaded[role].runtime} for role in loaded},
         }
+
+
+    def _generate(self, job: Job, threads: int) -> dict:
+        """Returns the generation figures of uploaded decoders, each run by the agent's own loop."""
+        if "onnxruntime" not in self.runtimes:
+            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "onnxruntime is not available on this device")
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="edgeprune-agent-") as tmp:
+            folders = {m.role: write_model(Path(tmp) / f"m{i}", m) for i, m in enumerate(job.models)}
+            try:
+                figures = run_generation(folders, job.generation, threads)
+            except RuntimeError as exc:
+                raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+        return {"device": self.device, "threads": threads, "seconds": round(time.perf_counter() - start, 3),
+                "results": figures}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -20,6 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.measure import runtimes
+from edgeprune.measure.agent_decoder import (
+    DECODER_FILES,
+    DecoderRefused,
+    check_decoder,
+    parse_generation,
+    write_decoder,
+)
 from edgeprune.timing import Protocol
 from edgeprune.uploads import UploadModel
 
@@ -32,7 +39,8 @@ MAX_MEMBERS = 64
 # The files a Core ML package holds; anything else in an uploaded package is refused.
 MLPACKAGE_FILES = ("Manifest.json", "Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin")
 ROLE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-RUNTIMES = {"onnx": ("onnxruntime", "tensorrt"), "mlpackage": ("coreml",), "engine": ("tensorrt",)}
+RUNTIMES = {"onnx": ("onnxruntime", "tensorrt"), "mlpackage": ("coreml",), "engine": ("tensorrt",),
+            "decoder": ("onnxruntime",)}
 PROTOCOL_BOUNDS = {"warmup_s": (0.0, 10.0), "round_s": (0.01, 5.0), "min_rounds": (1, 50),
                     "max_rounds": (1, 100), "min_runs_per_round": (1, 1000), "tolerance": (0.001, 0.5)}
 
@@ -62,16 +70,19 @@ class Job:
     inputs: list[np.ndarray]
     threads: int | None
     protocol: Protocol
+    generation: dict | None = None  # decoders: {prompt, gen, repeats}, timed by the agent's generation loop
 
 
 
 def pack_upload(models: Sequence[UploadModel], inputs: Sequence[np.ndarray], threads: int | None = None,
-                protocol: Protocol | None = None) -> bytes:
-    """Returns the zip archive the agent's /v1/measure takes."""
+                protocol: Protocol | None = None, generation: dict | None = None) -> bytes:
+    """Returns the zip archive the agent's /v1/measure takes (``generation``: decoders, {prompt, gen, repeats})."""
     buf = io.BytesIO()
     manifest: dict = {"version": 1, "models": [], "inputs": [], "threads": threads}
     if protocol is not None:
         manifest["protocol"] = asdict(protocol)
+    if generation is not None:
+        manifest["generation"] = generation
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for model in models:
             member = f"{model.role}.{model.format}"
@@ -82,6 +93,9 @@ def pack_upload(models: Sequence[UploadModel], inputs: Sequence[np.ndarray], thr
             if model.format == "mlpackage":
                 for f in sorted(p for p in model.path.rglob("*") if p.is_file()):
                     zf.write(f, f"{member}/{f.relative_to(model.path).as_posix()}")
+            elif model.format == "decoder":
+                for name in DECODER_FILES:
+                    zf.write(model.path / name, f"{member}/{name}")
             else:
                 zf.write(model.path, member)
         for i, array in enumerate(inputs):
@@ -95,6 +109,8 @@ def pack_upload(models: Sequence[UploadModel], inputs: Sequence[np.ndarray], thr
 
 def write_model(folder: Path, model: UploadedModel) -> Path:
     """Returns the path of the model written under the agent's own names."""
+    if model.format == "decoder":
+        return write_decoder(folder, model.files)
     folder.mkdir()
     if model.format == "mlpackage":
         root = folder / "model.mlpackage"
@@ -166,14 +182,23 @@ def parse_upload(body: bytes, max_unpacked: int) -> Job:
         models = [_parse_model(zf, spec, budget) for spec in specs]
         if len({m.role for m in models}) != len(models):
             raise RequestError(HTTPStatus.BAD_REQUEST, "manifest model roles must be unique")
+        try:
+            generation = parse_generation(manifest.get("generation"))
+        except DecoderRefused as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        if (generation is not None) != all(m.format == "decoder" for m in models):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "decoders are timed by 'generation' and only decoders are: "
+                                                       "upload them apart from other models")
         names = manifest.get("inputs")
-        if not isinstance(names, list) or not 1 <= len(names) <= MAX_INPUTS or not all(isinstance(n, str) for n in names):
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"manifest 'inputs' must list 1 to {MAX_INPUTS} .npy members")
+        fewest = 0 if generation is not None else 1  # a decoder's inputs are the tokens the loop draws
+        if not isinstance(names, list) or not fewest <= len(names) <= MAX_INPUTS or not all(isinstance(n, str) for n in names):
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"manifest 'inputs' must list {fewest} to {MAX_INPUTS} .npy members")
         inputs = [_load_npy(_read_member(zf, n, budget)) for n in names]
     threads = manifest.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
         raise RequestError(HTTPStatus.BAD_REQUEST, "manifest 'threads' must be an integer from 1 to 1024 or null")
-    return Job(models=models, inputs=inputs, threads=threads, protocol=_protocol(manifest.get("protocol")))
+    return Job(models=models, inputs=inputs, threads=threads, protocol=_protocol(manifest.get("protocol")),
+               generation=generation)
 
 
 def _parse_model(zf: zipfile.ZipFile, spec: object, budget: list[int]) -> UploadedModel:
@@ -190,8 +215,8 @@ def _parse_model(zf: zipfile.ZipFile, spec: object, budget: list[int]) -> Upload
     if runtime not in RUNTIMES[fmt]:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: format {fmt} runs with {' or '.join(RUNTIMES[fmt])}")
     precision = spec.get("precision") or "fp32"
-    if precision not in ("fp32", "fp16", "int8"):
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: precision must be fp32, fp16 or int8")
+    if precision not in ("fp32", "fp16", "int8", "int4"):
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: precision must be fp32, fp16, int8 or int4")
     if not isinstance(member, str) or not member:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: 'member' must name an archive member")
     if fmt == "mlpackage":
@@ -208,6 +233,23 @@ def _parse_model(zf: zipfile.ZipFile, spec: object, budget: list[int]) -> Upload
             files[MLPACKAGE_FILES[MLPACKAGE_FILES.index(rel)]] = _read_member(zf, info.filename, budget)
         if MLPACKAGE_FILES[0] not in files:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: the Core ML package has no Manifest.json")
+        return UploadedModel(role, fmt, runtime, precision, files)
+    if fmt == "decoder":
+        # the key is our constant, not the client's string; anything else under the member is refused
+        prefix = member.rstrip("/") + "/"
+        files = {}
+        for info in zf.infolist():
+            if info.is_dir() or not info.filename.startswith(prefix):
+                continue
+            rel = info.filename[len(prefix):]
+            if rel not in DECODER_FILES:
+                raise RequestError(HTTPStatus.BAD_REQUEST,
+                                   f"{role}: unexpected file in the decoder (allowed: {', '.join(DECODER_FILES)})")
+            files[DECODER_FILES[DECODER_FILES.index(rel)]] = _read_member(zf, info.filename, budget)
+        try:
+            check_decoder(files)
+        except DecoderRefused as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: {exc}") from None
         return UploadedModel(role, fmt, runtime, precision, files)
     data = _read_member(zf, member, budget)
     if fmt == "onnx":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -161,6 +162,43 @@ def summary(runs: list[Run], prompt: int, gen: int) -> dict:
         "spread": (max(tg) - min(tg)) / statistics.median(tg) if len(tg) > 1 else 0.0,
         "runs": [{"prefill_tokens_per_s": a, "decode_tokens_per_s": b} for a, b in zip(pp, tg, strict=True)],
     }
+
+
+def run_process(folder: Path, prompt: int, gen: int, threads: int | None, repeats: int = 1) -> dict:
+    """Returns the figures of this loop run on a decoder folder in a process of its own (its peak RSS its own)."""
+    command = [sys.executable, "-m", "edgeprune.measure.decode_loop", str(folder), "--prompt", str(prompt),
+               "--gen", str(gen), "--repeats", str(repeats)]
+    if threads:
+        command += ["--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"timing the decoder in {folder} failed: {last[:300]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def merge(runs: list[dict]) -> dict:
+    """Returns one figure set from several processes: medians, the largest peak memory, the spread of decode speed."""
+    out = dict(runs[0])
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "decode_ms_median", "decode_ms_p90",
+                "load_s"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
+    tg = [r["decode_tokens_per_s"] for r in runs]
+    out["spread"] = (max(tg) - min(tg)) / statistics.median(tg) if len(tg) > 1 else runs[0].get("spread", 0.0)
+    out["repeats"] = len(runs)
+    out.pop("runs", None)
+    return out
+
+
+def side_by_side(folders: dict[str, Path], prompt: int, gen: int, threads: int | None, rounds: int) -> dict[str, dict]:
+    """Returns each decoder's merged figures from ``rounds`` rounds, each round one process of every decoder in
+    turn, so load on the machine hits them alike."""
+    runs: dict[str, list[dict]] = {role: [] for role in folders}
+    for _ in range(rounds):
+        for role, folder in folders.items():
+            runs[role].append(run_process(folder, prompt, gen, threads))
+    return {role: merge(r) for role, r in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

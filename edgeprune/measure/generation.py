@@ -11,15 +11,12 @@ labelled so. The build's latency is the per-token decode latency at that context
 
 from __future__ import annotations
 
-import json
-import statistics
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from edgeprune.backends import Artifact
 from edgeprune.errors import EdgepruneError
+from edgeprune.measure.agent_client import AgentClient
+from edgeprune.measure.decode_loop import side_by_side
 from edgeprune.measure.generation_estimate import (
     DecoderFacts,
     GenerationEstimate,
@@ -28,6 +25,7 @@ from edgeprune.measure.generation_estimate import (
 from edgeprune.measure.local import StandIn, local_device
 from edgeprune.measurements import ESTIMATED, MEASURED, UNAVAILABLE, Generation, Latency, Memory
 from edgeprune.profile import Profile
+from edgeprune.uploads import UploadModel
 
 MEMORY_METHOD = ("measured: peak resident memory (VmHWM) of a process that loaded the decoder with ONNX Runtime, "
                  "processed the prompt and generated the tokens")
@@ -47,18 +45,6 @@ class GenerationSettings:
         return self.prompt_tokens + self.generate_tokens
 
 
-def probe(folder: Path, settings: GenerationSettings, threads: int | None, repeats: int) -> dict:
-    """Returns the figures of one ``decode_loop`` process run on a decoder folder."""
-    command = [sys.executable, "-m", "edgeprune.measure.decode_loop", str(folder), "--prompt",
-               str(settings.prompt_tokens), "--gen", str(settings.generate_tokens), "--repeats", str(repeats)]
-    if threads:
-        command += ["--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise EdgepruneError(f"timing the decoder in {folder} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def measure_here(artifact: Artifact, baseline: Artifact | None, settings: GenerationSettings, here: StandIn,
                  final: bool) -> tuple[dict, dict | None]:
     """Returns the artifact's figures (and the baseline's) from decode_loop processes run in turn.
@@ -67,34 +53,34 @@ def measure_here(artifact: Artifact, baseline: Artifact | None, settings: Genera
     baseline, so load on the machine hits both alike; the medians of the rounds count, and
     the peak memory is the largest any artifact process reached. Otherwise one process.
     """
-    rounds = settings.repeats if final else 1
-    mine, theirs = [], []
-    for _ in range(rounds):
-        mine.append(probe(artifact.path, settings, here.threads, 1))
-        if final and baseline is not None:
-            theirs.append(probe(baseline.path, settings, here.threads, 1))
-    return _merge(mine), _merge(theirs) if theirs else None
+    folders = {"artifact": artifact.path, **({"baseline": baseline.path} if final and baseline is not None else {})}
+    try:
+        figures = side_by_side(folders, settings.prompt_tokens, settings.generate_tokens, here.threads,
+                               settings.repeats if final else 1)
+    except RuntimeError as exc:
+        raise EdgepruneError(str(exc)) from None
+    return figures["artifact"], figures.get("baseline")
 
 
-def _merge(runs: list[dict]) -> dict:
-    """Returns one figure set from several processes: medians, the largest peak memory, the spread of decode speed."""
-    out = dict(runs[0])
-    for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "decode_ms_median", "decode_ms_p90",
-                "load_s"):
-        out[key] = statistics.median(r[key] for r in runs)
-    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
-    tg = [r["decode_tokens_per_s"] for r in runs]
-    out["spread"] = (max(tg) - min(tg)) / statistics.median(tg) if len(tg) > 1 else runs[0].get("spread", 0.0)
-    out["repeats"] = len(runs)
-    return out
+def measure_on_agent(agent: AgentClient, artifact: Artifact, baseline: Artifact | None, settings: GenerationSettings,
+                     threads: int | None, final: bool) -> tuple[dict, dict | None, dict]:
+    """Returns the artifact's figures (and the baseline's) measured on the device by its agent, and the reply."""
+    models = [UploadModel("artifact", "decoder", artifact.path, None, artifact.precision)]
+    if final and baseline is not None:
+        models.append(UploadModel("baseline", "decoder", baseline.path, None, baseline.precision))
+    reply = agent.measure_generation(models, settings.prompt_tokens, settings.generate_tokens,
+                                     settings.repeats if final else 1, threads)
+    return reply["results"]["artifact"], reply["results"].get("baseline"), reply
 
 
 def generation_of(profile: Profile, artifact: Artifact, baseline: Artifact | None, settings: GenerationSettings,
-                  here: StandIn, final: bool, reason: str | None) -> tuple[Latency, Memory, Generation]:
+                  here: StandIn, final: bool, reason: str | None,
+                  agent: AgentClient | None = None) -> tuple[Latency, Memory, Generation]:
     """Returns the decode latency, the memory at the context and the generation figures of a decoder.
 
-    Measured here when this machine stands in for the profile's device (``reason`` None),
-    else estimated from the profile; the estimate is reported beside every measurement.
+    Measured on the device by its agent (``agent``), or here when this machine stands in for
+    the profile's device (``reason`` None), else estimated from the profile; the estimate is
+    reported beside every measurement.
     """
     facts = DecoderFacts.of(artifact.details["decoder"])
     est = estimate_generation(facts, profile, settings.prompt_tokens, settings.generate_tokens)
@@ -108,11 +94,16 @@ def generation_of(profile: Profile, artifact: Artifact, baseline: Artifact | Non
               "estimated_ttft_ms": round(est.ttft_ms, 3), "estimate": _estimate_section(est, profile, facts)}
     note = (f"per-token decode latency after a {settings.prompt_tokens}-token prompt, over "
             f"{settings.generate_tokens} generated tokens")
-    if reason is None:
-        mine, base = measure_here(artifact, baseline, settings, here, final)
-        where = {"host": here.host, "stands_in": here.reason, "threads": here.threads}
+    if agent is not None or reason is None:
+        if agent is not None:
+            mine, base, reply = measure_on_agent(agent, artifact, baseline, settings, here.threads, final)
+            device, where = reply["device"], {"agent": reply["agent"], "threads": reply.get("threads")}
+        else:
+            mine, base = measure_here(artifact, baseline, settings, here, final)
+            device, where = local_device(here.host), {"host": here.host, "stands_in": here.reason,
+                                                      "threads": here.threads}
         generation = Generation(
-            MEASURED, local_device(here.host), **common, prefill_tokens_per_s=round(mine["prefill_tokens_per_s"], 3),
+            MEASURED, device, **common, prefill_tokens_per_s=round(mine["prefill_tokens_per_s"], 3),
             decode_tokens_per_s=round(mine["decode_tokens_per_s"], 3), ttft_ms=round(mine["ttft_ms"], 3),
             decode_ms_median=round(mine["decode_ms_median"], 4), decode_ms_p90=round(mine["decode_ms_p90"], 4),
             load_s=round(mine["load_s"], 3), repeats=mine["repeats"], spread=round(mine["spread"], 4),

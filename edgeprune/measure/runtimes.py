@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeprune.host import this_host
 
-FORMATS = ("onnx", "mlpackage", "engine")
+FORMATS = ("onnx", "mlpackage", "engine", "decoder")
 
 
 class RuntimeFailure(Exception):

@@ -203,9 +203,10 @@ def generation_stage(timing: Timing, artifact: Artifact, baseline: Artifact | No
                 unavailable(artifact, settings, why))
     here = timing.stand_in(artifact.precision)
     reason = None if here.here else here.reason
-    if timing.agent is not None:
-        reason = "a device agent does not run decoders yet: estimated here instead"
-    return generation_of(timing.profile, artifact, baseline, settings, here, timing.final, reason)
+    agent = timing.agent
+    if agent is not None and artifact.format != "onnx":
+        agent, reason = None, f"a device agent runs ONNX decoders, not {artifact.format} ones: estimated instead"
+    return generation_of(timing.profile, artifact, baseline, settings, here, timing.final, reason, agent)
 
 
 def baseline_graph(ctx: Context, plan: Plan, artifact: Artifact) -> tuple[Path, bool]:
