@@ -120,6 +120,11 @@ def test_check_regates_a_stored_llm_report(int4_build):
     proc = run_cli("check", str(out), "--max-ttft-ms", "1e-6", "--json")
     assert proc.returncode == 3 and json.loads(proc.stdout)["budgets"][0]["name"] == "ttft_ms"
     assert run_cli("check", str(out)).returncode == 3  # the stored budget, missed
+    # bench re-times the build's decoder generating, as the build did
+    proc = run_cli("bench", str(out), "--prompt-tokens", "16", "--generate-tokens", "8", "--quick", "--json")
+    timed = json.loads(proc.stdout)
+    assert proc.returncode == 0 and timed["source"] == "measured" and timed["generated_tokens"] == 8
+    assert timed["decode_tokens_per_s"] > 0 and timed["prefill_tokens_per_s"] > 0
 
 
 def test_generation_budgets_on_a_model_that_does_not_generate_are_bad_input(tmp_path):

@@ -58,15 +58,36 @@ def trt_build(bundle: Path, cache_dir: Path | None, force: bool, as_json: bool) 
               help="An ONNX model to time side by side (the report's speed-up is against it).")
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: all cores).")
 @click.option("--quick", is_flag=True, help="A shorter timing protocol (noisier).")
+@click.option("--prompt-tokens", type=click.IntRange(1, 32768), default=512, show_default=True,
+              help="An LLM decoder: the prompt's tokens, processed in one pass.")
+@click.option("--generate-tokens", type=click.IntRange(1, 8192), default=128, show_default=True,
+              help="An LLM decoder: tokens generated one at a time after the prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def bench(artifact: Path, device: str | None, profile: str | None, input_shapes: tuple[str, ...],
-          baseline: Path | None, threads: int | None, quick: bool, as_json: bool) -> None:
-    """Time ARTIFACT (.onnx, .mlpackage, .engine, or a build folder) here or on a device."""
+          baseline: Path | None, threads: int | None, quick: bool, prompt_tokens: int, generate_tokens: int,
+          as_json: bool) -> None:
+    """Time ARTIFACT (.onnx, .mlpackage, .engine, an LLM decoder folder, or a build folder) here or on a device.
+
+    An LLM decoder (a build's decoder/ folder) is timed generating: pp and tg tokens per
+    second, time to first token, decode latency and the process's peak memory.
+    """
     from edgeprune.measure.bench import bench as run_bench
-    from edgeprune.measure.bench import parse_shape
+    from edgeprune.measure.bench import bench_decoder, is_decoder, parse_shape, resolve_artifact
     from edgeprune.profile import load_profile
     from edgeprune.timing import Protocol
 
+    resolved = resolve_artifact(artifact)[0]
+    if is_decoder(resolved):
+        where = f"on {device}" if device else "here"
+        with progress(f"generate with {resolved.name} {where}"):
+            gen = bench_decoder(resolved, device, prompt_tokens, generate_tokens, threads, 1 if quick else 3)
+        if as_json:
+            emit_json(gen.to_dict())
+            return
+        out.print(f"{resolved} on {gen.device} ({gen.runtime}): pp{prompt_tokens} {gen.prefill_tokens_per_s:.4g}, "
+                  f"tg{generate_tokens} {gen.decode_tokens_per_s:.4g} tokens/s, time to first token "
+                  f"{gen.ttft_ms:.4g} ms, decode p90 {gen.decode_ms_p90:.4g} ms, {gen.note}")
+        return
     shapes = [parse_shape(s) for s in input_shapes] or None
     prof = load_profile(profile) if profile else None
     where = f"on {device}" if device else "here"

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeprune.errors import InputError
 from edgeprune.measure.agent_client import AgentClient
-from edgeprune.measurements import Latency
+from edgeprune.measurements import MEASURED, Generation, Latency
 from edgeprune.profile import Profile
 from edgeprune.timing import LatencyStats, Protocol
 from edgeprune.uploads import UploadModel, upload_format
@@ -38,6 +38,8 @@ def resolve_artifact(path: Path) -> tuple[Path, list[list[int]] | None, str | No
     if not path.exists():
         raise InputError(f"artifact not found: {path}")
     report_file = path / "report.json"
+    if is_decoder(path):
+        return path, None, None
     if path.is_dir() and path.suffix != ".mlpackage":
         if not report_file.is_file():
             raise InputError(f"{path} is neither an artifact nor a build folder (no report.json)")
@@ -51,6 +53,38 @@ def resolve_artifact(path: Path) -> tuple[Path, list[list[int]] | None, str | No
             raise InputError(f"the build's artifact {recorded.name} is not in {path}")
         return artifact, report.latency.inputs, report.artifact.get("precision")
     return path, None, None
+
+
+def is_decoder(path: Path) -> bool:
+    """Returns whether a path is an LLM decoder folder (ONNX Runtime GenAI's layout)."""
+    return path.is_dir() and (path / "genai_config.json").is_file()
+
+
+def bench_decoder(folder: Path, device: str | None, prompt: int, gen: int, threads: int | None,
+                  repeats: int = 3) -> Generation:
+    """Returns a decoder's generation figures: pp/tg tokens per second, TTFT, decode latency, peak RSS,
+    measured here (a process a round) or on the device by its agent."""
+    if device:
+        client = AgentClient(device)
+        upload = UploadModel("artifact", "decoder", folder, None, "fp32")
+        reply = client.measure_generation([upload], prompt, gen, repeats, threads)
+        figures, where = reply["results"]["artifact"], {"agent": reply["agent"], "threads": reply.get("threads")}
+        label = reply["device"]
+    else:
+        from edgeprune.measure.decode_loop import side_by_side
+        from edgeprune.measure.local import local_device
+
+        try:
+            figures = side_by_side({"artifact": folder}, prompt, gen, threads, repeats)["artifact"]
+        except RuntimeError as exc:
+            raise InputError(f"{folder}: {exc}") from None
+        where, label = {"threads": threads}, local_device()
+    return Generation(MEASURED, label, prompt, gen, prefill_tokens_per_s=round(figures["prefill_tokens_per_s"], 3),
+                      decode_tokens_per_s=round(figures["decode_tokens_per_s"], 3), ttft_ms=round(figures["ttft_ms"], 3),
+                      decode_ms_median=round(figures["decode_ms_median"], 4),
+                      decode_ms_p90=round(figures["decode_ms_p90"], 4), load_s=round(figures["load_s"], 3),
+                      repeats=figures["repeats"], spread=round(figures["spread"], 4), runtime=figures["runtime"],
+                      note=f"peak RSS {figures['peak_rss_bytes'] / 1e6:.0f} MB", **where)
 
 
 def make_inputs(artifact: Path, shapes: Sequence[Sequence[int]] | None) -> list[np.ndarray]:
