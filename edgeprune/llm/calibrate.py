@@ -30,6 +30,7 @@ class BlockInputs:
     hidden: list[torch.Tensor]
     args: list[tuple[Any, ...]]
     kwargs: list[dict[str, Any]]
+    in_place: bool = False  # write each block's outputs into the stored tensors (memory-mapped ones stay so)
 
     @property
     def tokens(self) -> int:
@@ -49,7 +50,10 @@ class BlockInputs:
     def advance(self, block: nn.Module) -> None:
         """Replaces the stored hidden states with the block's outputs: the next block's inputs."""
         for i, output in enumerate(self.run(block)):
-            self.hidden[i] = output
+            if self.in_place and self.hidden[i].shape == output.shape:
+                self.hidden[i].copy_(output)
+            else:
+                self.hidden[i] = output
 
 
 def block_output(output: Any) -> torch.Tensor:

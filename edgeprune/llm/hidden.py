@@ -77,17 +77,15 @@ def prune_hidden_(lm: nn.Module, arch: DecoderArch, layers: nn.ModuleList, kept:
     hidden = lm.config.hidden_size
     embedding, head = lm.get_input_embeddings(), lm.get_output_embeddings()
     tied = head is not None and head.weight is embedding.weight
+    inside = {m for block in layers for m in block.modules()}
     for module in lm.modules():
         if isinstance(module, nn.Embedding) and module.embedding_dim == hidden:
             module.weight = nn.Parameter(module.weight.detach()[:, kept].contiguous())
             module.embedding_dim = len(kept)
-        elif is_hidden_norm(module, hidden):
-            _slice_norm(module, kept)
+        elif is_hidden_norm(module, hidden) and module not in inside:
+            slice_norm(module, kept)
     for block in layers:
-        for name in (*arch.attn_in, *arch.mlp_in):
-            keep_inputs_(block.get_submodule(name), kept)
-        for name in (arch.attn_out, arch.mlp_out):
-            keep_outputs_(block.get_submodule(name), kept)
+        narrow_block_(block, arch, kept, hidden)
     if head is not None:
         if tied:
             head.weight = embedding.weight
@@ -97,7 +95,21 @@ def prune_hidden_(lm: nn.Module, arch: DecoderArch, layers: nn.ModuleList, kept:
     lm.config.hidden_size = len(kept)
 
 
-def _slice_norm(module: nn.Module, kept: torch.Tensor) -> None:
+@torch.no_grad()
+def narrow_block_(block: nn.Module, arch: DecoderArch, kept: torch.Tensor, hidden: int) -> None:
+    """Keeps only the hidden channels ``kept`` in one block: its norms, the projections reading the
+    stream (their input columns) and those writing it (their output rows), in place."""
+    for module in block.modules():
+        if is_hidden_norm(module, hidden):
+            slice_norm(module, kept)
+    for name in (*arch.attn_in, *arch.mlp_in):
+        keep_inputs_(block.get_submodule(name), kept)
+    for name in (arch.attn_out, arch.mlp_out):
+        keep_outputs_(block.get_submodule(name), kept)
+
+
+def slice_norm(module: nn.Module, kept: torch.Tensor) -> None:
+    """Keeps the channels ``kept`` of a norm over the hidden width, in place."""
     module.weight = nn.Parameter(module.weight.detach()[kept].contiguous())
     if isinstance(getattr(module, "bias", None), torch.Tensor):
         module.bias = nn.Parameter(module.bias.detach()[kept].contiguous())

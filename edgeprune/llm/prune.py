@@ -76,7 +76,7 @@ def _nonzero(tensors: Iterable[torch.Tensor]) -> int:
     return sum(int(torch.count_nonzero(t)) for t in tensors)
 
 
-def _sparsify_block(
+def sparsify_block(
     block: nn.Module,
     arch: DecoderArch,
     inputs: BlockInputs | None,
@@ -187,7 +187,7 @@ def prune_causal_lm(
         if plan is not None:
             prune_block_width(block, arch, layout, plan, inputs, criterion, restore)
         else:
-            _sparsify_block(block, arch, inputs, criterion, sparsity, nm if method == "nm" else None)
+            sparsify_block(block, arch, inputs, criterion, sparsity, nm if method == "nm" else None)
         if inputs is not None:
             inputs.advance(block)  # the next block calibrates on this pruned block's outputs
             peak_inputs = max(peak_inputs, inputs.nbytes)

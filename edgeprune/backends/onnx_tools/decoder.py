@@ -232,6 +232,7 @@ def write_decoder(source: DecoderSource, folder: Path, precision: str, weight_on
         weight_only = WeightOnly(bits=4 if precision == "int4" else 8)
     compute = compute or ("fp16" if precision == "fp16" else "fp32")
     hd, hdp = s.head_dim, s.padded_head_dim
+    folder.mkdir(parents=True, exist_ok=True)
     with _open_weights(folder / DATA_FILE) as weights:
         g = _Graph(weights, compute, weight_only if precision in ("int4", "int8") else None)
         elem = _ELEM[compute]
