@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "llm_decode.json")
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
-    hf_dir = tinyllama_checkpoint(CACHE / "tinyllama-1.1b-random")
+    hf_dir = tinyllama_checkpoint(CACHE)
     artifacts = {"llama.cpp Q4_0": llama_cpp_gguf(hf_dir, CACHE / "gguf"),
                  "ONNX Runtime GenAI int4": genai_export(hf_dir, CACHE / "genai" / f"{hf_dir.name}-int4")}
     decoders = edgeprune_decoders(hf_dir)

@@ -136,3 +136,21 @@ def test_a_pruned_checkpoint_is_lowered_without_loading_it(small, tmp_path):
     loaded = write_decoder(CausalLMDecoder(load_causal_lm(tmp_path / "pruned"), 128), tmp_path / "from-memory", "int4")
     assert streamed.model.read_bytes() == loaded.model.read_bytes()
     assert streamed.data.read_bytes() == loaded.data.read_bytes()
+
+
+def test_the_command_line_prunes_and_lowers_a_checkpoint_and_refuses_bad_folders(tmp_path):
+    from conftest import run_cli
+
+    small = ROOT / "examples" / "weights" / "tiny_lm"  # calibrated on text through its own tokenizer
+    out = tmp_path / "pruned"
+    done = run_cli("llm", "prune", str(small), "-o", str(out), "--strategy", "nm", "--calibration-tokens", "256",
+                   "--seq-len", "64", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sparsity"] == 0.5 and (out / "model.safetensors.index.json").is_file()
+    again = run_cli("llm", "prune", str(small), "-o", str(out), "--strategy", "nm")
+    assert again.returncode == 2 and "choose a new folder" in again.stderr  # a finished checkpoint is not overwritten
+    missing = run_cli("llm", "prune", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x"), "--strategy", "nm")
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    lowered = run_cli("llm", "export", str(out), "-o", str(tmp_path / "decoder"))
+    assert lowered.returncode == 0, lowered.stderr
+    assert {"model.onnx", "model.onnx.data", "genai_config.json"} <= {p.name for p in (tmp_path / "decoder").iterdir()}

@@ -21,10 +21,13 @@ def emit_json(data) -> None:
 
 @contextmanager
 def progress(name: str):
-    """A step of a long command: a spinner while it runs, a tick and its time when done."""
+    """A step of a long command: a spinner while it runs, a tick and its time when done.
+
+    It yields ``update(text)``, which shows how far the step got beside its name.
+    """
     start = time.perf_counter()
-    with err.status(f"{name}…"):
-        yield
+    with err.status(f"{name}…") as status:
+        yield lambda text: status.update(f"{name}: {text}")
     err.print(f"[green]✓[/green] {name} [dim]({time.perf_counter() - start:.1f} s)[/dim]")
 
 

@@ -37,7 +37,7 @@ from edgeprune.llm.checkpoint import (
 from edgeprune.llm.hf import transformers
 from edgeprune.llm.hidden import is_hidden_norm, kept_channels, narrow_block_
 from edgeprune.llm.prune import calibration_batches, check_arguments, sparsify_block
-from edgeprune.llm.stream_state import Progress, RunFolder, signature, spill
+from edgeprune.llm.stream_state import WORK, Progress, RunFolder, signature, spill
 from edgeprune.llm.width import apply_width_to_config, plan_width, prune_block_width
 from edgeprune.measure.decode_loop import peak_rss_bytes
 from edgeprune.prune.calibration import InputStats
@@ -63,6 +63,8 @@ def prune_checkpoint(source: str | Path, target: str | Path, method: str, sparsi
     hf = transformers()
     source, target = Path(source), Path(target)
     checkpoint = Checkpoint(source)
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / WORK).is_dir())):
+        raise InputError(f"{target} exists and is not an unfinished streamed prune: choose a new folder")
     config = hf.AutoConfig.from_pretrained(str(source))
     if config.model_type not in STREAMED_FAMILIES:
         raise UnsupportedError(f"streamed pruning reads {', '.join(STREAMED_FAMILIES)} checkpoints; "
