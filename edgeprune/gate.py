@@ -144,6 +144,11 @@ def _judge(name: str, limit: float, value: float, estimated: bool, spread: float
     return BudgetResult(name, limit, value, value <= limit if lower_is_better else value >= limit, unit)
 
 
+def undecided(measured: Measurements, budgets: Budgets) -> bool:
+    """Whether any budget is undecided by its measurement's own noise (measure again, keep the quieter)."""
+    return any(r.undecided for r in check_budgets(measured, budgets))
+
+
 def latency_undecided(latency: Latency | None, budgets: Budgets) -> bool:
     """Whether a latency budget (in ms or as a ratio) is undecided by the measurement's own noise."""
     results = ([check_latency(latency, budgets)] if budgets.latency_ms is not None else []) + \

@@ -136,3 +136,25 @@ def test_check_reads_a_report_of_the_previous_schema(tmp_path, digits_build):
     path = stored_report(tmp_path, report, schema=1, artifact={**report["artifact"], "size_bytes": 3_000_000})
     assert run_cli("check", str(path), "--max-size-mb", "5").returncode == 0
     assert run_cli("check", str(path), "--max-size-mb", "2").returncode == 3
+
+
+def test_tokens_per_second_are_a_floor_judged_with_their_noise_or_the_margin():
+    from edgeprune.gate import undecided
+    from edgeprune.measurements import Generation
+
+    def gen(source: str, tps: float, spread: float | None = None) -> Measurements:
+        return Measurements(generation=Generation(source, "test", 512, 128, prefill_tokens_per_s=100.0,
+                                                  decode_tokens_per_s=tps, ttft_ms=500.0, spread=spread))
+
+    floor = Budgets(min_decode_tokens_per_s=20)
+    assert check_budgets(gen("measured", 25, 0.02), floor)[0].met is True
+    assert check_budgets(gen("measured", 18, 0.02), floor)[0].met is False
+    noisy = check_budgets(gen("measured", 21, 0.2), floor)[0]  # 20% noise, 5% from the floor
+    assert noisy.met is False and noisy.undecided and undecided(gen("measured", 21, 0.2), floor)
+    # an estimate must clear the floor by the margin: 24 x 0.8 < 20 fails, 26 x 0.8 > 20 passes
+    assert check_budgets(gen("estimated", 24), floor)[0].met is False
+    assert check_budgets(gen("estimated", 26), floor)[0].met is True
+    ttft = check_budgets(gen("measured", 25, 0.0), Budgets(max_ttft_ms=400))[0]
+    assert ttft.name == "ttft_ms" and ttft.met is False and ttft.value == 500.0
+    unproven = check_budgets(Measurements(), floor)[0]
+    assert unproven.met is False and unproven.value is None and "cannot prove" in unproven.note

@@ -15,13 +15,21 @@ from pathlib import Path
 
 from edgeprune.backends import Artifact, LowerRequest, get_backend
 from edgeprune.backends.onnx_tools.export import export_onnx
-from edgeprune.gate import Budgets
+from edgeprune.gate import Budgets, undecided
 from edgeprune.host import Host
 from edgeprune.llm.generate_check import check_generation
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.generation import GenerationSettings, generation_of, unavailable
 from edgeprune.measure.latency import Timing, latency_of
-from edgeprune.measurements import UNAVAILABLE, Accuracy, Generation, Latency, Measurements, Memory
+from edgeprune.measurements import (
+    MEASURED,
+    UNAVAILABLE,
+    Accuracy,
+    Generation,
+    Latency,
+    Measurements,
+    Memory,
+)
 from edgeprune.metric import Score, slice_section
 from edgeprune.planning import Plan
 from edgeprune.profile import Profile
@@ -206,7 +214,15 @@ def generation_stage(timing: Timing, artifact: Artifact, baseline: Artifact | No
     agent = timing.agent
     if agent is not None and artifact.format != "onnx":
         agent, reason = None, f"a device agent runs ONNX decoders, not {artifact.format} ones: estimated instead"
-    return generation_of(timing.profile, artifact, baseline, settings, here, timing.final, reason, agent)
+    first = generation_of(timing.profile, artifact, baseline, settings, here, timing.final, reason, agent)
+    if not timing.final or first[2].source != MEASURED or not undecided(Measurements(*first[:2], generation=first[2]),
+                                                                          timing.budgets):
+        return first
+    # as a latency is: a budget inside the noise is measured once more, and the quieter kept
+    second = generation_of(timing.profile, artifact, baseline, settings, here, timing.final, reason, agent)
+    kept = min((first, second), key=lambda r: r[2].spread or 0.0)
+    spreads = {"first_spread": first[2].spread or 0.0, "second_spread": second[2].spread or 0.0}
+    return replace(kept[0], remeasured=spreads), kept[1], kept[2]
 
 
 def baseline_graph(ctx: Context, plan: Plan, artifact: Artifact) -> tuple[Path, bool]:

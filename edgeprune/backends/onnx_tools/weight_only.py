@@ -79,10 +79,22 @@ def _algo_config(config: WeightOnly):
 
 
 def quantize_matrix(weight: np.ndarray, config: WeightOnly) -> QuantizedMatrix:
-    """Returns ``weight`` (K inputs x N outputs, fp32) quantized as ONNX Runtime's MatMulNBits holds it."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    """Returns ``weight`` (K inputs x N outputs, fp32) quantized as ONNX Runtime's MatMulNBits holds it.
+
+    Round-to-nearest goes straight to ONNX Runtime's C++ block quantizer (no copy of the
+    matrix in a graph: an embedding table of 32,000 rows is quantized in its own memory);
+    k-quant and HQQ run the quantizer on a one-MatMul graph.
+    """
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantizer,
+        MatMulNBitsQuantizer,
+    )
 
     k, n = weight.shape
+    if config.algorithm == "rtn":
+        packed, scales, zero_points = DefaultWeightOnlyQuantizer(_algo_config(config)).qbits_block_quant(
+            np.ascontiguousarray(weight, dtype=np.float32))
+        return QuantizedMatrix(packed, scales.reshape(n, -1), None if config.symmetric else zero_points, k, n, config)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"], name="m")], "one",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
