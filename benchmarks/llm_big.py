@@ -147,6 +147,7 @@ def disk_bytes(folder: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-7b", action="store_true")
+    parser.add_argument("--runs", nargs="*", default=[label for label, *_ in RUNS], help="which prunes to run")
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "llm_big.json")
     args = parser.parse_args()
     models = {"TinyLlama-1.1B": tinyllama_checkpoint(CACHE)}
@@ -159,7 +160,7 @@ def main() -> None:
     for name, folder in models.items():
         ids = calibration_ids(folder, work / f"{name}-ids.pt")
         rows = {}
-        for label, method, sparsity, criterion in RUNS:
+        for label, method, sparsity, criterion in (r for r in RUNS if r[0] in args.runs):
             target = work / f"{name}-{method}"
             print(f"{name} {label} ...", flush=True)
             figures = run(PRUNE, folder, target, method, sparsity, criterion, ids)

@@ -91,3 +91,28 @@ def stored_report(folder: Path, report: dict, **sections) -> Path:
     path = folder / "report.json"
     path.write_text(json.dumps({**report, **sections}))
     return path
+
+
+def start_agent(token: str, *flags: str) -> tuple[subprocess.Popen, str]:
+    """Starts a real `edgeprune agent serve` on a free loopback port: (the process, its URL)."""
+    import queue
+    import threading
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEPRUNE_AGENT_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeprune.cli", "agent", "serve", "--port", "0", *flags],
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    url, deadline = None, time.monotonic() + 60
+    while url is None and time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            assert proc.poll() is None, "the agent exited at start"
+            continue
+        if "listening on" in line:
+            url = line.split("listening on ")[1].split()[0]
+    assert url and url.startswith("http://127.0.0.1:"), "the agent did not start on loopback"
+    return proc, url
+

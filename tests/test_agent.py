@@ -6,7 +6,6 @@ import http.client
 import io
 import json
 import os
-import queue
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from edgeprune.measure.agent_wire import RequestError, pack_upload
 from edgeprune.timing import Protocol
 from edgeprune.uploads import UploadModel
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, start_agent
 
 TOKEN = "test-token-0123456789abcdef"
 QUICK = {"warmup_s": 0.02, "round_s": 0.05, "min_rounds": 3, "max_rounds": 4}
@@ -34,22 +33,7 @@ TINY = ROOT / "tests" / "tiny_workload.py"
 @pytest.fixture(scope="module")
 def agent_url():
     """A real `edgeprune agent serve` on a free loopback port that stops by itself when idle."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEPRUNE_AGENT_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-m", "edgeprune.cli", "agent", "serve", "--port", "0",
-                             "--max-upload-mb", "2", "--idle-exit-s", "120", "--queue-timeout-s", "60"],
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    url, deadline = None, time.monotonic() + 60
-    while url is None and time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            assert proc.poll() is None, "the agent exited at start"
-            continue
-        if "listening on" in line:
-            url = line.split("listening on ")[1].split()[0]
-    assert url and url.startswith("http://127.0.0.1:"), "the agent did not start on loopback"
+    proc, url = start_agent(TOKEN, "--max-upload-mb", "2", "--idle-exit-s", "120", "--queue-timeout-s", "60")
     yield url
     proc.terminate()
     proc.wait(timeout=10)

@@ -21,7 +21,7 @@ from edgeprune.llm.decoder import CausalLMDecoder  # noqa: E402
 from edgeprune.llm.generate_check import check_generation  # noqa: E402
 from edgeprune.measure.decode_loop import Decoder  # noqa: E402
 
-from conftest import DIGITS, ROOT, run_cli  # noqa: E402
+from conftest import DIGITS, ROOT, run_cli, start_agent  # noqa: E402
 
 TINY = ROOT / "examples" / "weights" / "tiny_lm"
 PROMPT, GENERATE = 64, 32  # a short context keeps the timing quick; the defaults are 512 and 128
@@ -190,30 +190,8 @@ def test_an_iphone_build_writes_a_stateful_int4_core_ml_decoder(tmp_path):
 @pytest.fixture(scope="module")
 def decoder_agent():
     """A real `edgeprune agent serve` on loopback that takes uploads as large as a small decoder."""
-    import os
-    import queue
-    import subprocess
-    import sys
-    import threading
-    import time
-
     token = "decoder-token-0123456789abcdef"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEPRUNE_AGENT_TOKEN": token}
-    proc = subprocess.Popen([sys.executable, "-m", "edgeprune.cli", "agent", "serve", "--port", "0",
-                             "--max-upload-mb", "64", "--idle-exit-s", "300"], stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=ROOT)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    url, deadline = None, time.monotonic() + 60
-    while url is None and time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            assert proc.poll() is None, "the agent exited at start"
-            continue
-        if "listening on" in line:
-            url = line.split("listening on ")[1].split()[0]
-    assert url, "the agent did not start"
+    proc, url = start_agent(token, "--max-upload-mb", "64", "--idle-exit-s", "300")
     yield url, token
     proc.terminate()
     proc.wait(timeout=10)

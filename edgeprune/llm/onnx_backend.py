@@ -25,6 +25,7 @@ from edgeprune.backends.base import (
     get_backend,
     register_backend,
 )
+from edgeprune.backends.onnx.backend import checked
 from edgeprune.backends.onnx_tools.decoder import write_decoder
 from edgeprune.backends.onnx_tools.genai import write_genai_config, write_tokenizer
 from edgeprune.backends.onnx_tools.weight_only import WeightOnly
@@ -33,7 +34,7 @@ from edgeprune.llm.decoder import CausalLMDecoder, kv_cache_unsupported
 from edgeprune.profile import Profile
 from edgeprune.tasks import CAUSAL_LM, find_causal_lm
 from edgeprune.uploads import UploadModel
-from edgeprune.verify import Verification, structural
+from edgeprune.verify import Verification
 
 DECODER_DIR = "decoder"
 # Perplexity through the artifact reads its cache: each window runs as a first chunk, then
@@ -137,14 +138,7 @@ class OnnxDecoderBackend:
         return UploadModel("artifact", "decoder", artifact.path, None, artifact.precision)
 
     def verify_structure(self, artifact: Artifact, model: torch.nn.Module, request: LowerRequest) -> Verification:
-        import onnx
-
-        try:
-            onnx.checker.check_model(str(artifact.measure_path))
-            valid = True
-        except onnx.checker.ValidationError:
-            valid = False
-        return structural([("the decoder passes onnx.checker", valid)])
+        return checked(artifact.measure_path)
 
 
 def _lm(model: torch.nn.Module) -> torch.nn.Module:

@@ -54,7 +54,7 @@ def least_squares_restore(
     rows = gram[keep].double()
     g_kk = rows[:, keep]
     ridge = damp * torch.diagonal(g_kk).mean().clamp_min(1e-12)
-    g_kk = g_kk + ridge * torch.eye(len(keep), dtype=g_kk.dtype)
+    g_kk.diagonal().add_(ridge)  # in place: an identity matrix of the kept width would be another copy
     rhs = rows @ weight.detach().double().t()  # (kept, out)
     del rows
     return torch.linalg.solve(g_kk, rhs).t().to(weight.dtype)

@@ -220,32 +220,12 @@ def _parse_model(zf: zipfile.ZipFile, spec: object, budget: list[int]) -> Upload
     if not isinstance(member, str) or not member:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: 'member' must name an archive member")
     if fmt == "mlpackage":
-        prefix = member.rstrip("/") + "/"
-        files = {}
-        for info in zf.infolist():
-            if info.is_dir() or not info.filename.startswith(prefix):
-                continue
-            rel = info.filename[len(prefix):]
-            if rel not in MLPACKAGE_FILES:
-                raise RequestError(HTTPStatus.BAD_REQUEST,
-                                   f"{role}: unexpected file in the Core ML package (allowed: {', '.join(MLPACKAGE_FILES)})")
-            # The key is our constant, not the client's string.
-            files[MLPACKAGE_FILES[MLPACKAGE_FILES.index(rel)]] = _read_member(zf, info.filename, budget)
+        files = _folder_files(zf, member, MLPACKAGE_FILES, f"{role}: the Core ML package", budget)
         if MLPACKAGE_FILES[0] not in files:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: the Core ML package has no Manifest.json")
         return UploadedModel(role, fmt, runtime, precision, files)
     if fmt == "decoder":
-        # the key is our constant, not the client's string; anything else under the member is refused
-        prefix = member.rstrip("/") + "/"
-        files = {}
-        for info in zf.infolist():
-            if info.is_dir() or not info.filename.startswith(prefix):
-                continue
-            rel = info.filename[len(prefix):]
-            if rel not in DECODER_FILES:
-                raise RequestError(HTTPStatus.BAD_REQUEST,
-                                   f"{role}: unexpected file in the decoder (allowed: {', '.join(DECODER_FILES)})")
-            files[DECODER_FILES[DECODER_FILES.index(rel)]] = _read_member(zf, info.filename, budget)
+        files = _folder_files(zf, member, DECODER_FILES, f"{role}: the decoder", budget)
         try:
             check_decoder(files)
         except DecoderRefused as exc:
@@ -258,6 +238,21 @@ def _parse_model(zf: zipfile.ZipFile, spec: object, budget: list[int]) -> Upload
         except runtimes.BadArtifact as exc:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"{role}: {exc}") from None
     return UploadedModel(role, fmt, runtime, precision, {"model": data})
+
+
+def _folder_files(zf: zipfile.ZipFile, member: str, allowed: tuple[str, ...], what: str,
+                  budget: list[int]) -> dict[str, bytes]:
+    """Returns the files under an archive folder by our own names; anything but ``allowed`` is refused."""
+    prefix = member.rstrip("/") + "/"
+    files = {}
+    for info in zf.infolist():
+        if info.is_dir() or not info.filename.startswith(prefix):
+            continue
+        rel = info.filename[len(prefix):]
+        if rel not in allowed:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"{what} holds an unexpected file (allowed: {', '.join(allowed)})")
+        files[allowed[allowed.index(rel)]] = _read_member(zf, info.filename, budget)  # our constant as the key
+    return files
 
 
 def _load_npy(data: bytes) -> np.ndarray:
