@@ -15,22 +15,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import BudgetMissed, InputError
 from edgeprune.gate import Budgets, missed_budgets
 from edgeprune.output import check_writable
-from edgeprune.planning import Plan, make_plan, precision_for
 from edgeprune.profile import load_profile
 from edgeprune.report import Report
 from edgeprune.report.mlflow_run import check_tracking, log_sweep
-from edgeprune.search.candidates import CandidateEvaluator, Outcome
-from edgeprune.search.evaluate import Context, silent_step
-from edgeprune.search.sweep import grid, run_sweep, write_sweep
-from edgeprune.specs import load_workload
-from edgeprune.target import BuildOptions, budgets_from, options_from
+from edgeprune.target import BuildOptions, budgets_from, check_measure_flags, options_from
 from edgeprune.vocabulary import QUANTIZE, STRATEGIES
-from edgeprune.workload import Workload
+
+# The modules that need torch (the workload, the plan, the pipeline, the search) are imported
+# where they are used, after the checks that need none of them: a refused call answers at once.
+if TYPE_CHECKING:
+    from edgeprune.planning import Plan
+    from edgeprune.search.candidates import Outcome
+    from edgeprune.workload import Workload
 
 SWEEP_STRATEGIES = tuple(s for s in STRATEGIES if s != "none")
 
@@ -43,17 +44,19 @@ def load_target(path: str | Path, **overrides: Any) -> BuildOptions:
 
 
 def build(workload_or_spec: Workload | str | Path, profile: str | None = None, *, output: str | Path | None = None,
-          fail_on_miss: bool = False, step: Callable = silent_step, **options: Any) -> Report:
+          fail_on_miss: bool = False, step: Callable | None = None, **options: Any) -> Report:
     """Returns the report of a build written into ``output``.
 
     A missed or unproven budget leaves ``report.passed`` False (the command line's exit code
     3); with ``fail_on_miss`` it raises ``BudgetMissed`` instead, the report in its ``report``.
     """
-    from edgeprune.pipeline import run_build
-
     workload, spec = _workload_and_spec(workload_or_spec)
     given = {**options, "profile": profile, "output": Path(output) if output is not None else None}
-    report = run_build(options_from(spec, given), step=step, workload=workload)
+    build_options = options_from(spec, given)
+    from edgeprune.pipeline import run_build
+    from edgeprune.search.evaluate import silent_step
+
+    report = run_build(build_options, step=step or silent_step, workload=workload)
     if fail_on_miss and not report.passed:
         raise BudgetMissed(missed_budgets(report.budgets, report.verified), report)
     return report
@@ -68,8 +71,12 @@ def plan(workload_or_spec: Workload | str | Path, profile: str, *, data: str | P
 
     Budgets come as a ``Budgets`` or as build's keywords (``latency_budget_ms=2.0``, ...).
     """
+    prof = load_profile(profile)
+    from edgeprune.planning import make_plan
+    from edgeprune.specs import load_workload
+
     workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec), data)
-    return make_plan(workload, load_profile(profile), strategy, sparsity, quantize, format, criterion, nm,
+    return make_plan(workload, prof, strategy, sparsity, quantize, format, criterion, nm,
                      budgets or budgets_from(budget_keys), recover, palettize)
 
 
@@ -92,12 +99,19 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
     if not sparsities or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1
                              for a in sparsities):
         raise InputError("--sparsities must each be a number in (0, 1), and at least one is needed")
+    check_writable(Path(output))
     if Path(output).exists() and not Path(output).is_dir():
         raise InputError(f"-o {output} exists and is not a folder")
-    check_writable(Path(output))
     tracking = check_tracking(mlflow) if mlflow is not None else None
-    workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec), data)
     prof = load_profile(profile)
+    check_measure_flags(prof, measure_here)  # refused as build refuses it, before any candidate is built
+    from edgeprune.planning import make_plan, precision_for
+    from edgeprune.search.candidates import CandidateEvaluator
+    from edgeprune.search.evaluate import Context
+    from edgeprune.search.sweep import grid, run_sweep, write_sweep
+    from edgeprune.specs import load_workload
+
+    workload = _workload_and_spec(workload_or_spec)[0] or load_workload(str(workload_or_spec), data)
     base = make_plan(workload, prof, "none", None, "auto" if quantize == "auto" else "none", format, criterion)
     precisions = list(base.quantize_candidates) if quantize == "auto" else list(quantize)
     bad = [q for q in precisions if q not in QUANTIZE]
@@ -115,7 +129,7 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
     title = f"{workload.name} on {prof.name} ({base.format})"
     summary = write_sweep(outcomes, Path(output), workload.metric, workload.higher_is_better, title)
     if tracking is not None:
-        options = {"model": str(workload_or_spec) if not isinstance(workload_or_spec, Workload) else workload.name,
+        options = {"model": str(workload_or_spec) if isinstance(workload_or_spec, (str, Path)) else workload.name,
                    "profile": prof.name, "format": base.format, "strategies": ",".join(strategies),
                    "sparsities": ",".join(f"{a:g}" for a in sparsities), "quantize": ",".join(precisions),
                    "criterion": criterion, "measure_here": measure_here}
@@ -124,9 +138,11 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
 
 
 def _workload_and_spec(workload_or_spec: Workload | str | Path) -> tuple[Workload | None, str]:
-    if isinstance(workload_or_spec, Workload):
-        return workload_or_spec, workload_or_spec.name
     if isinstance(workload_or_spec, (str, Path)):
         return None, str(workload_or_spec)
+    from edgeprune.workload import Workload
+
+    if isinstance(workload_or_spec, Workload):
+        return workload_or_spec, workload_or_spec.name
     raise InputError(f"build takes a workload spec, a target file or an edgeprune.Workload, "
                      f"got {type(workload_or_spec).__name__}")

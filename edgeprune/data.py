@@ -20,6 +20,8 @@ from edgeprune.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
 TEXT_SUFFIXES = (".txt",)
+# far above any camera's frame; a header claiming more is a damaged or hostile file, not a photo
+MAX_PIXELS = 64_000_000
 MIN_INPUTS = 8  # half calibrate, half are held out: fewer leaves too little of either
 
 
@@ -60,10 +62,13 @@ def load_images(path: str | Path, shape: Sequence[int], mean: Sequence[float] | 
     images = []
     for file in found:
         try:
-            with Image.open(file) as image:
+            with Image.open(file) as image:  # reads the header only: the size is known before any pixel is
+                if image.width * image.height > MAX_PIXELS:
+                    raise InputError(f"--data {path}: {file} claims {image.width}x{image.height} pixels; images over "
+                                     f"{MAX_PIXELS // 10**6} megapixels are refused (resize it first)")
                 pixels = image.convert("RGB" if channels == 3 else "L").resize((width, height), Image.BILINEAR)
                 array = np.asarray(pixels, dtype=np.float32) / 255.0
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
             raise InputError(f"--data {path}: cannot read image {file}: {exc}") from None
         images.append(array.reshape(height, width, channels).transpose(2, 0, 1))
     batch = torch.from_numpy(np.stack(images))
@@ -104,7 +109,7 @@ def label_targets(names: Sequence[str] | None, label_names: dict[int, str], clas
     by_name = {str(v).lower(): int(k) for k, v in label_names.items()}
     targets = []
     for name in names:
-        if name.isdigit() and int(name) < classes:
+        if name.isascii() and name.isdigit() and int(name) < classes:  # not '²' or '٣'
             targets.append(int(name))
         elif name.lower() in by_name:
             targets.append(by_name[name.lower()])

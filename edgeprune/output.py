@@ -29,6 +29,7 @@ _AT_FDCWD = -100
 def check_output_folder(final: Path) -> None:
     """Raises InputError if ``final`` is not a folder edgeprune may write or replace."""
     final = Path(final)
+    check_name_lengths(final)
     if final.exists() and not final.is_dir():
         raise InputError(f"output {final} exists and is not a folder")
     if final.is_dir() and any(final.iterdir()) and not (final / MARKER).exists():
@@ -36,9 +37,31 @@ def check_output_folder(final: Path) -> None:
     check_writable(final)
 
 
+# what the staging, old and lock names add to the output's own name (".NAME.staging-PID-...")
+_SIBLING_CHARS = 32
+
+
+def check_name_lengths(target: Path) -> None:
+    """Raises InputError when a part of ``target`` (or the siblings a build writes beside it) is longer
+    than the file system allows; a path that long is refused before any work, not half-way."""
+    target = Path(target)
+    parts = target.parts
+    try:
+        limit = os.pathconf(next((p for p in [target.parent, *target.parent.parents] if p.is_dir()), Path(".")),
+                            "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for i, part in enumerate(parts):
+        extra = _SIBLING_CHARS if i == len(parts) - 1 else 0
+        if len(os.fsencode(part)) + extra > limit:
+            raise InputError(f"cannot write the output {str(target)[:60]}...: the name {part[:24]}... is "
+                             f"{len(os.fsencode(part))} bytes long; this file system allows {limit - extra} here")
+
+
 def check_writable(target: Path) -> None:
     """Raises InputError, before any work, when ``target`` could not be created or replaced."""
     target = Path(target)
+    check_name_lengths(target)
     existing = next(p for p in [target.parent, *target.parent.parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"cannot write the output {target}: {existing} is not a writable folder")

@@ -16,19 +16,18 @@ from edgeprune.errors import UnsupportedError
 from edgeprune.gate import check_budgets, refuse_generation_budgets, refuse_unprovable
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.generation import GenerationSettings
-from edgeprune.measure.local import check_measure_flags
 from edgeprune.measurements import Accuracy
-from edgeprune.output import check_output_folder, claimed_output, staged_output
+from edgeprune.output import claimed_output, staged_output
 from edgeprune.planning import Plan, make_plan
 from edgeprune.profile import load_profile
 from edgeprune.report import ModelCounts, Report, write_report
-from edgeprune.report.mlflow_run import check_tracking, log_build
+from edgeprune.report.mlflow_run import log_build
 from edgeprune.search import Context, Evaluation, choose_plan, evaluate
 from edgeprune.search.evaluate import profile_layers, silent_step
 from edgeprune.search.pruning import check_prunable
 from edgeprune.specs import load_workload
 from edgeprune.stats import model_stats
-from edgeprune.target import BuildOptions
+from edgeprune.target import BuildOptions, check_before_work
 from edgeprune.workload import Workload, check_runs
 
 
@@ -39,8 +38,7 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
     with it). ``workload`` is used instead of loading ``options.model`` (the Python API
     passes one it holds). Bad input raises InputError before anything is written.
     """
-    check_output_folder(Path(options.output))
-    tracking = check_tracking(options.mlflow) if options.mlflow is not None else None
+    tracking = check_before_work(options)
     with step("load workload and profile"):
         profile = load_profile(options.profile)
         workload = workload or load_workload(options.model, options.data)
@@ -51,7 +49,6 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
     check_prunable(plan, profile, workload)
     backend = plan.backend()
     backend.check(plan.lower_request(profile, workload.calibration_batches()))
-    check_measure_flags(profile, options.measure_here, options.threads)  # before any work
     # Reach the device before the long stages, so a wrong token or URL fails in a second.
     agent = connect_agent(options.device) if options.device else None
     generation = GenerationSettings(options.prompt_tokens, options.generate_tokens)

@@ -149,7 +149,8 @@ class Profile(_Strict):
     formats: list[Format] = Field(min_length=1, description="runtimes it runs; the first is preferred")
     precisions: list[Precision] = Field(min_length=1)
     int8_activation: Literal["u8", "s8"] = Field(
-        "s8", description="activation type for int8: u8 on x86 without VNNI, s8 elsewhere"
+        "s8", description="activation type for int8: u8 on x86 (ONNX Runtime's u8 x s8 kernels; it fuses residual "
+                          "adds into int8 only for u8), s8 elsewhere"
     )
     min_deployment_target: str | None = Field(None, description="Core ML: e.g. iOS17")
     channel_multiple: Cited
@@ -338,7 +339,7 @@ def host_profile(host: Host) -> Profile:
                        "(`edgeprune profiles probe` measures it)",
         "formats": ["onnx"],
         "precisions": ["fp32", "fp16", "int8", "int4"],
-        "int8_activation": "s8" if host.int8_full_range else "u8",
+        "int8_activation": "u8",  # ONNX Runtime's x86 kernels: u8 x s8, residual adds fused only for u8
         "cores": host.cores,
         "cpu_flags": flags,
         "channel_multiple": {"value": 16 if fp32 == "avx512" else 8 if fp32 == "avx2" else 4,

@@ -14,6 +14,7 @@ no normalization), batched as its example input is.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -59,14 +60,23 @@ def load_program_workload(text: str, data: str | Path | None = None):
     path = Path(text)
     if not path.is_file():
         raise InputError(f"exported program not found: {path}")
+    export_log = logging.getLogger("torch.export")  # it logs its own traceback before raising: ours is one line
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # a file torch.export cannot read: whatever it raises
         raise InputError(f"{path} is not a torch.export program: {type(exc).__name__}: {_line(exc)}") from None
+    finally:
+        export_log.setLevel(level)
     args, kwargs = program.example_inputs or ((), {})
     if kwargs or not args or not all(isinstance(t, torch.Tensor) for t in args):
         raise InputError(f"{path}: the program must have been exported with positional tensor example inputs "
                          "(torch.export.export(model, (x,)))")
+    shared = [(i, j) for j, b in enumerate(args) for i, a in enumerate(args[:j]) if a.numel() and a.data_ptr() == b.data_ptr()]
+    if shared:  # torch.export merged them into one graph input: its artifact would take fewer inputs than it
+        raise InputError(f"{path}: the program was exported with one tensor passed as inputs {shared[0][0]} and "
+                         f"{shared[0][1]}; export it with a tensor of its own for each (x, x.clone())")
     model = ProgramModule(program.module())
     if data is None:
         generator = torch.Generator().manual_seed(0)
@@ -85,6 +95,9 @@ def load_program_workload(text: str, data: str | Path | None = None):
     except Exception as exc:  # the program's own guards (shapes, dtypes) or ops
         raise InputError(f"{path}: the program failed on inputs like its example inputs: "
                          f"{type(exc).__name__}: {_line(exc)}") from None
+    if not isinstance(reference[0], torch.Tensor):
+        raise InputError(f"{path}: the program returns {type(reference[0]).__name__}; edgeprune takes programs "
+                         "whose forward returns one tensor (export a wrapper that returns the logits)")
     classes = reference[0].dim() == 2 and reference[0].shape[-1] > 1
     metric = AGREEMENT if classes else SIMILARITY
 

@@ -1,6 +1,7 @@
 """What a model argument names: a workload file, or a model one argument away (``hf:DIR``, ``FILE.pt2``).
 
-``hf:DIR`` takes a local directory that ``from_pretrained`` loads (nothing is downloaded):
+``hf:DIR`` takes a local directory that ``from_pretrained`` loads (nothing is downloaded: hf:,
+timm: and torchvision: load with the network closed, edgeprune.offline):
 a causal LM becomes a perplexity workload on the interpreter's own help topics (as
 ``causal_lm_workload``); an image or sequence classifier becomes a workload whose inputs
 are random (images at the config's size, token ids within its vocabulary), scored by top-1
@@ -13,6 +14,7 @@ text: a classifier's inputs, a causal LM's calibration and held-out text.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from torch import nn
 
 from edgeprune import data as user_data
 from edgeprune.errors import InputError
+from edgeprune.offline import no_network
 from edgeprune.program import is_program_spec, load_program_workload
 from edgeprune.vocabulary import HF_PREFIX, LIBRARY_PREFIXES
 from edgeprune.workload import Workload, load_workload_file, torch_predictor
@@ -48,9 +51,11 @@ def load_workload(spec: str | Path, data: str | Path | None = None) -> Workload:
     (edgeprune.program); ``data`` is a folder of the user's images or text for all but the first."""
     text = str(spec)
     if text.startswith(HF_PREFIX):
-        return load_spec(text, data)
+        with no_network():
+            return load_spec(text, data)
     if text.startswith(LIBRARY_PREFIXES):
-        return load_library_model(text, data)
+        with no_network():
+            return load_library_model(text, data)
     if is_program_spec(text):
         return load_program_workload(text, data)
     if data is not None:
@@ -66,9 +71,15 @@ def load_spec(text: str, data: str | Path | None = None) -> Workload:
     if not config_file.is_file():
         raise InputError(f"{text}: {folder} is not a Hugging Face model directory (no config.json)")
     try:
-        architectures = json.loads(config_file.read_text()).get("architectures") or []
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise InputError(f"{text}: {config_file} is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{text}: {config_file} is not a model config (a JSON object)")
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise InputError(f"{text}: {config_file}: architectures must be a list of class names, got {architectures!r:.80}")
+    _check_sizes(config, config_file)
     kind = _task(architectures)
     if kind == "ForCausalLM":
         from edgeprune.llm.workload import causal_lm_workload
@@ -79,6 +90,19 @@ def load_spec(text: str, data: str | Path | None = None) -> Workload:
         raise InputError(f"{text}: architectures {architectures or 'none'} are not a causal LM, an image "
                          "classifier or a sequence classifier")
     return _classifier(folder, kind, data)
+
+
+# the sizes a config states that must be positive whole numbers (transformers checks the types of
+# some, on some versions, and the signs of none: a model of -2 layers would build empty)
+SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+         "vocab_size", "head_dim", "max_position_embeddings", "num_labels", "image_size", "num_channels")
+
+
+def _check_sizes(config: dict, config_file: Path) -> None:
+    for key in SIZES:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{config_file}: {key} must be a positive whole number, got {value!r:.40}")
 
 
 def _task(architectures: list[str]) -> str | None:
@@ -103,14 +127,11 @@ def _task(architectures: list[str]) -> str | None:
 
 
 def _classifier(folder: Path, kind: str, data: str | Path | None) -> Workload:
-    from edgeprune.llm.hf import transformers
+    from edgeprune.llm.hf import from_folder, transformers
 
     hf = transformers()
     auto = hf.AutoModelForImageClassification if kind == "ForImageClassification" else hf.AutoModelForSequenceClassification
-    try:
-        model = auto.from_pretrained(str(folder)).eval()
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"cannot load hf:{folder}: {str(exc).splitlines()[0]}") from None
+    model = from_folder(auto, folder, "a classifier").eval()
     config = model.config
     generator = torch.Generator().manual_seed(0)
     if kind == "ForImageClassification":
@@ -147,11 +168,9 @@ def _processor_normalization(folder: Path) -> tuple[list[float] | None, list[flo
 def _token_rows(folder: Path, data: str | Path, hf) -> tuple[torch.Tensor, list[str] | None]:
     """Returns one row of SEQ_LEN token ids per non-empty line of the data's texts (truncated or
     padded), and each line's subfolder name (None where the files lie in no subfolders)."""
-    try:
-        tokenizer = hf.AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--data needs the tokenizer of hf:{folder}, which does not load: "
-                         f"{str(exc).splitlines()[0]}") from None
+    from edgeprune.llm.hf import from_folder
+
+    tokenizer = from_folder(hf.AutoTokenizer, folder, "the tokenizer --data needs")
     if len(tokenizer) <= len(tokenizer.all_special_tokens):  # no vocabulary saved: every word would be unknown
         raise InputError(f"--data needs the tokenizer of hf:{folder}, and the folder holds none "
                          "(save it there with tokenizer.save_pretrained)")
@@ -230,19 +249,9 @@ def load_library_model(text: str, data: str | Path | None = None) -> Workload:
     return agreement_workload(model.eval(), inputs, text, data, names)
 
 
-def _offline():
-    import os
-
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TORCH_HUB_OFFLINE")}
-    os.environ.update({k: "1" for k in saved})
-    return saved
-
-
-def _restore(saved: dict) -> None:
-    import os
-
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def _timm(name: str, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
@@ -250,16 +259,13 @@ def _timm(name: str, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
         import timm
     except Exception as exc:  # missing, or its torchvision import failing
         raise InputError(f"timm:{name} needs the timm package, which did not import: {type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
-    saved = _offline()
+                         f"{_first_line(exc)}") from None
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except Exception as exc:  # unknown name, or weights not in the local cache
-        raise InputError(f"timm:{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+        raise InputError(f"timm:{name}: {type(exc).__name__}: {_first_line(exc)}"
                          + ("; its weights must be in the local cache (or use timm:NAME:random)" if pretrained else "")
                          ) from None
-    finally:
-        _restore(saved)
     return model, tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
 
 
@@ -268,14 +274,17 @@ def _torchvision(name: str, pretrained: bool) -> tuple[nn.Module, tuple[int, ...
         import torchvision
     except Exception as exc:  # missing, or its compiled extension not loading
         raise InputError(f"torchvision:{name} needs torchvision, which did not import: {type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
-    saved = _offline()
+                         f"{_first_line(exc)}") from None
     try:
+        if pretrained:  # torch.hub has no offline switch: the cache is looked in first
+            weights = torchvision.models.get_model_weights(name).DEFAULT
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(weights.url).path).name
+            if not cached.is_file():
+                raise InputError(f"torchvision:{name}: its weights {cached.name} are not in the local cache "
+                                 f"{cached.parent} (or use torchvision:{name}:random)")
         model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
-    except Exception as exc:  # unknown name, or weights not in the local cache
-        raise InputError(f"torchvision:{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
-                         + ("; its weights must be in the local cache (or use torchvision:NAME:random)"
-                            if pretrained else "")) from None
-    finally:
-        _restore(saved)
+    except InputError:
+        raise
+    except Exception as exc:  # unknown name, or weights that do not load
+        raise InputError(f"torchvision:{name}: {type(exc).__name__}: {_first_line(exc)}") from None
     return model, (3, 224, 224)

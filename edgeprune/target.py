@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 
@@ -17,6 +17,9 @@ from edgeprune.errors import InputError
 from edgeprune.gate import Budgets
 from edgeprune.host import Host
 from edgeprune.vocabulary import HF_PREFIX, LIBRARY_PREFIXES, MAX_CONTEXT, MAX_RECOVER_STEPS
+
+if TYPE_CHECKING:
+    from edgeprune.profile import Profile
 
 # option keys that are budgets, and the Budgets field each fills
 BUDGET_KEYS = {
@@ -146,6 +149,9 @@ def load_target(path: str | Path) -> dict[str, Any]:
     if "model" not in out:
         raise InputError(f"target {path}: field 'model' is missing (path/to/workload.py[:function])")
     base = path.parent
+    for key in ("model", "output", "profile", "data"):
+        if key in out and not isinstance(out[key], str):
+            raise InputError(f"target {path}: {key} must be text (a path or a name), got {out[key]!r}")
     out["model"] = _relative(base, str(out["model"]))
     if "output" in out:
         out["output"] = _relative(base, str(out["output"]))
@@ -165,3 +171,29 @@ def _relative(base: Path, spec: str) -> str:
     file, sep, func = spec.partition(":")
     resolved = file if Path(file).is_absolute() else str(base / file)
     return resolved + (sep + func if sep else "")
+
+
+def check_measure_flags(profile: Profile, measure_here: bool = False, threads: int | None = None) -> None:
+    """Raises InputError for --measure-here on a non-CPU profile or --threads beyond its cores."""
+    if measure_here and (not profile.is_cpu or "onnx" not in profile.formats):
+        raise InputError(f"--measure-here times a CPU profile on this CPU; {profile.name} is a {profile.family} "
+                         "device: attach it with --device http://HOST:PORT (edgeprune agent serve)")
+    if threads is not None and profile.cores is not None and threads > profile.cores:
+        raise InputError(f"--threads {threads} is more than the {profile.cores} cores of profile {profile.name}")
+
+
+def check_before_work(options: BuildOptions) -> str | None:
+    """Runs the checks of a build's options that need no model, before anything heavy is imported or
+    written: the output folder, the MLflow tracking URI, the profile, --measure-here and --threads for
+    it, and the device's URL. Returns the tracking URI (None without --mlflow)."""
+    from edgeprune.output import check_output_folder
+    from edgeprune.profile import load_profile
+    from edgeprune.report.mlflow_run import check_tracking
+    from edgeprune.web import agent_url
+
+    check_output_folder(Path(options.output))
+    tracking = check_tracking(options.mlflow) if options.mlflow is not None else None
+    check_measure_flags(load_profile(options.profile), options.measure_here, options.threads)
+    if options.device:
+        agent_url(options.device)
+    return tracking

@@ -116,3 +116,47 @@ def start_agent(token: str, *flags: str) -> tuple[subprocess.Popen, str]:
     assert url and url.startswith("http://127.0.0.1:"), "the agent did not start on loopback"
     return proc, url
 
+
+
+@pytest.fixture
+def counting_proxy():
+    """A proxy on the loopback that counts the connections made to it and answers none: set as
+    HTTP(S)_PROXY, it sees every request a library would send out. Yields (its URL, the count)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    seen.append(conn.recv(256) or b"(connected)")
+                except OSError:
+                    seen.append(b"(connected)")
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def offline_env(proxy: str, home: Path) -> dict[str, str]:
+    """The environment of a user whose requests all go through ``proxy`` and whose caches are empty."""
+    return {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
+            "ALL_PROXY": proxy, "NO_PROXY": "", "no_proxy": "", "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "",
+            "TORCH_HOME": str(home / "torch"), "HF_HOME": str(home / "hf"), "XDG_CACHE_HOME": str(home / "cache")}

@@ -137,3 +137,14 @@ def test_the_candidate_cache_tells_calibration_inputs_apart():
     assert inputs_fingerprint(a) == inputs_fingerprint([(torch.zeros(2, 3),)])
     assert inputs_fingerprint(a) != inputs_fingerprint([(torch.ones(2, 3),)])
     assert inputs_fingerprint(a) != inputs_fingerprint([(torch.zeros(3, 2),)])
+
+
+def test_a_class_folder_named_with_a_digit_that_is_not_ascii_is_no_class_index():
+    """'²' and '٣' are digits to str.isdigit but not to int(): they name no class, and nothing raises."""
+    from edgeprune.data import label_targets
+
+    for name in ("²", "٣", "①"):
+        targets, why = label_targets([name, "3"], {}, 10)
+        assert targets is None and repr(name) in why
+    targets, _ = label_targets(["3", "7"], {}, 10)
+    assert targets.tolist() == [3, 7]

@@ -1,9 +1,10 @@
-"""The estimator against ONNX Runtime on this machine, on a profile probed in the same test.
+"""The estimator and ONNX Runtime on this machine, on a profile probed in the same test.
 
-The bound is loose (2x) because a unit test must not depend on how busy the machine is; the
-35% check on the calibrated profile is benchmarks/estimator_error.py, written up in
-docs/benchmarks.md. Both sides run on one core and use the fastest run (the peaks, the
-calibration and the measurement): what other load on a shared machine disturbs least.
+How close the estimate comes to a measurement is a figure of the machine, not a property a
+unit test can assert on a shared one: it is benchmarks/estimator_error.py's, with a set held
+apart from the fitting, written up in docs/benchmarks.md. Here: the calibration yields a
+valid profile, and the estimate and the runtime agree on the order of two models whose MACs
+differ 4x, the runtime's timed side by side (the bound, 1.5x of a 4x difference, is generous).
 """
 
 import numpy as np
@@ -44,7 +45,7 @@ def digits_shaped_cnn(widths: tuple[int, int, int]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_estimate_is_within_2x_of_ort_and_keeps_dense_slower_than_structured(tmp_path):
+def test_a_calibrated_profile_and_ort_both_find_dense_slower_than_structured(tmp_path):
     data = probe_host(name="here", seconds=0.3, calibrate=False, threads=1)
     data = calibrate_efficiency(data, 0.3, threads=1, statistic="min")
     profile = load_profile_file(write_profile(data, tmp_path / "here.toml"))
@@ -57,7 +58,6 @@ def test_estimate_is_within_2x_of_ort_and_keeps_dense_slower_than_structured(tmp
     x = np.random.default_rng(1).random(SHAPE, dtype=np.float32)
     measured = {k: s.min_ms for k, s in measure_onnx_files(files, [x], threads=1, protocol=Protocol.quick()).items()}
     estimated = {k: estimate_onnx(p, [SHAPE], profile).ms for k, p in files.items()}
-    for key in files:
-        assert 0.5 <= estimated[key] / measured[key] <= 2.0, (key, estimated, measured)
+    assert all(ms > 0 for ms in (*estimated.values(), *measured.values())), (estimated, measured)
     assert measured["dense"] > 1.5 * measured["structured-0.5"]
     assert estimated["dense"] > 1.5 * estimated["structured-0.5"]

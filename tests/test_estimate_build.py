@@ -5,7 +5,6 @@ import json
 import pytest
 
 from edgeprune import load_workload
-from edgeprune.backends import Artifact
 from edgeprune.gate import Budgets, check_budgets
 from edgeprune.measure.estimate import estimate_onnx
 from edgeprune.measure.latency import Timing, latency_of
@@ -44,13 +43,17 @@ def test_jetson_build_reports_an_estimate_and_a_budget_inside_the_margin_fails(t
 
 
 def test_iphone_coreml_artifact_is_estimated_at_its_precision(tmp_path):
+    from edgeprune.backends import LowerRequest, get_backend
     from edgeprune.backends.onnx_tools.export import export_onnx
 
+    pytest.importorskip("coremltools", reason="the coreml extra is not installed")
     workload = load_workload(str(TINY))
-    package = tmp_path / "model.mlpackage"
-    package.mkdir()
-    artifact = Artifact(format="coreml", precision="fp16", path=package)
     iphone = load_profile("iphone-15-pro")
+    # a real package, converted here (it runs only on macOS, so its latency is estimated)
+    (tmp_path / "coreml").mkdir()
+    artifact = get_backend("coreml").lower(workload.model.eval(), tuple(workload.example_inputs),
+                                           LowerRequest("fp16", iphone), tmp_path / "coreml")
+    assert artifact.format == "coreml" and artifact.path.suffix == ".mlpackage" and artifact.size_bytes > 0
     dense = export_onnx(workload.model, workload.example_inputs, tmp_path / "dense.onnx")
     lat, memory = latency_of(Timing(iphone, Budgets()), artifact, workload.model, workload.example_inputs, dense, False)
     assert lat.source == "estimated" and lat.device.startswith("iphone-15-pro")

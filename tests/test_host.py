@@ -50,7 +50,8 @@ def test_builtin_x86_profiles_carry_the_class_of_their_cpu():
                for name in ("x86-avx2", "x86-avx512-vnni", "x86-amx")}
     assert classes == {"x86-avx2": ("avx2", "avx2"), "x86-avx512-vnni": ("avx512", "avx512-vnni"),
                        "x86-amx": ("avx512", "amx")}
-    assert [load_profile(n).int8_activation for n in classes] == ["u8", "s8", "s8"]
+    # u8 x s8 on every x86 class: what ONNX Runtime's kernels take and the only type it fuses residual adds for
+    assert [load_profile(n).int8_activation for n in classes] == ["u8", "u8", "u8"]
 
 
 # (host, profile, precision) -> stands in?
@@ -116,7 +117,7 @@ def test_the_host_profile_is_valid_and_is_its_own_device(flags):
         assert stand_in(profile, precision, machine).here
     assert profile.compute["int8"].dense_tops >= profile.compute["fp32"].dense_tops > 0
     full_range = profile.kernel_class("int8") in ("avx-vnni", "avx512-vnni", "amx")
-    assert profile.int8_activation == ("s8" if full_range else "u8") and profile.int8_full_range is full_range
+    assert profile.int8_activation == "u8" and profile.int8_full_range is full_range
 
 
 def test_int8_settings_follow_the_class_of_the_device_and_of_the_verifying_host():
@@ -128,7 +129,7 @@ def test_int8_settings_follow_the_class_of_the_device_and_of_the_verifying_host(
     assert "avx2 int8 kernels" in reduce_range_for(avx2, host(ZEN4, 4))[1]
 
 
-def test_int8_config_is_s8s8_full_range_on_amx():
+def test_int8_config_is_u8s8_full_range_on_amx():
     from onnx import TensorProto, helper
 
     w = helper.make_tensor("w", TensorProto.FLOAT, [8, 4, 3, 3], [0.1] * 288)
@@ -136,7 +137,7 @@ def test_int8_config_is_s8s8_full_range_on_amx():
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
     config = int8_config_for(load_profile("x86-amx"), helper.make_model(graph), host=host(SAPPHIRE_RAPIDS, 16))
-    assert (config.mode, config.activation, config.reduce_range) == ("static", "s8", False)
+    assert (config.mode, config.activation, config.reduce_range) == ("static", "u8", False)
 
 
 def test_a_build_for_avx2_on_an_amx_host_is_estimated_and_measure_here_records_the_host(tmp_path):

@@ -78,7 +78,8 @@ def test_a_text_file_gives_calibration_and_held_out_windows(tmp_path):
     assert [batch[0].shape for batch in workload.calibration] == [(1, 32)] * 4
     assert workload.text.eval_tokens == 6 * 32
     assert workload.text.source == str(text)
-    assert 1.0 < workload.evaluate(workload.model) < 1e4
+    # better than a uniform guess over the vocabulary (the trained model reads English), never below 1
+    assert 1.0 < workload.evaluate(workload.model) < workload.model.lm.config.vocab_size / 4
 
 
 def test_edgeprune_build_prunes_the_tiny_lm_and_ships_a_loadable_hugging_face_directory(tmp_path):

@@ -112,3 +112,54 @@ def test_the_flag_without_a_value_is_mlflow_s_env_or_a_local_file_store(tmp_path
     assert tracking_uri("http://mlflow.example:5000") == "http://mlflow.example:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///team.db")
     assert tracking_uri("") == "sqlite:///team.db"
+
+
+def test_a_build_is_logged_to_a_real_tracking_server(tmp_path):
+    """`mlflow server` on the loopback, as a team runs it: the run, its metrics and its files
+    arrive over HTTP and read back through the server."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from edgeprune import web
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                               "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # up when /health answers
+            try:
+                if web.request(url + "/health", deadline_s=2).status == 200:
+                    break
+            except web.WebError:
+                pass
+            assert server.poll() is None, server.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        out = tmp_path / "build"
+        tiny = str(ROOT / "tests" / "tiny_workload.py")
+        proc = run_cli("build", tiny, "--profile", "host", "--quantize", "none", "-o", str(out), f"--mlflow={url}")
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads((out / "report.json").read_text())
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=url)
+        run = only_run(client)
+        assert run.info.status == "FINISHED" and run.data.metrics == pytest.approx(report_metrics(report))
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"model.onnx", "report.json", "report.md",
+                                                                             "report.html"}
+        stored = client.download_artifacts(run.info.run_id, "model.onnx", str(tmp_path / "back"))
+        assert open(stored, "rb").read() == (out / "model.onnx").read_bytes()
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()

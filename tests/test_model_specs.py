@@ -11,7 +11,7 @@ import torch
 from tests.user_data import digit_pngs
 from tests.zoo import resnet
 
-from conftest import run_main
+from conftest import offline_env, run_cli, run_main
 
 
 def _skip_reason(module: str) -> str | None:
@@ -48,6 +48,22 @@ def test_an_exported_program_builds_end_to_end(program, args, tmp_path, capsys):
     assert report["workload"] == "resnet"
     assert report["accuracy"]["metric"] == "top1_agreement_with_dense" and report["accuracy"]["baseline"] == 1.0
     assert report["artifact"]["verified"]["passed"]
+    # the artifact is what was asked for: int8 kernels in the graph, or half of every weight zero
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(tmp_path / "out" / os.path.basename(report["artifact"]["path"])))
+    ops = {n.op_type for n in model.graph.node}
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) >= 2]
+    if "int8" in args:
+        assert report["artifact"]["precision"] == "int8"
+        assert "QuantizeLinear" in ops and "DequantizeLinear" in ops, ops
+        assert any(w.dtype == np.int8 for w in weights)
+    else:
+        assert report["artifact"]["precision"] == "fp32" and report["strategy"]["kind"] == "unstructured"
+        zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
+        assert 0.45 <= zeros <= 0.55, zeros
     assert (tmp_path / "out" / report["artifact"]["path"]).is_file()
 
 
@@ -116,3 +132,43 @@ def test_a_torchvision_model_builds_end_to_end(tmp_path, capsys):
 def test_a_library_model_that_does_not_load_is_bad_input(tmp_path, capsys):
     code, _, err = run_main(["build", "timm:", "--profile", "x86-avx2", "-o", str(tmp_path / "o")], capsys)
     assert code == 2 and "timm:NAME" in err
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_library_models_make_no_request(library, counting_proxy, tmp_path):
+    """With empty caches and the user's proxy set, pretrained weights are refused as not cached
+    without a request, and random weights load: the proxy sees no connection either way."""
+    reason = _skip_reason(library)
+    if reason is not None:
+        pytest.skip(reason)
+    proxy, seen = counting_proxy
+    env = offline_env(proxy, tmp_path)
+    refused = run_cli("plan", f"{library}:resnet18", "--profile", "x86-avx2", env=env)
+    assert refused.returncode == 2 and "local cache" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    loaded = run_cli("plan", f"{library}:resnet18:random", "--profile", "x86-avx2", env=env)
+    assert loaded.returncode == 0, loaded.stderr
+    assert seen == [], f"a request went out: {seen}"
+
+
+@pytest.mark.skipif(_skip_reason("torchvision") is not None, reason=str(_skip_reason("torchvision")))
+def test_torchvision_vit_b_16_prunes_to_half_its_macs_and_runs():
+    """torchvision's ViT reshapes its patch embedding to ``hidden_dim``, a number it holds: the
+    residual stream's width is kept (the first forward that fails says so) and the MLPs inside
+    its EncoderBlocks, which record a head count of their own, are pruned as channel groups."""
+    import torchvision
+
+    from edgeprune.prune import prune
+    from edgeprune.prune.config import StructuredConfig
+    from edgeprune.stats import model_stats
+
+    model = torchvision.models.get_model("vit_b_16", weights=None).eval()
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    result = prune(model, StructuredConfig(sparsity=0.5), calibration=[(x,)], example_inputs=(x,))
+    before, after = model_stats(model, (x,)), model_stats(result.model, (x,))
+    assert after["macs"] <= 0.55 * before["macs"], after["macs"] / before["macs"]
+    with torch.no_grad():
+        assert result.model(x).shape == (1, 1000)
+    kept = [k["reason"] for k in result.details["kept_whole"]]
+    assert any("the width the first layers open is kept" in r for r in kept)
+    assert not any("not three equal q/k/v" in r for r in kept), kept

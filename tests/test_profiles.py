@@ -40,7 +40,7 @@ def test_profiles_state_what_their_hardware_exploits():
     assert load_profile("a100").peak_tops("fp16", sparse=True) == 2 * load_profile("a100").peak_tops("fp16")
     assert load_profile("iphone-15-pro").sparsity.unstructured.min_sparsity == 0.75
     assert load_profile("x86-avx2").sparsity.nm is None and load_profile("x86-avx2").int8_activation == "u8"
-    assert load_profile("x86-avx512-vnni").int8_activation == "s8"
+    assert load_profile("x86-avx512-vnni").int8_activation == "u8"
     assert load_profile("jetson-orin-nano").preferred_format == "tensorrt"
 
 

@@ -74,8 +74,8 @@ def test_the_layer_profile_is_recorded_in_the_report(digits_build):
     assert layers["built_estimated_ms"] == pytest.approx(report["latency"]["estimated_ms"], rel=1e-3)
     # a dense fp32 build is its own baseline: one profile, both columns
     assert all(r["built_ms"] == r["dense_ms"] for r in rows.values())
-    # the convolutions are where the time goes, on this CPU as in the estimate
-    assert sum(r["built_ms"] for r in convs) > 0.5 * layers["built_ms"]
+    # the estimate (no timing: the model's own arithmetic) puts the time in the convolutions
+    assert sum(r["built_estimated_ms"] for r in convs) > 0.5 * layers["built_estimated_ms"]
     lat = report["latency"]
     assert lat["min_ms"] <= lat["p25_ms"] <= lat["median_ms"] <= lat["p75_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
     assert lat["baseline"]["median_ms"] == lat["baseline_median_ms"] and lat["baseline"]["runs"] == lat["runs"]

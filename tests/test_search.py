@@ -51,7 +51,17 @@ def test_sweep_writes_table_plot_and_resumes_from_cache(tmp_path):
     assert all(r["latency_source"] == "measured" and r["metric"] is not None for r in rows.values())
     # the dense model is the most accurate, so it is on both fronts
     assert dense["pareto_latency"] and dense["pareto_size"]
-    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # each front is exactly the candidates no other one beats on cost and metric (accuracy: higher is better)
+    for cost, flag in (("latency_ms", "pareto_latency"), ("size_bytes", "pareto_size")):
+        for r in rows.values():
+            beaten = any(o is not r and o[cost] <= r[cost] and o["metric"] >= r["metric"]
+                         and (o[cost] < r[cost] or o["metric"] > r["metric"]) for o in rows.values())
+            assert r[flag] is (not beaten), (cost, r["candidate"]["label"], [(o[cost], o["metric"]) for o in rows.values()])
+    from PIL import Image
+
+    with Image.open(out / "pareto.png") as png:  # a real plot: a picture of some size with more than a background
+        assert png.format == "PNG" and png.width >= 400 and png.height >= 300
+        assert len(png.convert("RGB").getcolors(1 << 20) or []) > 8
     assert "| structured 0.50 |" in (out / "sweep.md").read_text()
     again = run_cli(*args)
     assert json.loads(again.stdout)["candidates"] == summary["candidates"]  # served from the cache

@@ -103,11 +103,13 @@ def build(model_or_target: str, as_json: bool, **given) -> None:
     Exit codes: 0 built and every budget met; 2 bad input; 3 built but a budget was missed;
     130 interrupted.
     """
-    from edgeprune.pipeline import run_build
-    from edgeprune.report import render_markdown
-    from edgeprune.target import options_from
+    from edgeprune.target import check_before_work, options_from
 
     options = options_from(model_or_target, given)
+    check_before_work(options)  # a refused build answers before the libraries it would need are imported
+    from edgeprune.pipeline import run_build
+    from edgeprune.report import render_markdown
+
     report = run_build(options, step=progress)
     if as_json:
         emit_json(report.to_dict())

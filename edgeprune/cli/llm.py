@@ -83,13 +83,10 @@ def calibration(source: Path, text: Path | None, tokens: int, seq_len: int) -> l
     import torch
 
     from edgeprune.errors import InputError
-    from edgeprune.llm.hf import transformers
+    from edgeprune.llm.hf import from_folder, transformers
     from edgeprune.llm.text import pydoc_corpus, read_text
 
-    try:
-        tokenizer = transformers().AutoTokenizer.from_pretrained(str(source))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load the tokenizer of {source}: {str(exc).splitlines()[0]}") from None
+    tokenizer = from_folder(transformers().AutoTokenizer, source, "the tokenizer")
     corpus = pydoc_corpus()[0] if text is None else read_text(text)
     ids = tokenizer(corpus, add_special_tokens=False, verbose=False)["input_ids"][:tokens]
     if len(ids) < seq_len:

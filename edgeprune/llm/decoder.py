@@ -123,10 +123,10 @@ class CheckpointDecoder(NamedDecoder):
 
     def __init__(self, folder: str | Path, context: int | None = None) -> None:
         from edgeprune.llm.checkpoint import Checkpoint
-        from edgeprune.llm.hf import transformers
+        from edgeprune.llm.hf import from_folder, transformers
 
         hf = transformers()
-        config = hf.AutoConfig.from_pretrained(str(folder))
+        config = from_folder(hf.AutoConfig, folder, "the model config")
         checkpoint = Checkpoint(folder)
         with torch.device("meta"):
             skeleton = hf.AutoModelForCausalLM.from_config(_one_block(config))

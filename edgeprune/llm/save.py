@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
-from edgeprune.llm.hf import transformers
+from edgeprune.llm.hf import from_folder, transformers
 from edgeprune.llm.logits import CausalLMLogits
 from edgeprune.tasks import find_causal_lm
 
@@ -31,11 +31,7 @@ def load_causal_lm(path: str | Path) -> nn.Module:
     # less accurately, and the pruning statistics want full precision.
     major, minor = (int(x) for x in hf.__version__.split(".")[:2])
     dtype_key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-    try:
-        model = hf.AutoModelForCausalLM.from_pretrained(str(path), **{dtype_key: torch.float32})
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"cannot load a causal LM from {path}: {exc}") from exc
-    return model.eval()
+    return from_folder(hf.AutoModelForCausalLM, path, "a causal LM", **{dtype_key: torch.float32}).eval()
 
 
 def save_pretrained(model: nn.Module, path: str | Path, tokenizer: Any = None) -> Path:

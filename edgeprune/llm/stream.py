@@ -34,7 +34,7 @@ from edgeprune.llm.checkpoint import (
     write_index,
     write_shard,
 )
-from edgeprune.llm.hf import transformers
+from edgeprune.llm.hf import from_folder, transformers
 from edgeprune.llm.hidden import is_hidden_norm, kept_channels, narrow_block_
 from edgeprune.llm.prune import calibration_batches, check_arguments, sparsify_block
 from edgeprune.llm.stream_state import WORK, Progress, RunFolder, signature, spill
@@ -65,7 +65,7 @@ def prune_checkpoint(source: str | Path, target: str | Path, method: str, sparsi
     checkpoint = Checkpoint(source)
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / WORK).is_dir())):
         raise InputError(f"{target} exists and is not an unfinished streamed prune: choose a new folder")
-    config = hf.AutoConfig.from_pretrained(str(source))
+    config = from_folder(hf.AutoConfig, source, "the model config")
     if config.model_type not in STREAMED_FAMILIES:
         raise UnsupportedError(f"streamed pruning reads {', '.join(STREAMED_FAMILIES)} checkpoints; "
                                f"{config.model_type!r} is pruned in memory (edgeprune.llm.prune_causal_lm)")

@@ -136,15 +136,12 @@ def causal_lm_workload(
     perplexity (lower is better); ``text`` holds the source directory, the tokenizer and
     the sequence length so the pruned model can be saved as a directory of its own.
     """
-    from edgeprune.llm.hf import transformers
+    from edgeprune.llm.hf import from_folder, transformers
 
     hf = transformers()
     path = Path(path)
     lm = load_causal_lm(path)
-    try:
-        tokenizer = hf.AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load the tokenizer of {path}: {exc}") from exc
+    tokenizer = from_folder(hf.AutoTokenizer, path, "the tokenizer")
     if text is None:
         train_text, heldout_text = pydoc_corpus()
         source = "pydoc_data.topics"

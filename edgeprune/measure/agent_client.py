@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 
 import numpy as np
 
+from edgeprune import web
 from edgeprune.errors import InputError
 from edgeprune.measure.agent_wire import API, TOKEN_ENV, pack_upload
 from edgeprune.timing import Protocol
 from edgeprune.uploads import UploadModel
+from edgeprune.web import agent_url
 
 
 class AgentError(InputError):
@@ -26,10 +24,7 @@ class AgentClient:
     """Talks to one agent: ``info()`` and ``measure()``; every failure is an AgentError."""
 
     def __init__(self, url: str, token: str | None = None, timeout_s: float = 1800.0) -> None:
-        parsed = urllib.parse.urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise AgentError(f"--device must be the agent's URL, like http://192.168.1.20:8765 (got {url!r})")
-        self.url = url.rstrip("/")
+        self.url = agent_url(url)
         token = token if token is not None else os.environ.get(TOKEN_ENV, "")
         if not token:
             raise AgentError(f"{TOKEN_ENV} is not set: set it to the token the agent at {self.url} was started with")
@@ -37,55 +32,51 @@ class AgentClient:
         self.timeout_s = timeout_s
 
     def _request(self, method: str, path: str, body: bytes | None = None, timeout: float | None = None) -> dict:
+        """Returns the agent's JSON answer; the whole request (upload, measurement, answer) ends within
+        ``timeout`` (default the client's ``timeout_s``) seconds."""
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/zip"
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        deadline = timeout or self.timeout_s
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise self._http_error(exc) from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, (ConnectionResetError, BrokenPipeError)) and body is not None:
-                raise AgentError(f"the agent at {self.url} closed the connection during the upload "
-                                 "(is the artifact over its --max-upload-mb?)") from None
-            if isinstance(reason, TimeoutError):
-                raise AgentError(f"the agent at {self.url} did not answer within {timeout or self.timeout_s:g} s") from None
-            raise AgentError(f"cannot reach the agent at {self.url}: {getattr(reason, 'strerror', None) or reason}; "
+            reply = web.request(self.url + path, method, body, headers, deadline_s=deadline)
+        except web.WebError as exc:
+            if exc.kind == "deadline":
+                raise AgentError(f"the agent at {self.url} did not answer within {deadline:g} s") from None
+            if exc.kind == "closed":
+                raise AgentError(f"the agent at {self.url} closed the connection"
+                                 + (" during the upload (is the artifact over its --max-upload-mb?)" if body else "")
+                                 ) from None
+            if exc.kind == "too-large":
+                raise AgentError(f"{self.url} answered, but not as an edgeprune agent: {exc}") from None
+            raise AgentError(f"cannot reach the agent at {self.url}: {exc}; "
                              "is `edgeprune agent serve` running there?") from None
-        except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
-            raise AgentError(f"the agent at {self.url} closed the connection"
-                             + (" during the upload (is the artifact over its --max-upload-mb?)" if body else "")) from None
-        except TimeoutError:
-            raise AgentError(f"the agent at {self.url} did not answer within {timeout or self.timeout_s:g} s") from None
-        except (http.client.HTTPException, OSError) as exc:
-            raise AgentError(f"talking to the agent at {self.url} failed: {type(exc).__name__}: {exc}") from None
+        if reply.status >= 400:
+            raise self._http_error(reply)
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = json.loads(reply.body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise AgentError(f"{self.url} answered, but not as an edgeprune agent (no JSON)") from None
         if not isinstance(data, dict):
             raise AgentError(f"{self.url} answered, but not as an edgeprune agent")
         return data
 
-    def _http_error(self, exc: urllib.error.HTTPError) -> AgentError:
+    def _http_error(self, reply: web.Reply) -> AgentError:
         try:
-            message = json.loads(exc.read()).get("error", "")
+            message = json.loads(reply.body).get("error", "")
         except Exception:  # a proxy's HTML error page, or nothing at all
             message = ""
-        message = message or exc.reason
-        if exc.code == 401:
+        message = message or reply.reason
+        if reply.status == 401:
             return AgentError(f"the agent at {self.url} refused the token (HTTP 401): "
                               f"{TOKEN_ENV} must be the secret the agent was started with")
-        if exc.code == 413:
+        if reply.status == 413:
             return AgentError(f"the agent at {self.url} refused the upload as too large (HTTP 413): {message}")
-        if exc.code == 503:
+        if reply.status == 503:
             return AgentError(f"the agent at {self.url} is busy (HTTP 503): {message}")
-        if exc.code == 404:
+        if reply.status == 404:
             return AgentError(f"{self.url} is not an edgeprune agent (HTTP 404 for {API})")
-        return AgentError(f"the agent at {self.url} could not measure (HTTP {exc.code}): {message}")
+        return AgentError(f"the agent at {self.url} could not measure (HTTP {reply.status}): {message}")
 
     def measure_generation(self, models: Sequence[UploadModel], prompt: int, gen: int, repeats: int = 1,
                            threads: int | None = None) -> dict:

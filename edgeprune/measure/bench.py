@@ -95,8 +95,12 @@ def make_inputs(artifact: Path, shapes: Sequence[Sequence[int]] | None) -> list[
     declared: list[tuple[list, type]] = []
     if artifact.suffix == ".onnx":
         import onnx
+        from google.protobuf.message import DecodeError
 
-        model = onnx.load(str(artifact), load_external_data=False)
+        try:
+            model = onnx.load(str(artifact), load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+            raise InputError(f"{artifact} is not an ONNX model: {type(exc).__name__}: {str(exc)[:200]}") from None
         inits = {i.name for i in model.graph.initializer}
         for inp in model.graph.input:
             if inp.name in inits:
@@ -155,15 +159,30 @@ def bench(artifact: Path, device: str | None = None, profile: Profile | None = N
     else:
         if fmt != "onnx":
             raise InputError(f"{path.name} cannot run on this machine: measure it on the device with --device URL")
-        from edgeprune.measure.local import local_device, measure_onnx_files
+        from edgeprune.measure.local import local_device
+        from edgeprune.timing import time_side_by_side
 
         files = {"artifact": path, **({"baseline": baseline} if baseline is not None else {})}
-        stats = measure_onnx_files(files, inputs, threads, protocol)
-        latency = Latency.measured(stats["artifact"], local_device(), "onnxruntime", stats.get("baseline"),
+        loaded = {key: _load_here(file, inputs, threads) for key, file in files.items()}
+        stats = time_side_by_side({key: one.run for key, one in loaded.items()}, protocol)
+        latency = Latency.measured(stats["artifact"], local_device(), loaded["artifact"].runtime, stats.get("baseline"),
                                    threads=threads, artifact=str(path), inputs=shapes)
     if profile is not None:
         latency = replace(latency, **_estimate_for(path, inputs, profile, latency.median_ms))
     return latency
+
+
+def _load_here(path: Path, inputs: Sequence[np.ndarray], threads: int | None):
+    """Returns the user's ONNX file loaded and run once by ONNX Runtime here; InputError naming the
+    file for one it cannot load (a damaged graph, an unknown op or opset, external data it refuses)
+    or run on inputs of the shapes given, as the agent answers 400 or 422 for them."""
+    from edgeprune.host import this_host
+    from edgeprune.measure import runtimes
+
+    try:
+        return runtimes.load(path, "onnx", "onnxruntime", inputs, threads or this_host().cores)
+    except (runtimes.BadArtifact, runtimes.RuntimeFailure) as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def _estimate_for(path: Path, inputs: Sequence[np.ndarray], profile: Profile, median_ms: float) -> dict:

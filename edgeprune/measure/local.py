@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from edgeprune.backends.onnx_tools import runtime as onnx_runtime
-from edgeprune.errors import InputError
 from edgeprune.host import Host, this_host
 from edgeprune.profile import Profile
+from edgeprune.target import check_measure_flags
 from edgeprune.timing import LatencyStats, Protocol, time_side_by_side
 
 
@@ -76,15 +76,6 @@ def stand_in(profile: Profile, precision: str, host: Host | None = None, measure
                              f"machine is not profile {profile.name}'s device: {why}", timed, host.description,
                        measure_here=True, differs=why)
     return StandIn(False, why, host=host.description)
-
-
-def check_measure_flags(profile: Profile, measure_here: bool = False, threads: int | None = None) -> None:
-    """Raises InputError for --measure-here on a non-CPU profile or --threads beyond its cores."""
-    if measure_here and (not profile.is_cpu or "onnx" not in profile.formats):
-        raise InputError(f"--measure-here times a CPU profile on this CPU; {profile.name} is a {profile.family} "
-                         "device: attach it with --device http://HOST:PORT (edgeprune agent serve)")
-    if threads is not None and profile.cores is not None and threads > profile.cores:
-        raise InputError(f"--threads {threads} is more than the {profile.cores} cores of profile {profile.name}")
 
 
 def _differences(profile: Profile, precision: str, host: Host) -> list[str]:

@@ -56,7 +56,7 @@ def probe_host(name: str | None = None, seconds: float = 1.0, calibrate: bool = 
                        + (f", using {threads} of its cores" if threads != host.cores else ""),
         "formats": ["onnx"],
         "precisions": [*compute, "int4"],  # int4 weights (MatMulNBits) compute in int8 on ONNX Runtime's CPU
-        "int8_activation": "s8" if host.int8_full_range else "u8",  # VNNI, AVX-VNNI or AMX
+        "int8_activation": "u8",  # ONNX Runtime's x86 int8 kernels: u8 x s8, residual adds fused only for u8
         "cores": threads,
         "cpu_flags": flags,
         "kernels": kernels,

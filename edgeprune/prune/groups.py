@@ -181,6 +181,12 @@ def _attention_unit(group: ChannelGroup, attention: list[AttentionModule]) -> st
     attn = owners.pop()
     if any(attention_of(m.module, attention) not in (attn, None) for m in consumers):
         return None
+    # a block that records its head count and holds the attention module (torchvision's ViT
+    # EncoderBlock) owns its other layers too: a group there that no inner attention touches is
+    # its MLP, an ordinary channel group
+    inner = [a for a in attention if a is not attn and a.parts < attn.parts]
+    if inner and not any(m.module in a.parts for a in inner for m in group.members):
+        return None
     widths = {m.module.out_features for m in outs}
     if len(outs) != 3 or len(consumers) != 1 or len(widths) != 1:
         return (f"attention {attn.name}: not three equal q/k/v projections and one output projection "

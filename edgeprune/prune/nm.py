@@ -27,21 +27,18 @@ INPUT_MULTIPLE = 16
 OUTPUT_MULTIPLE = 8
 
 
-def layer_widths(module: nn.Module) -> tuple[int, int]:
-    """Returns (inputs per output, outputs) of a linear or convolution: the GEMM's K and N."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    return module.in_channels // module.groups, module.out_channels
+def layer_widths(target: WeightTarget) -> tuple[int, int]:
+    """Returns (inputs per output, outputs) of a linear or convolution weight: the GEMM's K and N."""
+    return int(target.weight.shape[1]), int(target.weight.shape[0])
 
 
 def why_dense(target: WeightTarget, config: NMConfig) -> str | None:
     """Returns why a 2:4-style kernel cannot take this layer, or None if it can."""
-    module = target.module
-    if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
+    if target.transposed:
         return "transposed convolution (no sparse kernel)"
-    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-        return f"{type(module).__name__} is not a matrix multiply"
-    k, n = layer_widths(module)
+    if isinstance(target.module, nn.Embedding) or target.weight.dim() < 2:
+        return f"{type(target.module).__name__} is not a matrix multiply"
+    k, n = layer_widths(target)
     need = math.lcm(INPUT_MULTIPLE, config.m)
     if k % need:
         return f"input width {k} is not a multiple of {need}"

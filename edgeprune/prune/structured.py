@@ -87,11 +87,20 @@ class Repairs:
 
     heads: dict[str, str] = field(default_factory=dict)  # attention module name -> reason
     whole: dict[str, str] = field(default_factory=dict)  # module name -> reason
+    stream: str | None = None  # why the width the first layers open (a residual stream) is kept
 
     def add(self, err: _BrokenForward, attention: list[AttentionModule]) -> bool:
-        """Records what to keep after ``err``; False when nothing new can be kept."""
+        """Records what to keep after ``err``; False when nothing new can be kept.
+
+        A failure in the model's own forward, outside every layer, is a reshape of the model's
+        to a width it holds as a number (torchvision's ViT reshapes its patch embedding to
+        ``hidden_dim``): the width the first layers open is kept on the next try.
+        """
         if err.module is None:
-            return False
+            if self.stream is not None:
+                return False
+            self.stream = f"the width the first layers open is kept: the model failed to run with it pruned ({err})"
+            return True
         owner = next((a.name for a in attention if err.module == a.name or err.module.startswith(a.name + ".")), None)
         if owner is not None and owner not in self.heads:
             self.heads[owner] = f"heads kept: the model failed to run after head pruning ({err})"
@@ -118,6 +127,9 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
     stems = {modules[name]: f"first layer {name} is protected" for name in roles.first} if config.protect_first_last else {}
     for name in roles.last:
         protected.setdefault(modules[name], f"output layer {name} keeps the output width")
+    if repairs.stream is not None:
+        for name in roles.first:
+            protected.setdefault(modules[name], repairs.stream)
     attention = find_attention(model)
     avoided = avoid(model, attention) if avoid else {}
     for name, reason in repairs.whole.items():

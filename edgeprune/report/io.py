@@ -13,6 +13,9 @@ from edgeprune.report.model import READABLE_SCHEMAS, Report
 from edgeprune.report.render import render_markdown
 
 SCHEMA = Path(__file__).with_name("schema.json")
+# eight times a big model's report (its per-layer rows come to about a megabyte): the schema check of
+# a file this size takes about a second, and a larger one is refused before it is read
+MAX_REPORT_BYTES = 8_000_000
 
 
 @lru_cache(maxsize=1)
@@ -59,11 +62,17 @@ def read_report(path: str | Path) -> Report:
     if path.is_dir():
         path = path / "report.json"
     try:
-        data = json.loads(path.read_text(), parse_constant=_refuse_constant)
+        size = path.stat().st_size
+        if size > MAX_REPORT_BYTES:  # refused before it is read: the schema check of a huge one takes minutes
+            raise InputError(f"report {path} is {size / 1e6:.0f} MB; no build writes one over "
+                             f"{MAX_REPORT_BYTES / 1e6:.0f} MB")
+        data = json.loads(path.read_text(), parse_constant=_refuse_constant, parse_float=_finite)
     except FileNotFoundError:
         raise InputError(f"report not found: {path}") from None
+    except RecursionError:
+        raise InputError(f"report {path} nests deeper than any report does") from None
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"report {path} is not valid JSON: {exc}") from None
+        raise InputError(f"report {path} is not valid JSON: {str(exc)[:200]}") from None
     except OSError as exc:
         raise InputError(f"cannot read report {path}: {exc.strerror or exc}") from None
     if not isinstance(data, dict) or "budgets" not in data or "latency" not in data:
@@ -74,6 +83,13 @@ def read_report(path: str | Path) -> Report:
     if errors:
         raise InputError(f"{path} is not a valid edgeprune report: {errors[0]}")
     return Report.from_dict(data)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400 parses to infinity, which JSON cannot hold
+        raise ValueError(f"{text[:20]} is not a number JSON allows")
+    return value
 
 
 def _refuse_constant(name: str) -> float:

@@ -21,6 +21,9 @@ INSTALL = "pip install 'edgeprune[mlflow]'"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 _BATCH = 500
+REACH_S = 10.0  # the health check's whole deadline
+# the databases MLflow's SQLAlchemy store takes besides SQLite, and Databricks' own workspaces
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 
 
 def tracking_uri(value: str | None) -> str:
@@ -47,30 +50,53 @@ def check_tracking(value: str | None) -> str:
         import mlflow  # noqa: F401
     except ImportError:
         raise InputError(f"--mlflow needs MLflow, which is not installed: {INSTALL}") from None
-    if uri.startswith("file:"):
-        from edgeprune.output import check_writable
-
-        check_writable(_file_path(uri))
-    elif uri.startswith(("http://", "https://")):
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme == "file":
+        _check_store_folder(_file_path(uri))
+    elif scheme in ("http", "https"):
         _check_reachable(uri)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme not in DATABASE_SCHEMES:
+        raise InputError(f"--mlflow {uri}: MLflow keeps no runs at a {scheme}: URI; give a folder, "
+                         f"http(s)://HOST:PORT of a tracking server, or a database ({', '.join(DATABASE_SCHEMES)})")
     return uri
+
+
+def _check_store_folder(folder: Path) -> None:
+    from edgeprune.output import check_writable
+
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--mlflow {folder} is a file; a file store is a folder (./mlruns by default)")
+    check_writable(folder)
+
+
+def _check_sqlite(uri: str) -> None:
+    """Raises InputError when the SQLite database of ``sqlite:///PATH`` could not be created or written."""
+    from edgeprune.output import check_writable
+
+    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if path is None or not str(path) or str(path) == ":memory:":
+        raise InputError(f"--mlflow {uri}: give the database file as sqlite:///PATH (an in-memory one keeps nothing)")
+    if path.is_dir():
+        raise InputError(f"--mlflow {uri}: {path} is a folder, not a database file")
+    try:
+        check_writable(path)
+    except InputError as exc:
+        raise InputError(f"--mlflow {uri}: {exc}") from None
 
 
 def _check_reachable(uri: str) -> None:
     """Raises InputError when nothing answers at a tracking server's URI (any HTTP answer will do).
 
-    Checked before the build: MLflow's own client retries for minutes before it gives up.
+    Checked before the build, within a deadline: MLflow's own client retries for minutes before it gives up.
     """
-    import urllib.error
-    import urllib.request
+    from edgeprune import web
 
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
-    except urllib.error.HTTPError:
-        return  # it answered
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise InputError(f"--mlflow: no MLflow tracking server answers at {uri} ({reason})") from None
+        web.request(uri.rstrip("/") + "/health", deadline_s=REACH_S, max_reply_bytes=1 << 20)
+    except (web.WebError, ValueError) as exc:
+        raise InputError(f"--mlflow: no MLflow tracking server answers at {uri} ({exc})") from None
 
 
 def _file_path(uri: str) -> Path:
@@ -143,6 +169,10 @@ def log_run(uri: str, run_name: str, params: dict[str, str], metrics: dict[str, 
     if uri.startswith("file:"):
         # MLflow 3 keeps its file store for those who ask for it; a file: URI given to us is that ask.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    # each of MLflow's HTTP requests ends within its timeout, retried twice at most (its defaults,
+    # 120 s and 7 retries with back-off, keep a build waiting for many minutes on a server gone away)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

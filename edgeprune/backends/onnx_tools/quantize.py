@@ -65,8 +65,8 @@ def int8_config_for(profile: Profile, model: onnx.ModelProto, mode: str | None =
 
     - Transformer-like graphs (most weights in MatMuls) get dynamic quantization of their
       MatMuls; convolutional graphs get static QDQ. ``mode`` overrides the choice.
-    - Activations are U8 where the profile says so (x86 without VNNI: U8xS8 is the product
-      its vpmaddubsw kernels take), S8 otherwise.
+    - Activations are U8 where the profile says so (x86: U8xS8 is the product its kernels take,
+      and ONNX Runtime fuses residual adds into QLinearAdd only for U8), S8 otherwise.
     - Weights keep 7 bits (reduce_range) where an x86 int8 kernel class without VNNI or AMX
       runs them, on the device or on ``host`` (this machine, which verifies): 8-bit weights
       times U8 activations can saturate vpmaddubsw's 16-bit pair sums.
