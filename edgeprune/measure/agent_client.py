@@ -30,6 +30,7 @@ class AgentClient:
             raise AgentError(f"{TOKEN_ENV} is not set: set it to the token the agent at {self.url} was started with")
         self._token = token
         self.timeout_s = timeout_s
+        self._identity: list | None = None
 
     def _request(self, method: str, path: str, body: bytes | None = None, timeout: float | None = None) -> dict:
         """Returns the agent's JSON answer; the whole request (upload, measurement, answer) ends within
@@ -93,6 +94,16 @@ class AgentClient:
             raise AgentError(f"the agent at {self.url} sent a reply without results for every decoder")
         reply["agent"] = self.url
         return reply
+
+    def identity(self) -> list:
+        """Returns what decides the agent's measurements (its hardware, threads and runtimes' versions), not
+        where it is or what it is called: two agents on identical devices measure alike, so a candidate
+        measured on one serves both."""
+        if self._identity is None:
+            info = self.info()
+            self._identity = [info.get("hardware", info.get("device")), info.get("threads"),
+                              sorted((info.get("runtimes") or {}).items())]
+        return self._identity
 
     def info(self) -> dict:
         """Returns the agent's description of its device, runtimes and limits."""

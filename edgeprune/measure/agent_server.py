@@ -85,6 +85,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.device = runtimes.device_description(config.name)
+        self.hardware = runtimes.device_description()  # the device without the name it was given
         self.runtimes = runtimes.available_runtimes()
         self._measure_lock = threading.Lock()
         self.pending = threading.BoundedSemaphore(config.max_pending)
@@ -120,6 +121,7 @@ class Agent:
             "agent": f"edgeprune {__version__}",
             "protocol": 1,
             "device": self.device,
+            "hardware": self.hardware,
             "runtimes": self.runtimes,
             "formats": {fmt: [r for r in rts if r in self.runtimes] for fmt, rts in RUNTIMES.items()},
             "max_upload_bytes": self.config.max_upload_bytes,

@@ -112,8 +112,8 @@ class CandidateEvaluator:
                             inputs_fingerprint(ctx.workload.calibration_batches()),
                             profile.path.read_text() if profile.path else profile.model_dump_json(),
                             plan.format, type(plan.backend()).__qualname__, plan.criterion, plan.nm, plan.palettize, ctx.threads, ctx.measure_here,
-                            [host.description, sorted(host.flags)],
-                            ctx.agent.url if ctx.agent is not None else None], enabled=use_cache)
+                            [host.description, sorted(host.flags), _runtime_versions()],
+                            ctx.agent.identity() if ctx.agent is not None else None], enabled=use_cache)
 
     def plan_for(self, candidate: Candidate, recover_steps: int = 0) -> Plan:
         """Returns the plan with the candidate's kind, amount and quantization."""
@@ -190,6 +190,19 @@ class CandidateEvaluator:
         missed = [r.name for r in check_budgets(outcome.measurements(budgets.latency_stat), budgets, SEARCH_HEADROOM)
                   if not r.met]
         return missed + (["verification"] if outcome.verified is False else [])
+
+
+def _runtime_versions() -> list[str]:
+    """Returns the versions of the libraries that lower and time a candidate here (a new one may change it)."""
+    from importlib import metadata
+
+    found = []
+    for name in ("torch", "onnx", "onnxruntime"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} -")
+    return found
 
 
 def record(outcome: Outcome, evaluation: Evaluation, stat: str) -> None:

@@ -130,12 +130,15 @@ def reduce_range_for(profile: Profile, host: Host | None = None) -> tuple[bool, 
 def matmul_weight_share(model: onnx.ModelProto) -> float:
     """Returns the fraction of weight parameters held by MatMuls with a constant weight."""
     sizes = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
+    # a graph without convolutions computes its Gemms as matrix products too (GPT-2's Conv1D exports as Gemm)
+    matrix_ops = ("MatMul",) if any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node) \
+        else ("MatMul", "Gemm")
     matmul = other = 0
     for node in model.graph.node:
         if node.op_type not in WEIGHTED_OPS:
             continue
         weight = next((sizes[name] for name in node.input[:2] if name in sizes), 0)
-        if node.op_type == "MatMul":
+        if node.op_type in matrix_ops:
             matmul += weight
         else:
             other += weight
@@ -143,12 +146,18 @@ def matmul_weight_share(model: onnx.ModelProto) -> float:
     return matmul / total if total else 0.0
 
 
+def _feed(t: torch.Tensor) -> np.ndarray:
+    """Returns a calibration input as the graph takes it: floats as float32, token ids as they are."""
+    array = t.detach().cpu().numpy()
+    return array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+
+
 class _Batches:
     """Feeds calibration batches to ONNX Runtime's calibrator (a CalibrationDataReader)."""
 
     def __init__(self, names: Sequence[str], batches: Sequence[Inputs]) -> None:
         self._feeds = iter([
-            {name: t.detach().cpu().numpy().astype(np.float32) for name, t in zip(names, batch, strict=True)}
+            {name: _feed(t) for name, t in zip(names, batch, strict=True)}
             for batch in batches
         ])
 
