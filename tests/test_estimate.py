@@ -263,3 +263,53 @@ def test_the_probe_recovers_the_shallow_costs_of_stems_timed_on_a_known_device()
     # stems no slower than their FLOPs say: no shallow cost
     plain = [(g, estimate_onnx(stem_model(s), [STEM_INPUT], base).ms) for (g, _), s in zip(stems, STEMS, strict=True)]
     assert _fit_shallow(plain, data) == [0.0, 0.0]
+
+
+def test_a_layer_whose_size_stays_unknown_leaves_no_estimate_to_pass_a_budget_with(tmp_path):
+    """An operator no shape inference follows hides the size of the product after it: the estimate would
+    count none of its arithmetic, a lower bound a budget must not be proven with."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeprune.measure.latency import estimate_latency
+    from edgeprune.profile import load_profile
+
+    w = numpy_helper.from_array(np.ones((16, 8), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Opaque", ["x"], ["y"], domain="com.example"), helper.make_node("MatMul", ["y", "w"], ["z"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "opaque.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+              path)
+    fields = estimate_latency(path, path, [(1, 16)], load_profile("jetson-orin-nano"), None)
+    assert fields["estimated_ms"] is None and "stayed unknown" in fields["estimate"]["note"]
+
+
+def test_a_transformer_whose_positions_are_sliced_to_the_sequence_is_sized_in_full(tmp_path):
+    """BERT slices its position ids to the input's length, which ONNX's own shape inference loses;
+    every matrix product is sized all the same (ONNX Runtime's symbolic inference follows it)."""
+    import torch
+    import transformers as hf
+
+    from edgeprune.backends.onnx_tools.export import export_onnx
+    from edgeprune.measure.estimate import estimate_onnx
+    from edgeprune.profile import load_profile
+
+    config = hf.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                           vocab_size=512, num_labels=2)
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = hf.BertForSequenceClassification(config).eval()
+
+        def forward(self, ids):
+            return self.model(input_ids=ids).logits
+
+    path = export_onnx(Logits().eval(), (torch.randint(0, 512, (1, 32)),), tmp_path / "bert.onnx")
+    est = estimate_onnx(path, [(1, 32)], load_profile("x86-avx2"))
+    assert est.unsized_layers == ()
+    # 2 layers x 32 tokens x (4 projections 64x64 + FFN 2 x 64x128) x 2 FLOPs, plus attention: at least that
+    assert est.flops >= 2 * 32 * (4 * 64 * 64 + 2 * 64 * 128) * 2

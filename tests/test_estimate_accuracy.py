@@ -46,8 +46,8 @@ def digits_shaped_cnn(widths: tuple[int, int, int]) -> onnx.ModelProto:
 
 
 def test_a_calibrated_profile_and_ort_both_find_dense_slower_than_structured(tmp_path):
-    data = probe_host(name="here", seconds=0.3, calibrate=False, threads=1)
-    data = calibrate_efficiency(data, 0.3, threads=1, statistic="min")
+    data = probe_host(name="here", seconds=0.15, calibrate=False, threads=1)
+    data = calibrate_efficiency(data, 0.15, threads=1, statistic="min")
     profile = load_profile_file(write_profile(data, tmp_path / "here.toml"))
     assert 0.01 < profile.efficiency.compute <= 1 and "calibrated" in profile.efficiency.source
 

@@ -85,18 +85,18 @@ def test_a_streamed_prune_is_the_in_memory_prune(small, tmp_path, method, sparsi
 
 
 def test_peak_memory_does_not_grow_with_depth(tmp_path):
-    # blocks of 7.1 M weights (28 MB in float32): 16 of them would add 450 MB if the model were loaded
+    # blocks of 7.1 M weights (28 MB in float32): 8 of them would add 225 MB if the model were loaded
     peaks = {}
-    for layers in (4, 16):
+    for layers in (2, 8):
         source = _checkpoint(tmp_path / f"deep{layers}", layers, hidden=768, ffn=2048)
         done = _prune(source, tmp_path / f"out{layers}", "unstructured")
         assert done.returncode == 0, done.stderr[-2000:]
         peaks[layers] = json.loads(done.stdout.strip().splitlines()[-1])
-    four, sixteen = peaks[4]["peak"], peaks[16]["peak"]
-    assert abs(sixteen - four) <= 0.10 * four, peaks
+    two, eight = peaks[2]["peak"], peaks[8]["peak"]
     block = (4 * 768 * 768 + 3 * 768 * 2048) * 4
-    assert sixteen - peaks[16]["base"] < 6 * block, peaks  # about two blocks and the states, not sixteen
-    assert peaks[16]["states"].startswith("in memory")
+    assert abs(eight - two) <= 2 * block, peaks  # six more blocks would be 170 MB more
+    assert eight - peaks[8]["base"] < 6 * block, peaks  # about two blocks and the states, not eight
+    assert peaks[8]["states"].startswith("in memory")
 
 
 def test_a_killed_stream_resumes_and_writes_the_same_bytes(small, tmp_path):

@@ -103,7 +103,7 @@ def test_unknown_profile_is_exit_2_listing_the_known_ones():
 
 def test_probe_writes_a_valid_profile_of_this_machine(tmp_path):
     out = tmp_path / "here.toml"
-    proc = run_cli("profiles", "probe", "-o", str(out), "--name", "here", "--seconds", "0.3")
+    proc = run_cli("profiles", "probe", "-o", str(out), "--name", "here", "--seconds", "0.15")
     assert proc.returncode == 0, proc.stderr
     profile = load_profile_file(out)
     assert profile.name == "here" and profile.cores >= 1

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from edgeprune.measure.graph import Kernel, LoweredGraph, lowered_graph
+from edgeprune.measure.graph import ANCHORS, Kernel, LoweredGraph, lowered_graph
 from edgeprune.precision import bytes_per_weight
 from edgeprune.profile import Profile
 
@@ -48,6 +48,9 @@ class Estimate:
     bytes: float
     kernels: tuple[KernelTime, ...]
     unknown_shapes: int = 0
+    # layers (convolutions, matrix products) whose operands' sizes stayed unknown: their arithmetic is
+    # not counted, so the estimate is a lower bound, too low to prove a budget with
+    unsized_layers: tuple[str, ...] = ()
 
     def summary(self) -> dict:
         """Returns the figures a report shows: totals, counts and what bounds the time."""
@@ -141,6 +144,7 @@ def estimate_graph(graph: LoweredGraph, profile: Profile, precision: str | None 
         ms=sum(t.ms for t in times), profile=profile.name, flops=sum(t.flops for t in times),
         bytes=sum(t.bytes for t in times), kernels=times,
         unknown_shapes=sum(1 for k in graph.kernels if k.unknown_shape),
+        unsized_layers=tuple(k.name for k in graph.kernels if k.unknown_shape and k.op in ANCHORS),
     )
 
 

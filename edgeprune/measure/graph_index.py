@@ -70,7 +70,38 @@ def with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]
     del copy.graph.value_info[:]
     for out in copy.graph.output:
         out.type.tensor_type.ClearField("shape")
-    return onnx.shape_inference.infer_shapes(copy, strict_mode=False, data_prop=True)
+    inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=False, data_prop=True)
+    if not _unknown_operands(inferred):
+        return inferred
+    # ONNX's own inference loses sizes through shapes computed in the graph (a transformer's position
+    # ids sliced to the sequence length): ONNX Runtime's symbolic inference follows them
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        symbolic = SymbolicShapeInference.infer_shapes(copy, auto_merge=True, guess_output_rank=False)
+    except Exception:  # its own gaps (an op it does not know): keep what ONNX inferred
+        return inferred
+    return symbolic if symbolic is not None and len(_unknown_operands(symbolic)) < len(_unknown_operands(inferred)) \
+        else inferred
+
+
+# operators whose cost the estimator reads from their operands' shapes
+_SHAPED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "MatMulInteger", "QLinearConv", "QLinearMatMul"})
+
+
+def _unknown_operands(model: onnx.ModelProto) -> list[str]:
+    """Returns the names of the matrix and convolution nodes whose first operand has no concrete shape."""
+    known = {i.name for i in model.graph.initializer}
+    shapes = {v.name: v for v in (*model.graph.value_info, *model.graph.input)}
+    unknown = []
+    for node in model.graph.node:
+        if node.op_type not in _SHAPED_OPS or not node.input or node.input[0] in known:
+            continue
+        vi = shapes.get(node.input[0])
+        dims = vi.type.tensor_type.shape.dim if vi is not None and vi.type.tensor_type.HasField("shape") else None
+        if not dims or any(not d.HasField("dim_value") for d in dims):
+            unknown.append(node.name or node.op_type)
+    return unknown
 
 
 def shape_of(vi: onnx.ValueInfoProto) -> tuple[tuple[int, ...] | None, int]:
