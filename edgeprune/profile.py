@@ -118,6 +118,10 @@ class Efficiency(_Strict):
         per_output, per_row = self.shallow_conv_ns_by_precision.get(precision, (0.0, 0.0))
         return (outputs * per_output + outputs / out_channels * window_rows * per_row) * 1e-3
 
+    def depthwise_us(self, precision: str, outputs: float) -> float:
+        """Returns the extra time of a depthwise convolution writing ``outputs`` elements, in microseconds."""
+        return outputs * self.depthwise_ns_by_precision.get(precision, 0.0) * 1e-3
+
     compute: float = Field(gt=0, le=1)
     compute_by_precision: dict[Precision, Annotated[float, Field(gt=0, le=1)]] = Field(
         default_factory=dict, description="per-precision fractions of peak where they differ from compute"
@@ -137,6 +141,9 @@ class Efficiency(_Strict):
         Field(default_factory=dict,
               description="[ns per output element, ns per output pixel and window row] that a convolution "
                           "reading fewer than 4 input channels a tap costs beyond its FLOPs; absent: nothing"))
+    depthwise_ns_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="ns per output element a depthwise convolution costs beyond its FLOPs "
+                                          "(its few operations an output hide the loads and stores); absent: nothing")
     source: str = Field(min_length=3)
 
 

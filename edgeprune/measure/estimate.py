@@ -5,7 +5,7 @@ per-kernel overhead; the model's latency is the sum over kernels (batch-1 infere
 them one after another). Effective compute is the profile's peak for the kernel's precision
 times ``efficiency.compute`` (or its ``compute_by_precision`` factor); a shallow convolution (an
 image's first layer, fewer than 4 input channels a window tap) adds its per-output work,
-``efficiency.shallow_conv_us``; effective bandwidth is the memory bandwidth times
+``efficiency.shallow_conv_us``, and a depthwise one its own (``efficiency.depthwise_us``); effective bandwidth is the memory bandwidth times
 ``efficiency.bandwidth``. Sparsity buys speed only where the profile says the hardware
 exploits it: N:M sparse peaks on layers wide enough, unstructured skipping above the
 profile's threshold. Everything else is dense math, whatever zeros the weights hold.
@@ -130,7 +130,8 @@ def kernel_time(kernel: Kernel, profile: Profile, precision: str | None = None) 
     if kernel.view:
         return KernelTime(kernel.name, tuple(kernel.ops), prec, 0.0, 0.0, 0.0, "view")
     compute_s = flops / (peak * 1e12 * eff.compute_for(prec)) \
-        + eff.shallow_conv_us(prec, kernel.tap_channels, kernel.window_rows, kernel.output_elements, kernel.out_channels) * 1e-6
+        + eff.shallow_conv_us(prec, kernel.tap_channels, kernel.window_rows, kernel.output_elements, kernel.out_channels) * 1e-6 \
+        + eff.depthwise_us(prec, kernel.depthwise_outputs) * 1e-6
     memory_s = moved / (profile.memory_bandwidth_gbs.value * 1e9 * eff.bandwidth)
     seconds = max(compute_s, memory_s) + eff.overhead_us_for(prec) * 1e-6
     bound = "compute" if compute_s >= memory_s else "memory"

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from edgeprune.measure.graph_flops import anchor_flops, conv_window, other_flops
+from edgeprune.measure.graph_flops import anchor_flops, conv_window, depthwise_outputs, other_flops
 from edgeprune.measure.graph_index import (
     PRECISION,
     GraphIndex,
@@ -69,6 +69,7 @@ class Kernel:
     tap_channels: int = 0  # a one-group convolution's input channels: what each window tap reduces over
     window_rows: int = 0  # a convolution's window height (kh)
     output_elements: float = 0.0  # elements a convolution writes
+    depthwise_outputs: float = 0.0  # elements a depthwise convolution writes (its cost is per output, not per FLOP)
     view: bool = False  # a reshape-like kernel: aliases its input, costs nothing
     unknown_shape: bool = False
 
@@ -224,6 +225,7 @@ def _fill_kernel(g: GraphIndex, kernel: Kernel, nodes: list[onnx.NodeProto]) -> 
         else:
             kernel.flops, kernel.in_channels, kernel.out_channels = found
             kernel.tap_channels, kernel.window_rows, kernel.output_elements = conv_window(g, head)
+            kernel.depthwise_outputs = depthwise_outputs(g, head)
         kernel.flops += sum(other_flops(g, n) for n in nodes[1:] if n.op_type in EPILOGUES)
         kernel.weights = _weights_of_anchor(g, head)
     else:

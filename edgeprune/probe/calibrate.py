@@ -34,6 +34,10 @@ CALIBRATION_INPUTS = ((1, 16, 64, 64), (1, 16, 192, 192))
 # runtime makes before its first convolution.
 STEM_INPUT = (1, 3, 224, 224)
 STEMS = ((32, 3, 2), (16, 5, 2))  # out channels, kernel, stride
+# The depthwise convolutions the per-output cost of a depthwise layer is fitted on: chains of four
+# 3x3 depthwise convolutions with ReLU (the second of stride 2), at two sizes, wide and shallow
+# (64 channels at 112x112) and narrow and deep (256 at 28x28), as a mobile network's stages run them.
+DEPTHWISE_INPUTS = ((1, 64, 112, 112), (1, 256, 28, 28))
 
 
 def calibration_cnn(shape: tuple[int, ...] = CALIBRATION_INPUTS[0]) -> onnx.ModelProto:
@@ -68,6 +72,25 @@ def stem_model(stem: tuple[int, int, int]) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [onnx.numpy_helper.from_array(w, "w"),
                                onnx.numpy_helper.from_array(np.zeros(cout, np.float32), "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def depthwise_model(shape: tuple[int, ...]) -> onnx.ModelProto:
+    """Returns a chain of 3x3 depthwise convolutions with ReLU at an input shape, as an fp32 ONNX model."""
+    channels = shape[1]
+    rng = np.random.default_rng(5)
+    nodes, inits, x = [], [], "x"
+    for i, stride in enumerate((1, 2, 1, 1)):
+        w = (rng.standard_normal((channels, 1, 3, 3)) * np.sqrt(2 / 9)).astype(np.float32)
+        inits += [onnx.numpy_helper.from_array(w, f"w{i}"),
+                  onnx.numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                   strides=[stride, stride], group=channels),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    graph = helper.make_graph(nodes, "calibration_depthwise",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -126,16 +149,19 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
                                         + f"; raised to the {gemv:.1f} GB/s a batch-1 MatMul streamed its weights at"}
     data["efficiency"] = {**data["efficiency"], "bandwidth": round(max(bandwidth, 0.01), 4)}
     data["efficiency"].pop("shallow_conv_ns_by_precision", None)  # fitted below, on the compute factors
+    data["efficiency"].pop("depthwise_ns_by_precision", None)
     if "int8" in data["compute"]:  # before the compute factors, which are fitted with it
         data["efficiency"]["layer_overhead_us_by_precision"] = {
             "int8": round(int8_layer_overhead_us(seconds / 2, data["int8_activation"], threads=threads), 2)}
     models, runs, graphs = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for shape in (*CALIBRATION_INPUTS, *STEMS):
-            stem = shape in STEMS
-            size = f"stem{shape[1]}x{shape[1]}" if stem else f"{shape[2]}x{shape[3]}"
+        for shape in (*CALIBRATION_INPUTS, *STEMS, *DEPTHWISE_INPUTS):
+            stem, depthwise = shape in STEMS, shape in DEPTHWISE_INPUTS
+            size = (f"stem{shape[1]}x{shape[1]}" if stem else f"dw{shape[1]}-{shape[2]}" if depthwise
+                    else f"{shape[2]}x{shape[3]}")
             fp32 = Path(tmp) / f"cnn-{size}.onnx"
-            onnx.save(stem_model(shape) if stem else calibration_cnn(shape), fp32)
+            onnx.save(stem_model(shape) if stem else depthwise_model(shape) if depthwise else calibration_cnn(shape),
+                      fp32)
             models[("fp32", shape)] = fp32
             if "int8" in data["compute"]:
                 models[("int8", shape)] = quantize_int8(fp32, Path(tmp) / f"cnn-{size}-int8.onnx",
@@ -150,7 +176,7 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     stats = time_side_by_side(runs, Protocol(warmup_s=seconds / 4, round_s=seconds / 4, min_rounds=rounds,
                                              max_rounds=2 * rounds))
     measured_ms = {key: stats[key].min_ms if statistic == "min" else stats[key].median_ms for key in stats}
-    cnn = [key for key in graphs if key[1] not in STEMS]
+    cnn = [key for key in graphs if key[1] not in STEMS and key[1] not in DEPTHWISE_INPUTS]
     factors = {key: _solve_efficiency(graphs[key], data, measured_ms[key], "compute") for key in cnn}
     # one factor per precision over the sizes (and one over all, for the precisions not timed):
     # the geometric mean, the factor whose worst relative error over the calibration runs is
@@ -167,6 +193,9 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     data["efficiency"]["shallow_conv_ns_by_precision"] = shallow = {
         p: _fit_shallow([(graphs[k], measured_ms[k]) for k in graphs if k[0] == p and k[1] in STEMS], data)
         for p in dict.fromkeys(k[0] for k in graphs)}
+    data["efficiency"]["depthwise_ns_by_precision"] = depthwise = {
+        p: _fit_depthwise([(graphs[k], measured_ms[k]) for k in graphs if k[0] == p and k[1] in DEPTHWISE_INPUTS], data)
+        for p in dict.fromkeys(k[0] for k in graphs)}
     measured = ", ".join(f"{k[0]} {k[1][2]}x{k[1][3]} ({graphs[k].flops / 1e9:.2f} GFLOP) {measured_ms[k]:.3g} ms "
                          f"(spread {stats[k].spread:.0%}) -> {v:.3g}" for k, v in factors.items())
     stems = ", ".join(f"{k[0]} {k[1][1]}x{k[1][1]} to {k[1][0]} {measured_ms[k]:.3g} ms" for k in graphs if k[1] in STEMS)
@@ -177,7 +206,10 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         f"{'fastest run' if statistic == 'min' else 'median'} under the build timing protocol ({measured}; "
         f"geometric means kept); shallow convolutions "
         f"{', '.join(f'{p} {a:.3g} ns per output + {b:.3g} ns per output pixel and window row' for p, (a, b) in shallow.items())}, "
-        f"fitted to RGB stems at 224x224 ({stems}); int8 kernels "
+        f"fitted to RGB stems at 224x224 ({stems}); depthwise convolutions "
+        f"{', '.join(f'{p} {v:.3g} ns per output' for p, v in depthwise.items())}, fitted to chains of 3x3 "
+        f"depthwise convolutions ({', '.join(f'{c} channels at {h}x{w}' for _, c, h, w in DEPTHWISE_INPUTS)}); "
+        f"int8 kernels "
         f"{data['efficiency'].get('layer_overhead_us_by_precision', {}).get('int8', '—')} us each (a chain of 32 "
         f"tiny QLinearConvs); bandwidth {data['efficiency']['bandwidth']:g} = "
         f"{gemv:.1f} GB/s of a batch-1 MatMul over a 64 MiB weight / {copy_gbs:.1f} GB/s copy"
@@ -232,6 +264,14 @@ def calibrate_decoder(data: dict, seconds: float, threads: int) -> dict:
         f"{timed['decode_s'] * 1e3:.2f} ms at {timed['depth']} tokens: int4 blocks streamed at "
         f"{share * data['memory_bandwidth_gbs']['value']:.1f} GB/s")
     return data
+
+
+def _fit_depthwise(chains: list[tuple], data: dict) -> float:
+    """Returns the ns per output element depthwise convolutions take beyond the estimate without it:
+    least squares over the timed chains, never negative (with the shallow-stem cost fitted before)."""
+    outputs = np.array([sum(k.depthwise_outputs for k in graph.kernels) for graph, _ in chains], float)
+    excess = np.array([max(0.0, ms - _estimate(graph, data).ms) * 1e6 for graph, ms in chains])
+    return round(float(max(0.0, outputs @ excess / (outputs @ outputs))) if outputs.any() else 0.0, 4)
 
 
 def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
