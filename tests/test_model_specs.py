@@ -172,3 +172,26 @@ def test_torchvision_vit_b_16_prunes_to_half_its_macs_and_runs():
     kept = [k["reason"] for k in result.details["kept_whole"]]
     assert any("the width the first layers open is kept" in r for r in kept)
     assert not any("not three equal q/k/v" in r for r in kept), kept
+
+
+@pytest.mark.parametrize("name", ["mobilevitv2_050", "efficientvit_b0"])
+def test_timm_models_whose_couplings_cannot_all_be_pruned_keep_those_groups_whole(name):
+    """MobileViTv2 has a group whose removal would empty a coupled layer, EfficientViT a fused qkv
+    convolution the scorer cannot follow: each such group is kept whole (and said so), the rest pruned."""
+    reason = _skip_reason("timm")
+    if reason is not None:
+        pytest.skip(reason)
+    import timm
+
+    from edgeprune.prune import prune
+    from edgeprune.prune.config import StructuredConfig
+    from edgeprune.stats import model_stats
+
+    model = timm.create_model(name, pretrained=False).eval()
+    x = torch.rand(1, *model.pretrained_cfg.get("input_size", (3, 224, 224)), generator=torch.Generator().manual_seed(0))
+    result = prune(model, StructuredConfig(sparsity=0.5), calibration=[(x,)], example_inputs=(x,))
+    assert model_stats(result.model, (x,))["macs"] <= 0.45 * model_stats(model, (x,))["macs"]
+    with torch.no_grad():
+        assert result.model(x).shape == model(x).shape
+    kept = " ".join(k["reason"] for k in result.details["kept_whole"])
+    assert "kept whole: " in kept, kept

@@ -154,15 +154,15 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
     for g in groups:
         if g.is_heads and g.attention.name in repairs.heads:
             g.skip = repairs.heads[g.attention.name]
-    active = [g for g in groups if g.skip is None]
     scored, unit_scores = [], []
-    for g in active:
+    for g in [g for g in groups if g.skip is None]:
         try:  # scoring walks the dependency library's groups too, and fails on couplings it cannot follow
-            scored.append(score(g))
-            unit_scores.append(g.unit_scores(scored[-1][0]))
-        except Exception as exc:
-            raise UnsupportedError(f"cannot score the channels of {', '.join(g.names[:3])} for structured pruning: "
-                                   f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            found = score(g)
+            unit_scores.append(g.unit_scores(found[0]))
+            scored.append(found)
+        except Exception as exc:  # nothing is changed yet: the group is kept whole, and the report says why
+            g.skip = f"kept whole: its channels could not be scored ({type(exc).__name__}: {_first_line(exc)})"
+    active = [g for g in groups if g.skip is None]
     budgets = [Budget(g.units, g.unit_size, s) for g, s in zip(active, unit_scores, strict=True)]
     kept = allocate(budgets, config.sparsity, config.allocation, config.max_layer_sparsity, config.channel_multiple)
 
@@ -176,7 +176,10 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
         if not removed_units:
             continue
         idxs = sorted(c for u in removed_units for c in g.unit_channels(u))
-        _prune_group(graph, g, idxs)
+        if not _prune_group(graph, g, idxs):  # it would empty a coupled layer: nothing was removed
+            g.skip = "kept whole: removing its channels would remove every channel of a coupled layer"
+            entry["channels_after"] = entry["channels"]
+            continue
         if g.is_heads:
             g.attention.remove_heads(removed_units)
     restore_ties(ties)
@@ -198,17 +201,18 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
     }
 
 
-def _prune_group(graph, group: ChannelGroup, idxs: list[int]) -> None:
+def _prune_group(graph, group: ChannelGroup, idxs: list[int]) -> bool:
+    """Removes the channels from every layer of the group; False, changing nothing, where that would
+    remove every channel of a layer coupled to it."""
     try:
         pruning = graph.get_pruning_group(group.root, group.handler, idxs)
-        ok = graph.check_pruning_group(pruning)
-        if ok:
-            pruning.prune()
+        if not graph.check_pruning_group(pruning):
+            return False
+        pruning.prune()
     except Exception as exc:  # a layer type or coupling the pruning functions cannot handle
         raise UnsupportedError(f"cannot prune the group of {', '.join(group.names[:3])}: "
                                f"{type(exc).__name__}: {_first_line(exc)}; name a layer in ignore") from exc
-    if not ok:
-        raise UnsupportedError(f"pruning {group.names[0]} would remove every channel of a coupled layer")
+    return True
 
 
 class AnalysisTimeout(Exception):
