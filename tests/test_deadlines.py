@@ -19,7 +19,7 @@ from edgeprune import web
 from edgeprune.errors import InputError
 from edgeprune.measure.agent_client import AgentClient, AgentError
 
-DEADLINE_S = 2.0
+DEADLINE_S = 1.0
 JOIN_S = 60.0  # a generous bound: only a call that ignores its deadline reaches it
 
 
