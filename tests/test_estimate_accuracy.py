@@ -2,8 +2,8 @@
 
 How close the estimate comes to a measurement is a figure of the machine, not a property a
 unit test can assert on a shared one: it is benchmarks/estimator_error.py's, with a set held
-apart from the fitting, written up in docs/benchmarks.md. Here: the calibration yields a
-valid profile, and the estimate and the runtime agree on the order of two models whose MACs
+apart from the fitting, written up in docs/benchmarks.md. Here: the estimate on a probed
+profile and the runtime agree on the order of two models whose MACs
 differ 4x, the runtime's timed side by side (the bound, 1.5x of a 4x difference, is generous).
 """
 
@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune.measure.estimate import estimate_onnx
 from edgeprune.measure.local import measure_onnx_files
-from edgeprune.probe import calibrate_efficiency, probe_host, write_profile
+from edgeprune.probe import probe_host, write_profile
 from edgeprune.profile import load_profile_file
 from edgeprune.timing import Protocol
 
@@ -45,11 +45,10 @@ def digits_shaped_cnn(widths: tuple[int, int, int]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_a_calibrated_profile_and_ort_both_find_dense_slower_than_structured(tmp_path):
+def test_a_probed_profile_and_ort_both_find_dense_slower_than_structured(tmp_path):
+    # the probe's peaks; its calibration is test_profiles.py's (`edgeprune profiles probe` calibrates)
     data = probe_host(name="here", seconds=0.15, calibrate=False, threads=1)
-    data = calibrate_efficiency(data, 0.15, threads=1, statistic="min")
     profile = load_profile_file(write_profile(data, tmp_path / "here.toml"))
-    assert 0.01 < profile.efficiency.compute <= 1 and "calibrated" in profile.efficiency.source
 
     files = {}
     for name, widths in (("dense", (64, 128, 256)), ("structured-0.5", (32, 64, 128))):

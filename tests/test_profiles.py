@@ -112,6 +112,11 @@ def test_probe_writes_a_valid_profile_of_this_machine(tmp_path):
     assert profile.memory_bandwidth_gbs.value > 1
     assert "int8" in profile.compute and profile.compute["int8"].dense_tops > 1e-3
     assert "measured" in profile.compute["fp32"].source
+    # the estimator's factors are calibrated on this machine: compute per precision, shallow and depthwise terms
+    eff = profile.efficiency
+    assert "calibrated" in eff.source and 0.01 <= eff.compute <= 1
+    assert set(eff.compute_by_precision) >= {"fp32", "int8"} and set(eff.depthwise_ns_by_precision) == {"fp32", "int8"}
+    assert "depthwise convolutions" in eff.source
     # the probe writes the kernel classes of this machine, so the profile stands for it
     from edgeprune.host import this_host
     from edgeprune.measure.local import stand_in
