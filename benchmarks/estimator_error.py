@@ -67,24 +67,17 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
                                      workdir / "probed-bench.toml")
     profile = load_profile_file(profile_path)
     rows = []
-    for model in MODELS:
-        paths, x = cnn_variants.export_variants(model, workdir / model)
-        stats = measure_onnx_files(paths, [x], threads)
+    exports = [(m, False, lambda m=m: cnn_variants.export_variants(m, workdir / m)) for m in MODELS]
+    exports += [(m, True, lambda m=m: export_held_out(m, workdir / m, profile)) for m in HELD_OUT]
+    for model, held_out, export in exports:
+        paths, x = export()
+        stats = measure_onnx_files(paths, [x], threads)  # the variants of a model side by side
         for variant, path in paths.items():
             est = estimate_onnx(path, [tuple(x.shape)], profile)
             measured = stats[variant]
             rows.append({"model": model, "variant": variant, "gflops": est.flops / 1e9, "kernels": len(est.kernels),
                          "measured_ms": measured.median_ms, "spread": measured.spread, "runs": measured.runs,
-                         "estimated_ms": est.ms, "error": est.ms / measured.median_ms - 1})
-    for model in HELD_OUT:
-        paths, x = export_held_out(model, workdir / model, profile)
-        stats = measure_onnx_files(paths, [x], threads)
-        for variant, path in paths.items():
-            est = estimate_onnx(path, [tuple(x.shape)], profile)
-            measured = stats[variant]
-            rows.append({"model": model, "variant": variant, "gflops": est.flops / 1e9, "kernels": len(est.kernels),
-                         "measured_ms": measured.median_ms, "spread": measured.spread, "runs": measured.runs,
-                         "estimated_ms": est.ms, "error": est.ms / measured.median_ms - 1, "held_out": True})
+                         "estimated_ms": est.ms, "error": est.ms / measured.median_ms - 1, "held_out": held_out})
     return rows, {"profile": profile, "path": profile_path}
 
 

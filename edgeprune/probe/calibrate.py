@@ -40,22 +40,28 @@ STEMS = ((32, 3, 2), (16, 5, 2))  # out channels, kernel, stride
 DEPTHWISE_INPUTS = ((1, 64, 112, 112), (1, 256, 28, 28))
 
 
-def calibration_cnn(shape: tuple[int, ...] = CALIBRATION_INPUTS[0]) -> onnx.ModelProto:
-    """Returns the calibration CNN for an input shape as an fp32 ONNX model with fixed random weights."""
-    rng = np.random.default_rng(0)
+def _conv_chain(name: str, shape: tuple[int, ...], layers, seed: int) -> onnx.ModelProto:
+    """Returns 3x3 convolutions, each followed by a ReLU, as an fp32 ONNX model with fixed random weights;
+    ``layers`` are (input channels, output channels, stride, groups)."""
+    rng = np.random.default_rng(seed)
     nodes, inits, x = [], [], "x"
-    for i, (cin, cout, stride) in enumerate(CALIBRATION_CNN):
-        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (9 * cin))).astype(np.float32)
+    for i, (cin, cout, stride, groups) in enumerate(layers):
+        fan_in = 9 * cin // groups
+        w = (rng.standard_normal((cout, cin // groups, 3, 3)) * np.sqrt(2 / fan_in)).astype(np.float32)
         inits += [onnx.numpy_helper.from_array(w, f"w{i}"),
                   onnx.numpy_helper.from_array(np.zeros(cout, np.float32), f"b{i}")]
         nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3],
-                                   pads=[1, 1, 1, 1], strides=[stride, stride]),
+                                   pads=[1, 1, 1, 1], strides=[stride, stride], group=groups),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
-    graph = helper.make_graph(nodes, "calibration_cnn",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def calibration_cnn(shape: tuple[int, ...] = CALIBRATION_INPUTS[0]) -> onnx.ModelProto:
+    """Returns the calibration CNN for an input shape as an fp32 ONNX model with fixed random weights."""
+    return _conv_chain("calibration_cnn", shape, [(cin, cout, stride, 1) for cin, cout, stride in CALIBRATION_CNN], 0)
 
 
 def stem_model(stem: tuple[int, int, int]) -> onnx.ModelProto:
@@ -77,21 +83,8 @@ def stem_model(stem: tuple[int, int, int]) -> onnx.ModelProto:
 
 def depthwise_model(shape: tuple[int, ...]) -> onnx.ModelProto:
     """Returns a chain of 3x3 depthwise convolutions with ReLU at an input shape, as an fp32 ONNX model."""
-    channels = shape[1]
-    rng = np.random.default_rng(5)
-    nodes, inits, x = [], [], "x"
-    for i, stride in enumerate((1, 2, 1, 1)):
-        w = (rng.standard_normal((channels, 1, 3, 3)) * np.sqrt(2 / 9)).astype(np.float32)
-        inits += [onnx.numpy_helper.from_array(w, f"w{i}"),
-                  onnx.numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}")]
-        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-                                   strides=[stride, stride], group=channels),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
-        x = f"r{i}"
-    graph = helper.make_graph(nodes, "calibration_depthwise",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    c = shape[1]
+    return _conv_chain("calibration_depthwise", shape, [(c, c, stride, c) for stride in (1, 2, 1, 1)], 5)
 
 
 def _estimate(graph, profile_data: dict):
