@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,13 @@ def _check_sqlite(uri: str) -> None:
         raise InputError(f"--mlflow {uri}: {exc}") from None
 
 
+@lru_cache(maxsize=8)
 def _check_reachable(uri: str) -> None:
     """Raises InputError when nothing answers at a tracking server's URI (any HTTP answer will do).
 
     Checked before the build, within a deadline: MLflow's own client retries for minutes before it gives up.
+    A server that answered is not asked again by the same process (the CLI checks before it imports the
+    pipeline, and the pipeline checks for callers of the Python API).
     """
     from edgeprune import web
 
