@@ -34,3 +34,13 @@ class BudgetMissed(EdgepruneError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+def first_line(exc: BaseException, limit: int = 300, named: bool = False) -> str:
+    """Returns what a one-line message quotes of an exception: its message's first line (after the
+    exception's type name when ``named``), the type name where the message is empty, cut to ``limit``."""
+    lines = str(exc).strip().splitlines()
+    line = lines[0] if lines else ""
+    if named:
+        line = f"{type(exc).__name__}: {line}"
+    return (line or type(exc).__name__)[:limit]

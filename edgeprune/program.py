@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeprune.errors import InputError
+from edgeprune.errors import InputError, first_line
 
 SUFFIX = ".pt2"
 AGREEMENT = "top1_agreement_with_dense"
@@ -66,7 +66,7 @@ def load_program_workload(text: str, data: str | Path | None = None):
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # a file torch.export cannot read: whatever it raises
-        raise InputError(f"{path} is not a torch.export program: {type(exc).__name__}: {_line(exc)}") from None
+        raise InputError(f"{path} is not a torch.export program: {first_line(exc, 200, named=True)}") from None
     finally:
         export_log.setLevel(level)
     args, kwargs = program.example_inputs or ((), {})
@@ -94,7 +94,7 @@ def load_program_workload(text: str, data: str | Path | None = None):
             reference = [predict_dense(*s) for s in heldout]
     except Exception as exc:  # the program's own guards (shapes, dtypes) or ops
         raise InputError(f"{path}: the program failed on inputs like its example inputs: "
-                         f"{type(exc).__name__}: {_line(exc)}") from None
+                         f"{first_line(exc, 200, named=True)}") from None
     if not isinstance(reference[0], torch.Tensor):
         raise InputError(f"{path}: the program returns {type(reference[0]).__name__}; edgeprune takes programs "
                          "whose forward returns one tensor (export a wrapper that returns the logits)")
@@ -139,8 +139,3 @@ def _like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return torch.rand(t.shape, generator=generator, dtype=t.dtype)
     high = max(int(t.max()) + 1, 2) if t.numel() else 2
     return torch.randint(0, high, t.shape, generator=generator, dtype=t.dtype)
-
-
-def _line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else ""

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgeprune import data as user_data
-from edgeprune.errors import InputError
+from edgeprune.errors import InputError, first_line
 from edgeprune.offline import no_network
 from edgeprune.program import is_program_spec, load_program_workload
 from edgeprune.vocabulary import HF_PREFIX, LIBRARY_PREFIXES
@@ -210,7 +210,7 @@ def agreement_workload(model: nn.Module, inputs: torch.Tensor, name: str,
             logits = torch_predictor(model)(heldout)
     except Exception as exc:  # the user's model, run on inputs its config describes
         raise InputError(f"{name}: the model's forward failed on inputs of shape {tuple(heldout.shape[1:])}: "
-                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+                         f"{first_line(exc, named=True)}") from None
     targets, how = (None, "") if data is None else user_data.label_targets(names, label_names or {}, logits.shape[-1])
     reference = logits.argmax(-1) if targets is None else targets[held]
 
@@ -249,21 +249,16 @@ def load_library_model(text: str, data: str | Path | None = None) -> Workload:
     return agreement_workload(model.eval(), inputs, text, data, names)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else ""
-
-
 def _timm(name: str, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
     try:
         import timm
     except Exception as exc:  # missing, or its torchvision import failing
-        raise InputError(f"timm:{name} needs the timm package, which did not import: {type(exc).__name__}: "
-                         f"{_first_line(exc)}") from None
+        raise InputError(f"timm:{name} needs the timm package, which did not import: "
+                         f"{first_line(exc, 200, named=True)}") from None
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except Exception as exc:  # unknown name, or weights not in the local cache
-        raise InputError(f"timm:{name}: {type(exc).__name__}: {_first_line(exc)}"
+        raise InputError(f"timm:{name}: {first_line(exc, 200, named=True)}"
                          + ("; its weights must be in the local cache (or use timm:NAME:random)" if pretrained else "")
                          ) from None
     return model, tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
@@ -273,8 +268,8 @@ def _torchvision(name: str, pretrained: bool) -> tuple[nn.Module, tuple[int, ...
     try:
         import torchvision
     except Exception as exc:  # missing, or its compiled extension not loading
-        raise InputError(f"torchvision:{name} needs torchvision, which did not import: {type(exc).__name__}: "
-                         f"{_first_line(exc)}") from None
+        raise InputError(f"torchvision:{name} needs torchvision, which did not import: "
+                         f"{first_line(exc, 200, named=True)}") from None
     try:
         if pretrained:  # torch.hub has no offline switch: the cache is looked in first
             weights = torchvision.models.get_model_weights(name).DEFAULT
@@ -286,5 +281,5 @@ def _torchvision(name: str, pretrained: bool) -> tuple[nn.Module, tuple[int, ...
     except InputError:
         raise
     except Exception as exc:  # unknown name, or weights that do not load
-        raise InputError(f"torchvision:{name}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise InputError(f"torchvision:{name}: {first_line(exc, 200, named=True)}") from None
     return model, (3, 224, 224)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from edgeprune.errors import InputError
+from edgeprune.errors import InputError, first_line
 from edgeprune.metric import Score, drop, score_of
 from edgeprune.tasks import CAUSAL_LM, resolve_task
 
@@ -123,7 +123,7 @@ class Workload:
         except InputError:
             raise
         except Exception as exc:  # the user's code can raise anything
-            raise InputError(f"workload {self.name}: evaluate() failed: {type(exc).__name__}: {_line(exc)}") from exc
+            raise InputError(f"workload {self.name}: evaluate() failed: {first_line(exc, 200, named=True)}") from exc
         return score_of(value, f"workload {self.name}: evaluate()")
 
     def score_model(self, model: torch.nn.Module) -> float | None:
@@ -149,7 +149,7 @@ def check_runs(workload: Workload) -> None:
                 out = workload.model(*inputs)
         except Exception as exc:  # the user's model can raise anything
             raise InputError(f"workload {workload.name}: the model's forward failed on {what} ({shapes}): "
-                             f"{type(exc).__name__}: {_line(exc)}") from exc
+                             f"{first_line(exc, 200, named=True)}") from exc
         tensor = _first_output(out)
         if tensor is None:
             raise InputError(f"workload {workload.name}: the model's forward returned {type(out).__name__} on {what}; "
@@ -165,11 +165,6 @@ def _first_output(out: Any) -> torch.Tensor | None:
     out = out[0] if isinstance(out, (tuple, list)) and out else out
     out = getattr(out, "logits", out)
     return out if isinstance(out, torch.Tensor) else None
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else "")[:200]
 
 
 def torch_predictor(model: torch.nn.Module) -> Predict:
@@ -215,7 +210,7 @@ def load_workload_file(spec: str | Path) -> Workload:
         except InputError:
             raise
         except Exception as exc:  # a user's file can raise anything; report it in one line
-            raise InputError(f"workload file {path} failed to load: {type(exc).__name__}: {_line(exc)}") from exc
+            raise InputError(f"workload file {path} failed to load: {first_line(exc, 200, named=True)}") from exc
         func = getattr(module, func_name, None)
         if not callable(func):
             raise InputError(f"{path} has no function {func_name}() returning an edgeprune.Workload")
@@ -224,7 +219,7 @@ def load_workload_file(spec: str | Path) -> Workload:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(f"{path}:{func_name}() failed: {type(exc).__name__}: {_line(exc)}") from exc
+            raise InputError(f"{path}:{func_name}() failed: {first_line(exc, 200, named=True)}") from exc
     finally:
         if folder in sys.path:
             sys.path.remove(folder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from edgeprune.errors import InputError
+from edgeprune.errors import InputError, first_line
 
 
 def transformers() -> ModuleType:
@@ -40,15 +40,13 @@ def from_folder(loader, folder, what: str, **kwargs):
     try:
         loaded = loader.from_pretrained(str(folder), **kwargs)
     except Exception as exc:  # each library raises its own types for a bad file
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         mismatch = next((line for r in kept for line in r.getMessage().splitlines() if "MISMATCH" in line), None)
         if mismatch is not None:
             cells = [c.strip() for c in mismatch.split("|")]
             raise InputError(f"cannot load {what} from {folder}: its weights do not have the shapes its config.json "
                              f"gives: {cells[0]}: {cells[-1].removeprefix('Reinit due to size mismatch - ')}"[:400]
                              ) from None
-        raise InputError(f"cannot load {what} from {folder}: {type(exc).__name__}: "
-                         f"{(lines[0] if lines else '')[:300]}") from None
+        raise InputError(f"cannot load {what} from {folder}: {first_line(exc, named=True)}") from None
     finally:
         log.handlers, log.propagate = handlers, propagate
     for record in kept:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune.errors import first_line
 from edgeprune.host import this_host
 
 FORMATS = ("onnx", "mlpackage", "engine", "decoder")
@@ -146,14 +147,14 @@ def _onnxruntime(path: Path, inputs: Sequence[np.ndarray], threads: int | None) 
         else:
             sess = onnx_runtime.session(path, threads or this_host().cores)
     except Exception as exc:  # ORT raises its own exception types for bad graphs
-        raise BadArtifact(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
+        raise BadArtifact(f"ONNX Runtime cannot load the model: {first_line(exc)}") from None
     if len(inputs) != len(sess.get_inputs()):
         raise RuntimeFailure(f"the model takes {len(sess.get_inputs())} inputs, {len(inputs)} were sent")
     feed = onnx_runtime.feeds(sess, inputs)
     try:
         sess.run(None, feed)
     except Exception as exc:
-        raise RuntimeFailure(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from None
+        raise RuntimeFailure(f"ONNX Runtime failed to run the model: {first_line(exc)}") from None
     providers = ",".join(p.removesuffix("ExecutionProvider") for p in sess.get_providers())
     return Loaded(run=lambda: sess.run(None, feed), runtime=f"onnxruntime {ort.__version__} ({providers})")
 
@@ -168,7 +169,7 @@ def _coreml(path: Path, inputs: Sequence[np.ndarray]) -> Loaded:
     try:
         model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.ALL)
     except Exception as exc:
-        raise BadArtifact(f"Core ML cannot load the package: {_first_line(exc)}") from None
+        raise BadArtifact(f"Core ML cannot load the package: {first_line(exc)}") from None
     names = [i.name for i in model.get_spec().description.input]
     if len(names) != len(inputs):
         raise RuntimeFailure(f"the model takes {len(names)} inputs, {len(inputs)} were sent")
@@ -176,7 +177,7 @@ def _coreml(path: Path, inputs: Sequence[np.ndarray]) -> Loaded:
     try:
         model.predict(feed)
     except Exception as exc:
-        raise RuntimeFailure(f"Core ML failed to run the model: {_first_line(exc)}") from None
+        raise RuntimeFailure(f"Core ML failed to run the model: {first_line(exc)}") from None
     return Loaded(run=lambda: model.predict(feed), runtime=f"coreml {ct.__version__} (compute units ALL)")
 
 
@@ -207,15 +208,10 @@ def _tensorrt(path: Path, fmt: str, inputs: Sequence[np.ndarray], precision: str
         runner.load(*inputs)
         runner.execute()
     except UnsupportedError as exc:  # a parser rejection, a foreign engine, a wrong shape
-        raise BadArtifact(f"TensorRT cannot use the model: {_first_line(exc)}") from None
+        raise BadArtifact(f"TensorRT cannot use the model: {first_line(exc)}") from None
     except EdgepruneError as exc:  # the builder found no engine
-        raise RuntimeFailure(_first_line(exc)) from None
+        raise RuntimeFailure(first_line(exc)) from None
     import tensorrt as trt
     import torch
 
     return Loaded(run=runner.execute, runtime=f"tensorrt {trt.__version__} ({torch.cuda.get_device_name()})")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

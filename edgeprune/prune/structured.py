@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeprune.errors import InputError, UnsupportedError
+from edgeprune.errors import InputError, UnsupportedError, first_line
 from edgeprune.prune.allocation import Budget, allocate
 from edgeprune.prune.api import PruneResult, copy_model, register_pruner
 from edgeprune.prune.attention import rewrite_multihead_attention
@@ -150,7 +150,7 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
                                "is pruned block by block by `edgeprune build`)") from None
     except Exception as exc:  # the tracer fails in many ways on models it cannot follow
         raise UnsupportedError(f"cannot trace the model's channel dependencies for structured pruning: "
-                               f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                               f"{first_line(exc, 200, named=True)}") from exc
     for g in groups:
         if g.is_heads and g.attention.name in repairs.heads:
             g.skip = repairs.heads[g.attention.name]
@@ -161,7 +161,7 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
             unit_scores.append(g.unit_scores(found[0]))
             scored.append(found)
         except Exception as exc:  # nothing is changed yet: the group is kept whole, and the report says why
-            g.skip = f"kept whole: its channels could not be scored ({type(exc).__name__}: {_first_line(exc)})"
+            g.skip = f"kept whole: its channels could not be scored ({first_line(exc, 200, named=True)})"
     active = [g for g in groups if g.skip is None]
     budgets = [Budget(g.units, g.unit_size, s) for g, s in zip(active, unit_scores, strict=True)]
     kept = allocate(budgets, config.sparsity, config.allocation, config.max_layer_sparsity, config.channel_multiple)
@@ -211,7 +211,7 @@ def _prune_group(graph, group: ChannelGroup, idxs: list[int]) -> bool:
         pruning.prune()
     except Exception as exc:  # a layer type or coupling the pruning functions cannot handle
         raise UnsupportedError(f"cannot prune the group of {', '.join(group.names[:3])}: "
-                               f"{type(exc).__name__}: {_first_line(exc)}; name a layer in ignore") from exc
+                               f"{first_line(exc, 200, named=True)}; name a layer in ignore") from exc
     return True
 
 
@@ -236,11 +236,6 @@ def time_limit(seconds: int):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else ""
 
 
 def _weight_layers(model: nn.Module) -> list[nn.Module]:
@@ -278,7 +273,7 @@ def _check_forward(model: nn.Module, example_inputs: Sequence[torch.Tensor], ref
         shapes = _output_shapes(model, example_inputs)
     except Exception as exc:  # any failure of the user's forward after pruning
         failed.append(stack[-1] if stack else "")
-        raise _BrokenForward(f"{type(exc).__name__}: {_first_line(exc)}", failed[0] or None) from exc
+        raise _BrokenForward(f"{first_line(exc, 200, named=True)}", failed[0] or None) from exc
     finally:
         for h in handles:
             h.remove()

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from edgeprune.errors import InputError
+from edgeprune.errors import InputError, first_line
 
 DEFAULT_STORE = "mlruns"  # --mlflow without a value and no MLFLOW_TRACKING_URI: ./mlruns, a file store
 EXPERIMENT = "edgeprune"
@@ -188,7 +188,7 @@ def log_run(uri: str, run_name: str, params: dict[str, str], metrics: dict[str, 
         experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
         run = client.create_run(experiment_id, run_name=run_name, tags={k: v[:5000] for k, v in tags.items()})
     except (MlflowException, OSError) as exc:
-        raise InputError(f"cannot log to MLflow at {uri}: {_first_line(exc)}") from None
+        raise InputError(f"cannot log to MLflow at {uri}: {first_line(exc)}") from None
     run_id = run.info.run_id
     status = "FAILED"
     try:
@@ -209,18 +209,13 @@ def log_run(uri: str, run_name: str, params: dict[str, str], metrics: dict[str, 
                 client.log_artifact(run_id, str(path))
         status = "FINISHED"
     except (MlflowException, OSError) as exc:
-        raise InputError(f"cannot log to MLflow at {uri}: {_first_line(exc)}") from None
+        raise InputError(f"cannot log to MLflow at {uri}: {first_line(exc)}") from None
     finally:
         try:
             client.set_terminated(run_id, status)
         except (MlflowException, OSError):
             pass
     return run_id
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def log_build(report: dict, options: dict[str, Any], folder: Path, uri: str) -> str:

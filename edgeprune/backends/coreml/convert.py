@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from edgeprune.errors import UnsupportedError
+from edgeprune.errors import UnsupportedError, first_line
 
 Inputs = tuple[torch.Tensor, ...]
 
@@ -85,8 +85,8 @@ def capture(model: torch.nn.Module, inputs: Inputs) -> tuple[Any, list[str], str
                 traced = torch.jit.trace(model.eval(), tuple(inputs))
         except Exception as trace_error:
             raise UnsupportedError(
-                f"cannot capture the model for Core ML: torch.export: {_first_line(export_error)}; "
-                f"tracing: {_first_line(trace_error)}"
+                f"cannot capture the model for Core ML: torch.export: {first_line(export_error, named=True)}; "
+                f"tracing: {first_line(trace_error, named=True)}"
             ) from None
         ops = [node.kind() for node in traced.inlined_graph.nodes() if node.kind().startswith("aten::")]
         return traced, ops, "torch.jit.trace"
@@ -119,7 +119,7 @@ def convert(model: torch.nn.Module, inputs: Inputs, target_name: str, precision:
         with quiet():
             mlmodel = ct.convert(program, **kwargs)
     except Exception as exc:  # the converter's own failure, reported in one line
-        raise UnsupportedError(f"Core ML conversion failed ({method}): {_first_line(exc)}") from None
+        raise UnsupportedError(f"Core ML conversion failed ({method}): {first_line(exc, named=True)}") from None
     return mlmodel, method
 
 
@@ -127,11 +127,6 @@ def _op_name(target: Any) -> str:
     if hasattr(target, "name") and callable(target.name):
         return target.name()  # "aten::convolution"
     return getattr(target, "__name__", str(target))  # operator.getitem
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import onnx
 import torch
 
 from edgeprune.backends.onnx_tools.export_cache import EXPORTS, fingerprint
-from edgeprune.errors import UnsupportedError
+from edgeprune.errors import UnsupportedError, first_line
 
 OPSET = 18
 
@@ -64,7 +64,7 @@ def export_onnx(
                 EXPORTS.put(key, path)
                 return path
             except Exception as exc:  # exporters raise many types; collect and report them together
-                errors.append(f"{exporter.__name__.removeprefix('_export_')}: {_first_line(exc)}")
+                errors.append(f"{exporter.__name__.removeprefix('_export_')}: {first_line(exc, named=True)}")
                 operators += [op for op in unsupported_operators(exc) if op not in operators]
                 path.unlink(missing_ok=True)
     if operators:
@@ -158,8 +158,3 @@ def _fd_to_devnull(stream):
         os.dup2(saved, fd)
         os.close(saved)
         os.close(devnull)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
