@@ -39,7 +39,7 @@ RUNS = [("Wanda 2:4", "nm", 0.5, "wanda"), ("width 30%", "structured", 0.3, "wan
 PRUNE = """
 import json, sys, time, torch
 from edgeprune.llm.stream import prune_checkpoint
-from edgeprune.measure.decode_loop import peak_rss_bytes
+from edgeprune.device.decode_loop import peak_rss_bytes
 source, target, method, sparsity, criterion, ids = sys.argv[1:7]
 calibration = torch.load(ids)
 start = time.perf_counter()
@@ -56,7 +56,7 @@ import json, sys, time
 from edgeprune.backends.onnx_tools.decoder import write_decoder
 from edgeprune.llm.decoder import CheckpointDecoder
 from edgeprune.llm.onnx_backend import weight_only_for
-from edgeprune.measure.decode_loop import peak_rss_bytes
+from edgeprune.device.decode_loop import peak_rss_bytes
 from edgeprune.profile import load_profile
 source, target = sys.argv[1:3]
 start = time.perf_counter()

@@ -80,7 +80,7 @@ def edgeprune_decoders(hf_dir: Path) -> dict[str, Path]:
 
 def time_edgeprune(folder: Path, prompt: int, gen: int, threads: int) -> dict:
     """Returns edgeprune's own generation loop's figures for a decoder, timed in a fresh process."""
-    done = subprocess.run([sys.executable, "-m", "edgeprune.measure.decode_loop", str(folder), "--prompt", str(prompt),
+    done = subprocess.run([sys.executable, "-m", "edgeprune.device.decode_loop", str(folder), "--prompt", str(prompt),
                            "--gen", str(gen), "--threads", str(threads), "--repeats", "1"],
                           capture_output=True, text=True, check=True)
     figures = json.loads(done.stdout.strip().splitlines()[-1])

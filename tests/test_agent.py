@@ -18,8 +18,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from edgeprune.measure.agent_server import Agent, AgentConfig
-from edgeprune.measure.agent_wire import RequestError, pack_upload
+from edgeprune.device.server import Agent, AgentConfig
+from edgeprune.device.wire import RequestError, pack_upload
 from edgeprune.timing import Protocol
 from edgeprune.uploads import UploadModel
 

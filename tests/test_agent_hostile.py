@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeprune.device.server import AgentConfig, make_server
 from edgeprune.host import this_host
-from edgeprune.measure.agent_server import AgentConfig, make_server
 
 TOKEN = "hostile-token-0123456789abcdef"
 QUICK = {"warmup_s": 0.01, "round_s": 0.02, "min_rounds": 2, "max_rounds": 3}

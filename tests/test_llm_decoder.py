@@ -16,10 +16,10 @@ import torch  # noqa: E402
 
 from edgeprune.backends.onnx_tools.decoder import write_decoder  # noqa: E402
 from edgeprune.backends.onnx_tools.genai import write_genai_config, write_tokenizer  # noqa: E402
+from edgeprune.device.decode_loop import Decoder  # noqa: E402
 from edgeprune.llm import causal_lm_workload, load_causal_lm  # noqa: E402
 from edgeprune.llm.decoder import CausalLMDecoder  # noqa: E402
 from edgeprune.llm.generate_check import check_generation  # noqa: E402
-from edgeprune.measure.decode_loop import Decoder  # noqa: E402
 
 from conftest import DIGITS, ROOT, run_cli, start_agent  # noqa: E402
 

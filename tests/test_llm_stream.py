@@ -36,7 +36,7 @@ MAKE = textwrap.dedent("""
 PRUNE = textwrap.dedent("""
     import json, os, signal, sys, torch
     from edgeprune.llm.stream import prune_checkpoint
-    from edgeprune.measure.decode_loop import peak_rss_bytes
+    from edgeprune.device.decode_loop import peak_rss_bytes
     source, target, method, kill_phase, kill_block = sys.argv[1:6]
     calibration = [torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(i)) for i in range(4)]
     def progress(report):

@@ -128,7 +128,7 @@ def agent() -> None:
 def agent_serve(host: str, port: int, max_upload_mb: float, queue_timeout_s: float, threads: int | None,
                 name: str | None, idle_exit_s: float) -> None:
     """Serve measurements on this device. The secret is read from EDGEPRUNE_AGENT_TOKEN."""
-    from edgeprune.measure.agent_server import AgentConfig, make_server, token_from_env
+    from edgeprune.device.server import AgentConfig, make_server, token_from_env
 
     config = AgentConfig(token=token_from_env(), max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          queue_timeout_s=queue_timeout_s, threads=threads, name=name)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.device.decode_loop import Decoder
 from edgeprune.llm.logits import CausalLMLogits
-from edgeprune.measure.decode_loop import Decoder
 from edgeprune.tasks import find_causal_lm
 from edgeprune.verify import TOLERANCE
 

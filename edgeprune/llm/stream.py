@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from edgeprune import __version__
+from edgeprune.device.decode_loop import peak_rss_bytes
 from edgeprune.errors import InputError, UnsupportedError
 from edgeprune.llm.blocks import decoder_arch, decoder_layers, head_layout
 from edgeprune.llm.calibrate import BlockInputs, capture_block_inputs
@@ -39,7 +40,6 @@ from edgeprune.llm.hidden import is_hidden_norm, kept_channels, narrow_block_
 from edgeprune.llm.prune import calibration_batches, check_arguments, sparsify_block
 from edgeprune.llm.stream_state import WORK, Progress, RunFolder, signature, spill
 from edgeprune.llm.width import apply_width_to_config, plan_width, prune_block_width
-from edgeprune.measure.decode_loop import peak_rss_bytes
 from edgeprune.prune.calibration import InputStats
 
 STREAMED_FAMILIES = ("llama", "mistral", "qwen2")

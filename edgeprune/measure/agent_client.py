@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgeprune import web
+from edgeprune.device.wire import API, TOKEN_ENV, pack_upload
 from edgeprune.errors import InputError
-from edgeprune.measure.agent_wire import API, TOKEN_ENV, pack_upload
 from edgeprune.timing import Protocol
 from edgeprune.uploads import UploadModel
 from edgeprune.web import agent_url

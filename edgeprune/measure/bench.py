@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune.device.local import LocalDevice
 from edgeprune.errors import InputError
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measurements import MEASURED, Generation, Latency
@@ -71,7 +72,7 @@ def bench_decoder(folder: Path, device: str | None, prompt: int, gen: int, threa
         figures, where = reply["results"]["artifact"], {"agent": reply["agent"], "threads": reply.get("threads")}
         label = reply["device"]
     else:
-        from edgeprune.measure.decode_loop import side_by_side
+        from edgeprune.device.decode_loop import side_by_side
         from edgeprune.measure.local import local_device
 
         try:
@@ -146,43 +147,20 @@ def bench(artifact: Path, device: str | None = None, profile: Profile | None = N
     if baseline is not None and (not baseline.is_file() or baseline.suffix != ".onnx"):
         raise InputError(f"--baseline must be an .onnx file, got {baseline}")
     shapes = tuple(tuple(a.shape) for a in inputs)
-    if device:
-        client = AgentClient(device)
-        models = [UploadModel("artifact", fmt, path, None, precision or "fp32")]
-        if baseline is not None:
-            models.append(UploadModel("baseline", "onnx", baseline, None, "fp32"))
-        reply = client.measure(models, inputs, threads, protocol)
-        stats = {k: LatencyStats.from_dict(v) for k, v in reply["results"].items()}
-        latency = Latency.measured(stats["artifact"], reply["device"], reply["results"]["artifact"].get("runtime"),
-                                   stats.get("baseline"), agent=reply["agent"], threads=reply.get("threads"),
-                                   artifact=str(path), inputs=shapes)
-    else:
-        if fmt != "onnx":
-            raise InputError(f"{path.name} cannot run on this machine: measure it on the device with --device URL")
-        from edgeprune.measure.local import local_device
-        from edgeprune.timing import time_side_by_side
-
-        files = {"artifact": path, **({"baseline": baseline} if baseline is not None else {})}
-        loaded = {key: _load_here(file, inputs, threads) for key, file in files.items()}
-        stats = time_side_by_side({key: one.run for key, one in loaded.items()}, protocol)
-        latency = Latency.measured(stats["artifact"], local_device(), loaded["artifact"].runtime, stats.get("baseline"),
-                                   threads=threads, artifact=str(path), inputs=shapes)
+    if not device and fmt != "onnx":
+        raise InputError(f"{path.name} cannot run on this machine: measure it on the device with --device URL")
+    measurer = AgentClient(device) if device else LocalDevice(threads)
+    models = [UploadModel("artifact", fmt, path, None if device else "onnxruntime", precision or "fp32")]
+    if baseline is not None:
+        models.append(UploadModel("baseline", "onnx", baseline, None if device else "onnxruntime", "fp32"))
+    reply = measurer.measure(models, inputs, threads, protocol)
+    stats = {k: LatencyStats.from_dict(v) for k, v in reply["results"].items()}
+    latency = Latency.measured(stats["artifact"], reply["device"], reply["results"]["artifact"].get("runtime"),
+                               stats.get("baseline"), agent=reply["agent"], threads=reply.get("threads"),
+                               artifact=str(path), inputs=shapes)
     if profile is not None:
         latency = replace(latency, **_estimate_for(path, inputs, profile, latency.median_ms))
     return latency
-
-
-def _load_here(path: Path, inputs: Sequence[np.ndarray], threads: int | None):
-    """Returns the user's ONNX file loaded and run once by ONNX Runtime here; InputError naming the
-    file for one it cannot load (a damaged graph, an unknown op or opset, external data it refuses)
-    or run on inputs of the shapes given, as the agent answers 400 or 422 for them."""
-    from edgeprune.host import this_host
-    from edgeprune.measure import runtimes
-
-    try:
-        return runtimes.load(path, "onnx", "onnxruntime", inputs, threads or this_host().cores)
-    except (runtimes.BadArtifact, runtimes.RuntimeFailure) as exc:
-        raise InputError(f"{path}: {exc}") from None
 
 
 def _estimate_for(path: Path, inputs: Sequence[np.ndarray], profile: Profile, median_ms: float) -> dict:

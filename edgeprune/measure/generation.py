@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeprune.backends import Artifact
+from edgeprune.device.decode_loop import side_by_side
 from edgeprune.errors import EdgepruneError
 from edgeprune.measure.agent_client import AgentClient
-from edgeprune.measure.decode_loop import side_by_side
 from edgeprune.measure.generation_estimate import (
     DecoderFacts,
     GenerationEstimate,

@@ -83,7 +83,7 @@ def time_calibration_decoder(folder: Path, prompt: int, gen: int, threads: int |
     """
     from edgeprune.backends.onnx_tools.decoder import write_decoder
     from edgeprune.backends.onnx_tools.genai import write_genai_config
-    from edgeprune.measure.decode_loop import Decoder, time_generation
+    from edgeprune.device.decode_loop import Decoder, time_generation
 
     source = SyntheticDecoder(layers)
     files = write_decoder(source, folder, "int4", WeightOnly(bits=4, block_size=INT4_BLOCK, symmetric=True,

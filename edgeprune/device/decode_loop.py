@@ -8,7 +8,7 @@ model's reads, not a copy of the cache. It imports only numpy and onnxruntime: a
 it in a process of its own, so the peak resident memory it reports is the runtime's with the
 model at that context, and a device agent runs the same loop.
 
-    python -m edgeprune.measure.decode_loop FOLDER --prompt 512 --gen 128 --threads 2
+    python -m edgeprune.device.decode_loop FOLDER --prompt 512 --gen 128 --threads 2
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def summary(runs: list[Run], prompt: int, gen: int) -> dict:
 
 def run_process(folder: Path, prompt: int, gen: int, threads: int | None, repeats: int = 1) -> dict:
     """Returns the figures of this loop run on a decoder folder in a process of its own (its peak RSS its own)."""
-    command = [sys.executable, "-m", "edgeprune.measure.decode_loop", str(folder), "--prompt", str(prompt),
+    command = [sys.executable, "-m", "edgeprune.device.decode_loop", str(folder), "--prompt", str(prompt),
                "--gen", str(gen), "--repeats", str(repeats)]
     if threads:
         command += ["--threads", str(threads)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeprune.measure.decode_loop import side_by_side
+from edgeprune.device.decode_loop import side_by_side
 
 DECODER_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")
 # what a generation request may ask for: prompt and generated tokens, rounds of processes

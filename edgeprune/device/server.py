@@ -35,11 +35,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from edgeprune import __version__
-from edgeprune.errors import InputError
-from edgeprune.host import this_host
-from edgeprune.measure import runtimes
-from edgeprune.measure.agent_decoder import run_generation
-from edgeprune.measure.agent_wire import (
+from edgeprune.device import runtimes
+from edgeprune.device.decoders import run_generation
+from edgeprune.device.local import time_models
+from edgeprune.device.wire import (
     API,
     MIN_TOKEN_LENGTH,
     RUNTIMES,
@@ -49,7 +48,8 @@ from edgeprune.measure.agent_wire import (
     parse_upload,
     write_model,
 )
-from edgeprune.timing import time_side_by_side
+from edgeprune.errors import InputError
+from edgeprune.host import this_host
 
 
 @dataclass(frozen=True)
@@ -155,30 +155,21 @@ class Agent:
         if job.generation is not None:
             return self._generate(job, threads)
         with tempfile.TemporaryDirectory(prefix="edgeprune-agent-") as tmp:
-            loaded: dict[str, runtimes.Loaded] = {}
+            models = []
             for i, model in enumerate(job.models):
                 path = write_model(Path(tmp) / f"m{i}", model)
                 if model.runtime not in self.runtimes:
                     raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY,
                                        f"runtime {model.runtime} is not available on this device "
                                        f"(available: {', '.join(self.runtimes)})")
-                try:
-                    loaded[model.role] = runtimes.load(path, model.format, model.runtime, job.inputs, threads,
-                                                       model.precision)
-                except runtimes.BadArtifact as exc:
-                    raise RequestError(HTTPStatus.BAD_REQUEST, f"{model.role}: {exc}") from None
-                except runtimes.RuntimeFailure as exc:
-                    raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{model.role}: {exc}") from None
-            start = time.perf_counter()
-            stats = time_side_by_side({role: m.run for role, m in loaded.items()}, job.protocol)
-            seconds = time.perf_counter() - start
-        return {
-            "device": self.device,
-            "threads": threads,
-            "seconds": round(seconds, 3),
-            "results": {role: {**stats[role].to_dict(), "runtime": loaded[role].runtime} for role in loaded},
-        }
-
+                models.append((model.role, path, model.format, model.runtime, model.precision))
+            try:
+                results, seconds = time_models(models, job.inputs, threads, job.protocol)
+            except runtimes.BadArtifact as exc:
+                raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+            except runtimes.RuntimeFailure as exc:
+                raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+        return {"device": self.device, "threads": threads, "seconds": round(seconds, 3), "results": results}
 
     def _generate(self, job: Job, threads: int) -> dict:
         """Returns the generation figures of uploaded decoders, each run by the agent's own loop."""

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.measure import runtimes
-from edgeprune.measure.agent_decoder import (
+from edgeprune.device import runtimes
+from edgeprune.device.decoders import (
     DECODER_FILES,
     DecoderRefused,
     check_decoder,
