@@ -23,7 +23,13 @@ from edgeprune.output import check_writable
 from edgeprune.profile import load_profile
 from edgeprune.report import Report
 from edgeprune.report.mlflow_run import check_tracking, log_sweep
-from edgeprune.target import BuildOptions, budgets_from, check_measure_flags, options_from
+from edgeprune.target import (
+    BuildOptions,
+    budgets_from,
+    check_device_flags,
+    check_measure_flags,
+    options_from,
+)
 from edgeprune.vocabulary import QUANTIZE, STRATEGIES
 
 # The modules that need torch (the workload, the plan, the pipeline, the search) are imported
@@ -31,6 +37,7 @@ from edgeprune.vocabulary import QUANTIZE, STRATEGIES
 if TYPE_CHECKING:
     from edgeprune.planning import Plan
     from edgeprune.search.candidates import Outcome
+    from edgeprune.search.fanout import FanOut
     from edgeprune.workload import Workload
 
 SWEEP_STRATEGIES = tuple(s for s in STRATEGIES if s != "none")
@@ -84,13 +91,18 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
           strategies: Sequence[str] = ("structured", "unstructured", "nm"), sparsities: Sequence[float] = (0.25, 0.5, 0.75),
           quantize: Sequence[str] | str = "auto", format: str = "auto", criterion: str | None = None,
           data: str | Path | None = None, use_cache: bool = True, measure_here: bool = False, mlflow: str | None = None,
-          advance: Callable[[Outcome], None] = lambda _: None, total: Callable[[int], None] = lambda _: None) -> dict:
+          device: str | None = None, farm: str | Path | None = None, ray: str | None = None,
+          advance: Callable[[Outcome], None] = lambda _: None, total: Callable[[int], None] = lambda _: None,
+          fanout: Callable[[FanOut], None] = lambda _: None) -> dict:
     """Returns the sweep's summary after writing sweep.json, sweep.md, pareto.png and report.html into ``output``.
 
     Every candidate is evaluated as a build of it would be (cached, so a rerun resumes);
     ``quantize='auto'`` is none plus what the profile runs fastest. ``total(n)`` is told the
     number of candidates and ``advance(outcome)`` each one as it is done (progress). ``mlflow``:
     log the sweep to that MLflow tracking URI ('' for the default, as ``--mlflow`` without a value).
+    ``device``/``farm``: measure on that agent, or on a farm file's agents for the profile. ``ray``:
+    evaluate the candidates as Ray tasks ("local" starts Ray for the sweep, else a cluster's address);
+    ``fanout(state)`` is told what they are doing (queued, running, done, each agent's state).
     """
     bad = [k for k in strategies if k not in SWEEP_STRATEGIES]
     if bad or not strategies:
@@ -105,6 +117,9 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
     tracking = check_tracking(mlflow) if mlflow is not None else None
     prof = load_profile(profile)
     check_measure_flags(prof, measure_here)  # refused as build refuses it, before any candidate is built
+    farm = str(farm) if farm is not None else None
+    check_device_flags(prof.name, device, farm)
+    from edgeprune.farm.farm import connect_device
     from edgeprune.planning import make_plan, precision_for
     from edgeprune.search.candidates import CandidateEvaluator
     from edgeprune.search.evaluate import Context
@@ -123,16 +138,34 @@ def sweep(workload_or_spec: Workload | str | Path, profile: str, output: str | P
         backend.check(replace(base, precision=precision_for(q, base.format)).lower_request(prof, ()))
     candidates = grid(list(strategies), [float(a) for a in sparsities], precisions)
     total(len(candidates))
-    with Context(workload, prof, Budgets(), measure_here=measure_here) as ctx, \
+    if ray is not None:  # refused before any work when the workload cannot cross a process
+        from edgeprune.search.spec import EvaluationSpec
+
+        model_arg = str(workload_or_spec) if isinstance(workload_or_spec, (str, Path)) else workload_or_spec
+        spec = EvaluationSpec.of(model_arg, profile, base,
+                                 data=str(data) if data is not None else None, measure_here=measure_here,
+                                 device=device, farm=farm, use_cache=use_cache)
+    agent = connect_device(device, farm, prof.name)
+    with Context(workload, prof, Budgets(), measure_here=measure_here, agent=agent) as ctx, \
             CandidateEvaluator(ctx, base, use_cache) as evaluator:
-        outcomes = run_sweep(evaluator, candidates, advance)
+        agents = None
+        if ray is None:
+            outcomes = run_sweep(evaluator, candidates, advance)
+            agents = agent.pool.snapshot() if farm else None
+        else:
+            from edgeprune.search.fanout import RayRun, farm_agent_names
+
+            with RayRun(spec, ray, farm_agent_names(farm, prof.name), fanout) as run:
+                outcomes = evaluator.many(candidates, True, run, advance)
+                agents = run.fanout.agents or None
     title = f"{workload.name} on {prof.name} ({base.format})"
-    summary = write_sweep(outcomes, Path(output), workload.metric, workload.higher_is_better, title)
+    summary = write_sweep(outcomes, Path(output), workload.metric, workload.higher_is_better, title, agents)
     if tracking is not None:
         options = {"model": str(workload_or_spec) if isinstance(workload_or_spec, (str, Path)) else workload.name,
                    "profile": prof.name, "format": base.format, "strategies": ",".join(strategies),
                    "sparsities": ",".join(f"{a:g}" for a in sparsities), "quantize": ",".join(precisions),
-                   "criterion": criterion, "measure_here": measure_here}
+                   "criterion": criterion, "measure_here": measure_here, "device": device, "farm": farm,
+                   "ray": ray}
         log_sweep(summary, options, Path(output), tracking)
     return summary
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from edgeprune import __version__
 from edgeprune.backends import Artifact
 from edgeprune.errors import UnsupportedError
+from edgeprune.farm.farm import connect_device
 from edgeprune.gate import check_budgets, refuse_generation_budgets, refuse_unprovable
-from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.generation import GenerationSettings
 from edgeprune.measurements import Accuracy
 from edgeprune.output import claimed_output, staged_output
@@ -39,6 +39,10 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
     passes one it holds). Bad input raises InputError before anything is written.
     """
     tracking = check_before_work(options)
+    if options.ray and workload is not None:
+        from edgeprune.search.spec import EvaluationSpec
+
+        EvaluationSpec.of(workload, options.profile, None)  # a workload held as an object: refused in one line
     with step("load workload and profile"):
         profile = load_profile(options.profile)
         workload = workload or load_workload(options.model, options.data)
@@ -50,7 +54,7 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
     backend = plan.backend()
     backend.check(plan.lower_request(profile, workload.calibration_batches()))
     # Reach the device before the long stages, so a wrong token or URL fails in a second.
-    agent = connect_agent(options.device) if options.device else None
+    agent = connect_device(options.device, options.farm, profile.name)
     generation = GenerationSettings(options.prompt_tokens, options.generate_tokens)
     with claimed_output(options.output), Context(workload, profile, options.budgets, options.host,
                                                   options.measure_here, options.threads, agent, generation) as ctx:
@@ -65,7 +69,7 @@ def run_build(options: BuildOptions, step: Callable = silent_step, workload: Wor
         if plan.search is not None:
             low, high = plan.search
             with step(f"search {plan.kind} sparsity in [{low:g}, {high:g}] for the budgets"):
-                plan, search = choose_plan(ctx, plan)
+                plan, search = search_plan(ctx, plan, options)
         with step("count parameters and MACs"):
             before = model_stats(workload.model, workload.example_inputs)
         final = Path(options.output)
@@ -163,8 +167,17 @@ def save_causal_lm(evaluation: Evaluation, workload: Workload, stage: Path, fina
     return {"path": str(final / "hf"), "reload_max_abs_diff": diff}
 
 
-def connect_agent(url: str) -> AgentClient:
-    """Returns a client for the device agent at ``url`` after checking it answers to our token."""
-    client = AgentClient(url)
-    client.info()
-    return client
+def search_plan(ctx: Context, plan: Plan, options: BuildOptions) -> tuple[Plan, dict]:
+    """Returns the searched plan and the search's record: here, or with --ray each round's candidates as Ray
+    tasks at once (as many as the cluster has CPUs), the same answer in fewer rounds."""
+    if not options.ray:
+        return choose_plan(ctx, plan)
+    from edgeprune.search.fanout import RayRun, farm_agent_names
+    from edgeprune.search.spec import EvaluationSpec
+
+    spec = EvaluationSpec.of(options.model, options.profile, plan, data=options.data, budgets=options.budgets,
+                             measure_here=options.measure_here, threads=options.threads, device=options.device,
+                             farm=options.farm, prompt_tokens=options.prompt_tokens,
+                             generate_tokens=options.generate_tokens)
+    with RayRun(spec, options.ray, farm_agent_names(options.farm, ctx.profile.name)) as run:
+        return choose_plan(ctx, plan, width=run.width, elsewhere=run)

@@ -51,6 +51,8 @@ class BuildOptions:
     quantize: str = "auto"
     format: str = "auto"
     device: str | None = None
+    farm: str | None = None
+    ray: str | None = None
     budgets: Budgets = field(default_factory=Budgets)
     threads: int | None = None
     palettize: int | None = None
@@ -84,7 +86,8 @@ def options_from(spec: str, given: dict[str, Any], default_output: Path | None =
 
 
 # the same rules for flags, target files and Python calls
-TEXT_OPTIONS = ("model", "profile", "data", "strategy", "criterion", "nm", "quantize", "format", "device", "mlflow")
+TEXT_OPTIONS = ("model", "profile", "data", "strategy", "criterion", "nm", "quantize", "format", "device", "farm",
+                "ray", "mlflow")
 
 
 def check_option_types(options: dict[str, Any]) -> None:
@@ -149,7 +152,7 @@ def load_target(path: str | Path) -> dict[str, Any]:
     if "model" not in out:
         raise InputError(f"target {path}: field 'model' is missing (path/to/workload.py[:function])")
     base = path.parent
-    for key in ("model", "output", "profile", "data"):
+    for key in ("model", "output", "profile", "data", "farm"):
         if key in out and not isinstance(out[key], str):
             raise InputError(f"target {path}: {key} must be text (a path or a name), got {out[key]!r}")
     out["model"] = _relative(base, str(out["model"]))
@@ -157,8 +160,9 @@ def load_target(path: str | Path) -> dict[str, Any]:
         out["output"] = _relative(base, str(out["output"]))
     if "profile" in out and str(out["profile"]).endswith(".toml"):
         out["profile"] = _relative(base, str(out["profile"]))
-    if isinstance(out.get("data"), str):
-        out["data"] = str(Path(out["data"]) if Path(out["data"]).is_absolute() else base / out["data"])
+    for key in ("data", "farm"):
+        if isinstance(out.get(key), str):
+            out[key] = str(Path(out[key]) if Path(out[key]).is_absolute() else base / out[key])
     return out
 
 
@@ -189,11 +193,31 @@ def check_before_work(options: BuildOptions) -> str | None:
     from edgeprune.output import check_output_folder
     from edgeprune.profile import load_profile
     from edgeprune.report.mlflow_run import check_tracking
-    from edgeprune.web import agent_url
 
     check_output_folder(Path(options.output))
     tracking = check_tracking(options.mlflow) if options.mlflow is not None else None
-    check_measure_flags(load_profile(options.profile), options.measure_here, options.threads)
-    if options.device:
-        agent_url(options.device)
+    profile = load_profile(options.profile)
+    check_measure_flags(profile, options.measure_here, options.threads)
+    check_device_flags(profile.name, options.device, options.farm)
     return tracking
+
+
+def check_device_flags(profile: str, device: str | None, farm: str | None) -> None:
+    """Raises InputError for --device with --farm, a device URL that is not one, or a farm file that is
+    unreadable, has no agent for the profile or whose tokens are not set (no agent is asked)."""
+    from edgeprune.web import agent_url
+
+    if device and farm:
+        raise InputError("give --device (one agent) or --farm (a farm file), not both")
+    if device:
+        agent_url(device)
+    if farm:
+        import os
+
+        from edgeprune.farm.file import agents_for, load_farm
+
+        agents = agents_for(load_farm(farm), profile, farm)
+        missing = sorted({a.token_env for a in agents if not os.environ.get(a.token_env)})
+        if missing:
+            raise InputError(f"--farm {farm}: {', '.join(missing)} is not set: set it to the token its agents were "
+                             "started with")

@@ -24,6 +24,7 @@ from rich.markup import escape  # noqa: E402
 from edgeprune.cli.build import build, check, plan_cmd, sweep_cmd  # noqa: E402
 from edgeprune.cli.common import err  # noqa: E402
 from edgeprune.cli.device import agent, bench, trt_build  # noqa: E402
+from edgeprune.cli.farm import farm  # noqa: E402
 from edgeprune.cli.llm import llm  # noqa: E402
 from edgeprune.cli.profiles import profiles  # noqa: E402
 from edgeprune.errors import BudgetMissed, EdgepruneError  # noqa: E402
@@ -35,7 +36,7 @@ def cli() -> None:
     """Prune, quantize and lower PyTorch models for edge devices; prove and gate the result."""
 
 
-for command in (profiles, build, plan_cmd, sweep_cmd, check, trt_build, bench, agent, llm):
+for command in (profiles, build, plan_cmd, sweep_cmd, check, trt_build, bench, agent, farm, llm):
     cli.add_command(command)
 
 

@@ -26,6 +26,14 @@ MLFLOW_HELP = ("Log the run to MLflow (pip install 'edgeprune[mlflow]'): paramet
 MLFLOW_OPTION = click.option("--mlflow", is_flag=False, flag_value="", default=None, metavar="[URI]", help=MLFLOW_HELP)
 
 
+FARM_HELP = ("A farm file (devices.toml): measure on its agents that stand for the profile, each measurement on "
+             "a free one; a dead agent's job moves to another (see README, Many devices).")
+RAY_HELP = ("Evaluate candidates as Ray tasks (pip install 'edgeprune[ray]'): alone, a local Ray started for the run "
+            "with one worker a core; --ray=ADDRESS joins an existing cluster.")
+RAY_OPTION = click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                          help=RAY_HELP)
+
+
 # The options of `build` and `plan`, each a target-file key too (with dashes or underscores).
 DATA_HELP = ("A folder of your own images or text (.txt, one input a line for a text classifier) for "
              "calibration and evaluation of an hf:, timm: or torchvision: model or a .pt2 program, instead of "
@@ -69,6 +77,8 @@ PLAN_OPTIONS = [
 ]
 BUILD_OPTIONS = PLAN_OPTIONS + [
     click.option("--device", help="URL of an edgeprune agent on the device (http://HOST:PORT)."),
+    click.option("--farm", metavar="FILE", help=FARM_HELP),
+    RAY_OPTION,
     click.option("--threads", type=click.IntRange(min=1),
                  help="Runtime threads when measuring here (default: the profile's cores)."),
     click.option("--measure-here", is_flag=True, default=None,
@@ -161,12 +171,20 @@ def plan_cmd(model_or_target: str, as_json: bool, **given) -> None:
 @click.option("--no-cache", is_flag=True, help="Re-evaluate candidates even when cached.")
 @click.option("--measure-here", is_flag=True,
               help="Measure on this machine even where its CPU is not the profile's (see build --help).")
+@click.option("--device", help="URL of an edgeprune agent on the device (http://HOST:PORT).")
+@click.option("--farm", metavar="FILE", help=FARM_HELP)
+@RAY_OPTION
 @MLFLOW_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsities: str, quantize: str, fmt: str,
-              criterion: str | None, data: str | None, no_cache: bool, measure_here: bool, mlflow: str | None,
-              as_json: bool) -> None:
-    """Evaluate strategies x sparsities x quantization; write the table, the Pareto plot and report.html."""
+              criterion: str | None, data: str | None, no_cache: bool, measure_here: bool, device: str | None,
+              farm: str | None, ray: str | None, mlflow: str | None, as_json: bool) -> None:
+    """Evaluate strategies x sparsities x quantization; write the table, the Pareto plot and report.html.
+
+    With --ray the candidates run as Ray tasks, as many at once as the cluster has CPUs; with
+    --farm their latencies are measured on the farm's agents, each on a free one. Every result is
+    cached as it arrives: a sweep run again (after Ctrl-C too) evaluates only what is missing.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgeprune.api import sweep
@@ -185,8 +203,9 @@ def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsitie
         summary = sweep(model, profile, output, strategies=csv(str, strategies, "--strategies"),
                         sparsities=csv(float, sparsities, "--sparsities"), quantize=precisions, format=fmt,
                         criterion=criterion, data=data, use_cache=not no_cache, measure_here=measure_here,
-                        mlflow=mlflow, total=start,
-                        advance=lambda o: bar.update(task, advance=1, description=f"sweep: {o.candidate.label}"))
+                        mlflow=mlflow, device=device, farm=farm, ray=ray, total=start,
+                        advance=lambda o: bar.update(task, advance=1, description=f"sweep: {o.candidate.label}"),
+                        fanout=lambda f: bar.update(task, description=f"sweep: {f.line()}"))
     finally:
         bar.stop()
     if as_json:

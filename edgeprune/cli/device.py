@@ -51,6 +51,8 @@ def trt_build(bundle: Path, cache_dir: Path | None, force: bool, as_json: bool) 
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--device", help="URL of an edgeprune agent on the device (default: measure on this machine).")
+@click.option("--farm", metavar="FILE", help="A farm file (devices.toml): measure on one of its agents (with "
+              "--profile, one standing for that profile); a dead agent's job moves to another.")
 @click.option("--profile", help="Also estimate the latency on this profile (name or .toml path).")
 @click.option("--input-shape", "input_shapes", multiple=True,
               help="Shape of an input, like 1x3x224x224; repeat for each input (default: the artifact's).")
@@ -63,7 +65,7 @@ def trt_build(bundle: Path, cache_dir: Path | None, force: bool, as_json: bool) 
 @click.option("--generate-tokens", type=click.IntRange(1, 8192), default=128, show_default=True,
               help="An LLM decoder: tokens generated one at a time after the prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def bench(artifact: Path, device: str | None, profile: str | None, input_shapes: tuple[str, ...],
+def bench(artifact: Path, device: str | None, farm: str | None, profile: str | None, input_shapes: tuple[str, ...],
           baseline: Path | None, threads: int | None, quick: bool, prompt_tokens: int, generate_tokens: int,
           as_json: bool) -> None:
     """Time ARTIFACT (.onnx, .mlpackage, .engine, an LLM decoder folder, or a build folder) here or on a device.
@@ -72,15 +74,26 @@ def bench(artifact: Path, device: str | None, profile: str | None, input_shapes:
     second, time to first token, decode latency and the process's peak memory.
     """
     from edgeprune.measure.bench import bench as run_bench
-    from edgeprune.measure.bench import bench_decoder, is_decoder, parse_shape, resolve_artifact
+    from edgeprune.measure.bench import (
+        bench_decoder,
+        is_decoder,
+        parse_shape,
+        remote_device,
+        resolve_artifact,
+    )
     from edgeprune.profile import load_profile
+    from edgeprune.target import check_device_flags
     from edgeprune.timing import Protocol
 
+    prof = load_profile(profile) if profile else None
+    if device and farm:
+        check_device_flags("", device, farm)
     resolved = resolve_artifact(artifact)[0]
+    measurer = remote_device(device, farm, prof)
+    where = f"on {device or farm}" if measurer is not None else "here"
     if is_decoder(resolved):
-        where = f"on {device}" if device else "here"
         with progress(f"generate with {resolved.name} {where}"):
-            gen = bench_decoder(resolved, device, prompt_tokens, generate_tokens, threads, 1 if quick else 3)
+            gen = bench_decoder(resolved, measurer, prompt_tokens, generate_tokens, threads, 1 if quick else 3)
         if as_json:
             emit_json(gen.to_dict())
             return
@@ -89,10 +102,8 @@ def bench(artifact: Path, device: str | None, profile: str | None, input_shapes:
                   f"{gen.ttft_ms:.4g} ms, decode p90 {gen.decode_ms_p90:.4g} ms, {gen.note}")
         return
     shapes = [parse_shape(s) for s in input_shapes] or None
-    prof = load_profile(profile) if profile else None
-    where = f"on {device}" if device else "here"
     with progress(f"time {artifact.name} {where}"):
-        result = run_bench(artifact, device, prof, shapes, baseline, threads, Protocol.quick() if quick else None)
+        result = run_bench(artifact, measurer, prof, shapes, baseline, threads, Protocol.quick() if quick else None)
     if as_json:
         emit_json(result.to_dict())
         return

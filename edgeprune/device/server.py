@@ -93,6 +93,7 @@ class Agent:
         self.in_flight = 0
         self.last_activity = time.monotonic()
         self.measurements = 0
+        self.queued = 0  # measurements waiting for the device or running on it
 
     def touch(self, delta: int) -> None:
         """Counts a request in (+1) or out (-1); the idle timer runs only with none in flight."""
@@ -127,6 +128,8 @@ class Agent:
             "max_upload_bytes": self.config.max_upload_bytes,
             "queue_timeout_s": self.config.queue_timeout_s,
             "threads": self.config.threads or this_host().cores,
+            "queue": self.queued,
+            "measurements": self.measurements,
         }
 
     def measure(self, body: bytes) -> dict:
@@ -136,6 +139,15 @@ class Agent:
     def run_job(self, job: Job) -> dict:
         """Returns the latency statistics of a parsed upload, timed when the device is free."""
         waited = time.monotonic()
+        with self._count_lock:
+            self.queued += 1
+        try:
+            return self._when_free(job, waited)
+        finally:
+            with self._count_lock:
+                self.queued -= 1
+
+    def _when_free(self, job: Job, waited: float) -> dict:
         if not self._measure_lock.acquire(timeout=self.config.queue_timeout_s):
             raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
                                f"the device is busy: another measurement held it for over {self.config.queue_timeout_s:g} s",

@@ -17,7 +17,16 @@ from edgeprune.web import agent_url
 
 
 class AgentError(InputError):
-    """The agent could not be reached, refused the request, or could not measure (exit code 2)."""
+    """The agent could not be reached, refused the request, or could not measure (exit code 2).
+
+    ``kind`` says whether another agent may do the job: "unreachable" (no answer, the connection
+    lost or the deadline passed: the agent is down), "busy" (its queue is full), or "refused"
+    (it answered that the request or the model is wrong: another agent would answer the same).
+    """
+
+    def __init__(self, message: str, kind: str = "refused") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class AgentClient:
@@ -43,15 +52,15 @@ class AgentClient:
             reply = web.request(self.url + path, method, body, headers, deadline_s=deadline)
         except web.WebError as exc:
             if exc.kind == "deadline":
-                raise AgentError(f"the agent at {self.url} did not answer within {deadline:g} s") from None
+                raise AgentError(f"the agent at {self.url} did not answer within {deadline:g} s", "unreachable") from None
             if exc.kind == "closed":
                 raise AgentError(f"the agent at {self.url} closed the connection"
-                                 + (" during the upload (is the artifact over its --max-upload-mb?)" if body else "")
-                                 ) from None
+                                 + (" during the upload (is the artifact over its --max-upload-mb?)" if body else ""),
+                                 "unreachable") from None
             if exc.kind == "too-large":
                 raise AgentError(f"{self.url} answered, but not as an edgeprune agent: {exc}") from None
             raise AgentError(f"cannot reach the agent at {self.url}: {exc}; "
-                             "is `edgeprune agent serve` running there?") from None
+                             "is `edgeprune agent serve` running there?", "unreachable") from None
         if reply.status >= 400:
             raise self._http_error(reply)
         try:
@@ -74,7 +83,7 @@ class AgentClient:
         if reply.status == 413:
             return AgentError(f"the agent at {self.url} refused the upload as too large (HTTP 413): {message}")
         if reply.status == 503:
-            return AgentError(f"the agent at {self.url} is busy (HTTP 503): {message}")
+            return AgentError(f"the agent at {self.url} is busy (HTTP 503): {message}", "busy")
         if reply.status == 404:
             return AgentError(f"{self.url} is not an edgeprune agent (HTTP 404 for {API})")
         return AgentError(f"the agent at {self.url} could not measure (HTTP {reply.status}): {message}")

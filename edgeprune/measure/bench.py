@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.device.local import LocalDevice
+from edgeprune.device.protocol import Device
 from edgeprune.errors import InputError
 from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measurements import MEASURED, Generation, Latency
@@ -61,14 +62,25 @@ def is_decoder(path: Path) -> bool:
     return path.is_dir() and (path / "genai_config.json").is_file()
 
 
-def bench_decoder(folder: Path, device: str | None, prompt: int, gen: int, threads: int | None,
+def remote_device(device: str | None, farm: str | None, profile: Profile | None) -> Device | None:
+    """Returns the agent at ``device``, or the farm file's agents (those standing for ``profile`` when given),
+    or None to measure here."""
+    if farm:
+        from edgeprune.farm.farm import Farm
+        from edgeprune.farm.file import agents_for, load_farm
+
+        agents = load_farm(farm)
+        return Farm(agents_for(agents, profile.name, farm) if profile is not None else agents, str(farm))
+    return AgentClient(device) if device else None
+
+
+def bench_decoder(folder: Path, device: Device | None, prompt: int, gen: int, threads: int | None,
                   repeats: int = 3) -> Generation:
     """Returns a decoder's generation figures: pp/tg tokens per second, TTFT, decode latency, peak RSS,
-    measured here (a process a round) or on the device by its agent."""
-    if device:
-        client = AgentClient(device)
+    measured here (a process a round) or on the device by its agent (``device``: an agent or a farm)."""
+    if device is not None:
         upload = UploadModel("artifact", "decoder", folder, None, "fp32")
-        reply = client.measure_generation([upload], prompt, gen, repeats, threads)
+        reply = device.measure_generation([upload], prompt, gen, repeats, threads)
         figures, where = reply["results"]["artifact"], {"agent": reply["agent"], "threads": reply.get("threads")}
         label = reply["device"]
     else:
@@ -137,19 +149,19 @@ def make_inputs(artifact: Path, shapes: Sequence[Sequence[int]] | None) -> list[
     return arrays
 
 
-def bench(artifact: Path, device: str | None = None, profile: Profile | None = None,
+def bench(artifact: Path, device: Device | None = None, profile: Profile | None = None,
           input_shapes: Sequence[Sequence[int]] | None = None, baseline: Path | None = None,
           threads: int | None = None, protocol: Protocol | None = None) -> Latency:
-    """Returns the latency of an artifact, measured here or on the device at ``device``."""
+    """Returns the latency of an artifact, measured here or on ``device`` (an agent or a farm: remote_device)."""
     path, recorded, precision = resolve_artifact(Path(artifact))
     inputs = make_inputs(path, input_shapes or recorded)
     fmt = upload_format(path)
     if baseline is not None and (not baseline.is_file() or baseline.suffix != ".onnx"):
         raise InputError(f"--baseline must be an .onnx file, got {baseline}")
     shapes = tuple(tuple(a.shape) for a in inputs)
-    if not device and fmt != "onnx":
+    if device is None and fmt != "onnx":
         raise InputError(f"{path.name} cannot run on this machine: measure it on the device with --device URL")
-    measurer = AgentClient(device) if device else LocalDevice(threads)
+    measurer = device if device is not None else LocalDevice(threads)
     models = [UploadModel("artifact", fmt, path, None if device else "onnxruntime", precision or "fp32")]
     if baseline is not None:
         models.append(UploadModel("baseline", "onnx", baseline, None if device else "onnxruntime", "fp32"))

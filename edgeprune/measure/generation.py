@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from edgeprune.backends import Artifact
 from edgeprune.device.decode_loop import side_by_side
+from edgeprune.device.protocol import Device
 from edgeprune.errors import EdgepruneError
-from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.generation_estimate import (
     DecoderFacts,
     GenerationEstimate,
@@ -62,7 +62,7 @@ def measure_here(artifact: Artifact, baseline: Artifact | None, settings: Genera
     return figures["artifact"], figures.get("baseline")
 
 
-def measure_on_agent(agent: AgentClient, artifact: Artifact, baseline: Artifact | None, settings: GenerationSettings,
+def measure_on_agent(agent: Device, artifact: Artifact, baseline: Artifact | None, settings: GenerationSettings,
                      threads: int | None, final: bool) -> tuple[dict, dict | None, dict]:
     """Returns the artifact's figures (and the baseline's) measured on the device by its agent, and the reply."""
     models = [UploadModel("artifact", "decoder", artifact.path, None, artifact.precision)]
@@ -75,7 +75,7 @@ def measure_on_agent(agent: AgentClient, artifact: Artifact, baseline: Artifact 
 
 def generation_of(profile: Profile, artifact: Artifact, baseline: Artifact | None, settings: GenerationSettings,
                   here: StandIn, final: bool, reason: str | None,
-                  agent: AgentClient | None = None) -> tuple[Latency, Memory, Generation]:
+                  agent: Device | None = None) -> tuple[Latency, Memory, Generation]:
     """Returns the decode latency, the memory at the context and the generation figures of a decoder.
 
     Measured on the device by its agent (``agent``), or here when this machine stands in for

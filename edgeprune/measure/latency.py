@@ -18,10 +18,16 @@ import torch
 
 from edgeprune.backends import Artifact, get_backend
 from edgeprune.backends.onnx_tools.export import export_onnx
+from edgeprune.device.protocol import Device
 from edgeprune.gate import Budgets, latency_undecided
 from edgeprune.host import Host
-from edgeprune.measure.agent_client import AgentClient
-from edgeprune.measure.local import StandIn, local_device, measure_onnx_files, stand_in
+from edgeprune.measure.local import (
+    StandIn,
+    local_device,
+    machine_lock,
+    measure_onnx_files,
+    stand_in,
+)
 from edgeprune.measurements import ESTIMATED, MEASURED, UNAVAILABLE, Latency, Memory
 from edgeprune.profile import Profile
 from edgeprune.timing import LatencyStats, Protocol
@@ -44,7 +50,7 @@ class Timing:
     host: Host | None = None
     measure_here: bool = False
     threads: int | None = None
-    agent: AgentClient | None = None
+    agent: Device | None = None
     final: bool = True
 
     def stand_in(self, precision: str) -> StandIn:
@@ -156,9 +162,10 @@ def measure_here(timing: Timing, artifact: Artifact, baseline: Path, same_as_bas
     files = {"artifact": artifact.measure_path}
     if timing.final and not same_as_baseline:
         files["baseline"] = baseline
-    start = time.perf_counter()
-    stats = measure_onnx_files(files, inputs, here.threads, None if timing.final else SEARCH_PROTOCOL)
-    seconds = time.perf_counter() - start
+    with machine_lock():  # two workers of a run (or two builds) on one machine must not time each other
+        start = time.perf_counter()
+        stats = measure_onnx_files(files, inputs, here.threads, None if timing.final else SEARCH_PROTOCOL)
+        seconds = time.perf_counter() - start
     where = {"host": here.host, "stands_in": here.reason, "threads": here.threads,
              **({"measure_here": True, "differs": here.differs} if here.measure_here else {})}
     return Latency.measured(stats["artifact"], local_device(here.host), "onnxruntime " + _ort_version(),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +112,24 @@ def measure_onnx_files(
         feed = onnx_runtime.feeds(sess, inputs)
         runs[key] = (lambda s=sess, f=feed: s.run(None, f))
     return time_side_by_side(runs, protocol)
+
+
+@contextmanager
+def machine_lock() -> Iterator[None]:
+    """Holds this machine's measurement lock (a file lock every edgeprune process takes to time here), so
+    measurements on one machine run one at a time; pruning and lowering beside them are not held up."""
+    path = Path(tempfile.gettempdir()) / f"edgeprune-measure-{os.getuid() if hasattr(os, 'getuid') else 0}.lock"
+    try:
+        import fcntl
+    except ImportError:  # no POSIX file locks: measurements are not serialized
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def local_device(description: str | None = None) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from edgeprune.errors import UnsupportedError
 from edgeprune.planning import Plan
-from edgeprune.search.candidates import Candidate, CandidateEvaluator, Outcome
+from edgeprune.search.candidates import Candidate, CandidateEvaluator, Elsewhere, Outcome
 from edgeprune.search.evaluate import Context
 
 STEP = 0.05
@@ -77,34 +77,57 @@ def ratio_in_ms(evaluator: CandidateEvaluator, progress: Callable[[str], None]) 
 
 
 def least_pruning(evaluator: CandidateEvaluator, kind: str, quantize: str, grid: list[float],
-                  tried: list[Outcome], progress: Callable[[str], None]) -> float | None:
+                  tried: list[Outcome], progress: Callable[[str], None], width: int = 1,
+                  elsewhere: Elsewhere | None = None) -> float | None:
     """Returns the smallest sparsity on the grid whose latency and size meet the budgets.
 
-    Bisection: latency and size fall as sparsity rises, so the first passing grid point
-    is found in log2(len(grid)) candidate builds.
+    Bisection: latency and size fall as sparsity rises, so the first passing grid point is
+    found in log2(len(grid)) candidate builds. With ``width`` workers (``elsewhere`` evaluates
+    candidates at once), each round evaluates up to ``width`` points spread over the interval
+    still open, (width+1)-ary: fewer rounds, the same answer.
     """
-    def passes(i: int) -> bool:
-        progress(f"candidate {Candidate(kind, grid[i], quantize).label}")
-        outcome = evaluator.cost(Candidate(kind, grid[i], quantize))
-        tried.append(outcome)
-        return _meets_cost(outcome)
+    def passing(points: list[int]) -> dict[int, bool]:
+        candidates = [Candidate(kind, grid[i], quantize) for i in points]
+        progress("candidate " + ", ".join(c.label for c in candidates))
+        outcomes = evaluator.many(candidates, False, elsewhere)
+        tried.extend(outcomes)
+        return {i: _meets_cost(o) for i, o in zip(points, outcomes, strict=True)}
 
-    if passes(0):
+    last = len(grid) - 1
+    # one at a time, the least pruning is tried alone first: when it passes, nothing else is built
+    first = passing(_spread(0, last, width, ends=True) if width > 1 else [0])
+    if first[0]:
         return grid[0]
-    if len(grid) == 1 or not passes(len(grid) - 1):
+    if width <= 1 and last > 0:
+        first.update(passing([last]))
+    if len(grid) == 1 or not first[last]:
         return None
-    lo, hi = 0, len(grid) - 1  # grid[lo] fails, grid[hi] passes
+    lo, hi = _narrow(first)  # grid[lo] fails, grid[hi] passes
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if passes(mid):
-            hi = mid
-        else:
-            lo = mid
+        lo, hi = _narrow({lo: False, hi: True, **passing(_spread(lo, hi, width, ends=False))})
     return grid[hi]
 
 
+def _spread(lo: int, hi: int, width: int, ends: bool) -> list[int]:
+    """Returns up to ``width`` grid indices spread evenly over [lo, hi] (with both ends) or strictly inside.
+    With width 1 inside, the midpoint: plain bisection."""
+    if ends:
+        inner = _spread(lo, hi, width - 2, ends=False) if width > 2 else []
+        return sorted({lo, hi, *inner})
+    count = min(max(width, 1), hi - lo - 1)
+    return sorted({lo + (hi - lo) * (k + 1) // (count + 1) for k in range(count)})
+
+
+def _narrow(passes: dict[int, bool]) -> tuple[int, int]:
+    """Returns (the last failing index before the first passing one, the first passing one)."""
+    hi = min(i for i, ok in passes.items() if ok)
+    lo = max(i for i, ok in passes.items() if not ok and i < hi)
+    return lo, hi
+
+
 def search(evaluator: CandidateEvaluator, recover_steps: int | None = None,
-           progress: Callable[[str], None] = lambda _: None) -> SearchResult:
+           progress: Callable[[str], None] = lambda _: None, width: int = 1,
+           elsewhere: Elsewhere | None = None) -> SearchResult:
     """Returns the least-pruned candidate of the evaluator's plan that meets every budget.
 
     For each quantization candidate, bisection finds the least sparsity that meets the
@@ -120,7 +143,7 @@ def search(evaluator: CandidateEvaluator, recover_steps: int | None = None,
     finalists: list[Candidate] = []
     reference = ratio_in_ms(evaluator, progress)
     for quantize in plan.quantize_candidates:
-        amount = least_pruning(evaluator, plan.kind, quantize, grid, tried, progress)
+        amount = least_pruning(evaluator, plan.kind, quantize, grid, tried, progress, width, elsewhere)
         if amount is not None:
             finalists.append(Candidate(plan.kind, amount, quantize))
     finalists.sort(key=lambda c: (c.sparsity, plan.quantize_candidates.index(c.quantize)))
@@ -159,14 +182,14 @@ def least_drop(evaluator: CandidateEvaluator, finalists: list[Candidate], tried:
 
 
 def choose_plan(ctx: Context, plan: Plan, progress: Callable[[str], None] = lambda _: None,
-                use_cache: bool = True) -> tuple[Plan, dict]:
+                use_cache: bool = True, width: int = 1, elsewhere: Elsewhere | None = None) -> tuple[Plan, dict]:
     """Returns the plan of the least-pruned candidate meeting the budgets (or the nearest one) and the search's record.
 
     ``plan.recover`` is the recovery the search may spend on a candidate that misses only
     accuracy (the default when the workload has fine-tuning data and none is given).
     """
     with CandidateEvaluator(ctx, plan, use_cache) as evaluator:
-        result = search(evaluator, plan.recover or None, progress)
+        result = search(evaluator, plan.recover or None, progress, width, elsewhere)
     best = result.chosen or (result.nearest(1) or [None])[0]
     if best is None or best.error is not None:
         raise UnsupportedError("the search found no candidate that builds: " + "; ".join(

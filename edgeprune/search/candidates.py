@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 from edgeprune import __version__
 from edgeprune.gate import check_budgets
 from edgeprune.host import this_host
+from edgeprune.measure.agent_client import AgentError
 from edgeprune.measurements import (
     ESTIMATED,
+    MEASURED,
     UNAVAILABLE,
     Accuracy,
     Generation,
@@ -21,6 +26,8 @@ from edgeprune.planning import Plan, precision_for
 from edgeprune.search.cache import Cache, inputs_fingerprint, model_fingerprint
 from edgeprune.search.evaluate import Context, Evaluation, evaluate, score_artifact
 
+# evaluates candidates elsewhere (at a stage, "cost" or "score"), yielding each (candidate, outcome dict) as it is done
+Elsewhere = Callable[[list["Candidate"], str], Iterator[tuple["Candidate", dict]]]
 # A candidate's quick timing must clear the latency budget by this much (see gate.check_latency).
 SEARCH_HEADROOM = 0.15
 # what a cached Outcome holds (2: the worst slice too; 3: a causal LM's generation); older entries are not read
@@ -66,6 +73,8 @@ class Outcome:
     decode_tokens_per_s: float | None = None
     prefill_tokens_per_s: float | None = None
     ttft_ms: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # where its evaluation's time went, by stage
+    measured_by: str | None = None  # the agent (name and URL) or machine that measured the latency
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -105,6 +114,7 @@ class CandidateEvaluator:
         self.plan = plan
         self.workload = ctx.workload
         self._evaluations: dict[tuple[Candidate, int], Evaluation] = {}
+        self._seconds: dict[tuple[Candidate, int], dict[str, float]] = {}
         self.budgets = ctx.budgets  # what misses() judges by (the search turns a latency ratio into milliseconds)
         host = ctx.host or this_host()
         profile = ctx.profile
@@ -125,8 +135,10 @@ class CandidateEvaluator:
         key = (candidate, recover_steps)
         if key not in self._evaluations:
             folder = self.ctx.scratch("candidate")
+            seconds: dict[str, float] = {}
             self._evaluations[key] = evaluate(self.ctx, self.plan_for(candidate, recover_steps), folder,
-                                              final=False, score=False)
+                                              final=False, score=False, step=timed_steps(seconds))
+            self._seconds[key] = seconds
         return self._evaluations[key]
 
     def close(self) -> None:
@@ -151,8 +163,36 @@ class CandidateEvaluator:
         """
         return self._outcome(candidate, recover_steps, with_metric=True)
 
-    def _outcome(self, candidate: Candidate, recover_steps: int, with_metric: bool) -> Outcome:
-        stage = f"score-{recover_steps}" if with_metric else "cost"
+    def many(self, candidates: Sequence[Candidate], with_metric: bool, elsewhere: Elsewhere | None = None,
+             advance: Callable[[Outcome], None] = lambda _: None) -> list[Outcome]:
+        """Returns the outcomes of several candidates (costs, or with their metric): cached ones from the
+        cache, the others evaluated here one by one, or by ``elsewhere`` (workers of a distributed run)
+        all at once. Each result is cached as it arrives, so an interrupted run resumes where it stopped."""
+        stage = "score-0" if with_metric else "cost"
+        found: dict[Candidate, Outcome] = {}
+        missing = []
+        for candidate in dict.fromkeys(candidates):
+            cached = self._cached(candidate, stage, with_metric)
+            if cached is None:
+                missing.append(candidate)
+            else:
+                found[candidate] = cached
+                advance(cached)
+        if elsewhere is None:
+            for candidate in missing:
+                found[candidate] = self._outcome(candidate, 0, with_metric)
+                advance(found[candidate])
+        elif missing:
+            for candidate, data in elsewhere(missing, "score" if with_metric else "cost"):
+                outcome = Outcome.from_dict(data)
+                outcome.misses = self.misses(outcome, with_accuracy=with_metric)
+                self.cache.store(outcome.to_dict(), asdict(candidate), stage)
+                found[candidate] = outcome
+                advance(outcome)
+        return [found[c] for c in candidates]
+
+    def _cached(self, candidate: Candidate, stage: str, with_metric: bool) -> Outcome | None:
+        """Returns the cached outcome of a candidate at a stage (None when there is none, or it is damaged)."""
         cached = self.cache.load(asdict(candidate), stage)
         if cached is not None:
             try:
@@ -169,13 +209,27 @@ class CandidateEvaluator:
                 # the cache holds costs and scores; which budgets they miss depends on this build's budgets
                 outcome.misses = self.misses(outcome, with_accuracy=with_metric)
                 return outcome
+        return None
+
+    def _outcome(self, candidate: Candidate, recover_steps: int, with_metric: bool) -> Outcome:
+        stage = f"score-{recover_steps}" if with_metric else "cost"
+        cached = self._cached(candidate, stage, with_metric)
+        if cached is not None:
+            return cached
         outcome = Outcome(candidate, recovered_steps=recover_steps)
         try:
             evaluation = self._evaluation(candidate, recover_steps)
+            seconds = self._seconds[(candidate, recover_steps)]
             if with_metric and evaluation.accuracy is None:
-                score_artifact(self.ctx, evaluation)
+                with timed_steps(seconds)("evaluate accuracy"):
+                    score_artifact(self.ctx, evaluation)
             record(outcome, evaluation, self.ctx.budgets.latency_stat)
+            outcome.seconds = dict(seconds)
+            if evaluation.latency.seconds is not None:  # of "measure": the device's own timing, the rest upload
+                outcome.seconds["device"] = evaluation.latency.seconds
         except Exception as exc:  # a candidate that cannot be built is recorded, not fatal
+            if isinstance(exc, AgentError) and exc.kind != "refused":
+                raise  # the device is unreachable: nothing is known of the candidate, so nothing is recorded
             outcome.error = f"{type(exc).__name__}: {exc}"[:300]
         outcome.misses = self.misses(outcome, with_accuracy=with_metric)
         self.cache.store(outcome.to_dict(), asdict(candidate), stage)
@@ -190,6 +244,21 @@ class CandidateEvaluator:
         missed = [r.name for r in check_budgets(outcome.measurements(budgets.latency_stat), budgets, SEARCH_HEADROOM)
                   if not r.met]
         return missed + (["verification"] if outcome.verified is False else [])
+
+
+def timed_steps(seconds: dict[str, float]) -> Callable:
+    """Returns an evaluation ``step`` that adds each stage's seconds to ``seconds`` under the stage's first word
+    (prune, lower, verify, measure or estimate, evaluate): where a candidate's time goes."""
+    @contextmanager
+    def step(name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            word = name.split()[0]
+            seconds[word] = round(seconds.get(word, 0.0) + time.perf_counter() - start, 4)
+
+    return step
 
 
 def _runtime_versions() -> list[str]:
@@ -210,6 +279,7 @@ def record(outcome: Outcome, evaluation: Evaluation, stat: str) -> None:
     latency = evaluation.latency
     outcome.latency_ms = latency.stat(stat)
     outcome.latency_source = latency.source
+    outcome.measured_by = (latency.agent or latency.device) if latency.source == MEASURED else None
     outcome.size_bytes = evaluation.artifact.size_bytes
     outcome.peak_memory_mb = evaluation.memory.peak_mb
     outcome.macs, outcome.nonzero_params = evaluation.stats["macs"], evaluation.stats["nonzero_params"]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from edgeprune.backends import Artifact, LowerRequest, get_backend
 from edgeprune.backends.onnx_tools.export import export_onnx
+from edgeprune.device.protocol import Device
 from edgeprune.gate import Budgets, undecided
 from edgeprune.host import Host
 from edgeprune.llm.generate_check import check_generation
-from edgeprune.measure.agent_client import AgentClient
 from edgeprune.measure.generation import GenerationSettings, generation_of, unavailable
 from edgeprune.measure.latency import Timing, latency_of
 from edgeprune.measurements import (
@@ -64,7 +64,7 @@ class Context:
     host: Host | None = None
     measure_here: bool = False
     threads: int | None = None
-    agent: AgentClient | None = None
+    agent: Device | None = None
     generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     def __post_init__(self) -> None:

@@ -37,6 +37,7 @@ class EvaluationSpec:
     measure_here: bool = False
     threads: int | None = None
     device: str | None = None
+    farm: str | None = None
     prompt_tokens: int = 512
     generate_tokens: int = 128
     use_cache: bool = True
@@ -75,26 +76,28 @@ class EvaluationSpec:
 _EVALUATORS: dict[str, CandidateEvaluator] = {}
 
 
-def evaluate_candidate(spec: EvaluationSpec, candidate: Candidate) -> Outcome:
-    """Returns the candidate's outcome (cost and metric, through the artifact) from the spec alone."""
+def evaluate_candidate(spec: EvaluationSpec, candidate: Candidate, stage: str = "score", pool=None) -> Outcome:
+    """Returns the candidate's outcome from the spec alone: its cost (``stage`` "cost": latency, size, MACs)
+    or also its metric through the artifact ("score"). ``pool``: the farm's leases a distributed run shares."""
     key = spec.to_json()
     evaluator = _EVALUATORS.get(key)
     if evaluator is None:
-        evaluator = _evaluator(spec)
+        evaluator = _evaluator(spec, pool)
         _EVALUATORS[key] = evaluator
-    return evaluator.score(candidate)
+    return evaluator.cost(candidate) if stage == "cost" else evaluator.score(candidate)
 
 
-def _evaluator(spec: EvaluationSpec) -> CandidateEvaluator:
-    from edgeprune.measure.agent_client import AgentClient
+def _evaluator(spec: EvaluationSpec, pool=None) -> CandidateEvaluator:
+    from edgeprune.farm.farm import connect_device
     from edgeprune.measure.generation import GenerationSettings
     from edgeprune.profile import load_profile
     from edgeprune.search.evaluate import Context
     from edgeprune.specs import load_workload
 
-    ctx = Context(load_workload(spec.model, spec.data), load_profile(spec.profile), spec.budgets,
+    profile = load_profile(spec.profile)
+    ctx = Context(load_workload(spec.model, spec.data), profile, spec.budgets,
                   measure_here=spec.measure_here, threads=spec.threads,
-                  agent=AgentClient(spec.device) if spec.device else None,
+                  agent=connect_device(spec.device, spec.farm, profile.name, pool),
                   generation=GenerationSettings(spec.prompt_tokens, spec.generate_tokens))
     evaluator = CandidateEvaluator(ctx, spec.plan, spec.use_cache)
     atexit.register(ctx.close)

@@ -54,8 +54,11 @@ def _front(outcomes: list[Outcome], cost: str, higher_is_better: bool) -> set[in
     return {i for (i, _), flag in zip(ok, flags, strict=True) if flag}
 
 
-def write_sweep(outcomes: list[Outcome], folder: Path, metric: str, higher_is_better: bool, title: str) -> dict:
-    """Returns the sweep summary after writing sweep.json, sweep.md, pareto.png and report.html into the folder."""
+def write_sweep(outcomes: list[Outcome], folder: Path, metric: str, higher_is_better: bool, title: str,
+                agents: dict[str, dict] | None = None) -> dict:
+    """Returns the sweep summary after writing sweep.json, sweep.md, pareto.png and report.html into the folder.
+
+    ``agents``: a farm's agents, each one's state, measurements and why it went down."""
     folder.mkdir(parents=True, exist_ok=True)
     by_latency = _front(outcomes, "latency_ms", higher_is_better)
     by_size = _front(outcomes, "size_bytes", higher_is_better)
@@ -63,6 +66,8 @@ def write_sweep(outcomes: list[Outcome], folder: Path, metric: str, higher_is_be
     for i, o in enumerate(outcomes):
         rows.append({**o.to_dict(), "pareto_latency": i in by_latency, "pareto_size": i in by_size})
     summary = {"title": title, "metric": metric, "higher_is_better": higher_is_better, "candidates": rows}
+    if agents:
+        summary["agents"] = agents
     (folder / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "sweep.md").write_text(_markdown(rows, metric, title))
     svg = write_pareto(rows, folder / "pareto.png", metric, title)
@@ -80,11 +85,13 @@ def _markdown(rows: list[dict], metric: str, title: str) -> str:
         size = f"{r['size_bytes'] / 1e6:.2f}" if r["size_bytes"] else "—"
         macs = f"{r['macs'] / 1e6:.1f}M" if r["macs"] else "—"
         score = f"{r['metric']:.4f}" if r["metric"] is not None else (r["error"] or "—")
+        by = r.get("measured_by") or ""
+        source = (r["latency_source"] or "—") + (f" on {by.split(' (')[0]}" if by and not by.startswith("local:") else "")
         drop = f"{r['drop']:+.4f}" if r["drop"] is not None else "—"
         worst = (f"{r['worst_slice']} ({r['worst_slice_drop']:+.4f})"
                  if r.get("worst_slice") is not None and r.get("worst_slice_drop") is not None else "—")
         front = " / ".join("★" if r[k] else "" for k in ("pareto_latency", "pareto_size"))
-        lines.append(f"| {r['candidate']['label']} | {lat} | {r['latency_source'] or '—'} | {size} | {macs} | "
+        lines.append(f"| {r['candidate']['label']} | {lat} | {source} | {size} | {macs} | "
                      f"{score} | {drop} | {worst} | {front} |")
     lines += ["", "★ Pareto-optimal: no other candidate is both cheaper and at least as accurate.",
               "Latency source: measured here, or estimated from the profile (roofline); never mixed silently.", ""]

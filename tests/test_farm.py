@@ -1,0 +1,196 @@
+"""A device farm and sweeps on Ray: real agents on the loopback, a real local Ray (2 CPUs), the digits model.
+
+Each agent writes its own access log; a measurement is one `POST /v1/measure ... 200` line in it,
+so "measured exactly once" is counted where the measurements happen, not where they are asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DIGITS, ROOT, run_cli, run_main
+
+TOKEN = "farm-test-token-0123456789abcdef"
+MEASURED = re.compile(r'"POST /v1/measure HTTP/1.1" 200')
+# 8 candidates: the dense model and structured 0.25 / 0.5 / 0.75, each in fp32 and int8
+SWEEP = ("--profile", "host", "--strategies", "structured", "--sparsities", "0.25,0.5,0.75", "--quantize", "none,int8")
+
+pytest.importorskip("ray", reason="Ray is the `ray` extra (in the dev install): pip install 'edgeprune[ray]'")
+
+
+class LoggedAgent:
+    """A real `edgeprune agent serve` on a free loopback port, its stderr (the access log) in a file."""
+
+    def __init__(self, log: Path, token_env: str = "EDGEPRUNE_AGENT_TOKEN") -> None:
+        self.log = log
+        env = {**os.environ, "PYTHONPATH": str(ROOT), token_env: TOKEN}
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgeprune.cli", "agent", "serve", "--port", "0"],
+                                     stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r"listening on (\S+)", log.read_text())):
+            assert self.proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        self.url = found.group(1)
+
+    def measured(self) -> int:
+        return len(MEASURED.findall(self.log.read_text()))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def farm(tmp_path, monkeypatch):
+    """Three agents that stand for profile host, and their farm file."""
+    monkeypatch.setenv("EDGEPRUNE_AGENT_TOKEN", TOKEN)
+    agents = [LoggedAgent(tmp_path / f"a{i}.log") for i in (1, 2, 3)]
+    path = tmp_path / "devices.toml"
+    path.write_text("".join(f'[[agent]]\nname = "a{i}"\nurl = "{a.url}"\nprofile = "host"\n\n'
+                            for i, a in enumerate(agents, 1)))
+    yield path, agents
+    for agent in agents:
+        agent.stop()
+
+
+def _sweep(farm_file: Path, out: Path, cache: Path, *extra: str, wait: bool = True):
+    args = [sys.executable, "-m", "edgeprune.cli", "sweep", str(DIGITS), *SWEEP, "--farm", str(farm_file),
+            "-o", str(out), "--json", *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEPRUNE_CACHE_DIR": str(cache)}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    if not wait:
+        return proc
+    out_text, err_text = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(args, proc.returncode, out_text, err_text)
+
+
+def _fronts(summary: dict) -> tuple[set, set]:
+    rows = summary["candidates"]
+    return ({r["candidate"]["label"] for r in rows if r["pareto_latency"]},
+            {r["candidate"]["label"] for r in rows if r["pareto_size"]})
+
+
+def test_a_ray_sweep_measures_every_candidate_once_while_an_agent_dies(farm, tmp_path):
+    farm_file, agents = farm
+    victim = agents[0]
+
+    def kill_mid_measurement() -> None:
+        # after its first measurement, the next `GET /v1/info` opens a job (upload, then timing of a
+        # second or more): the agent is killed inside it, so that job must move to another agent
+        while victim.proc.poll() is None:
+            text = victim.log.read_text()
+            first = MEASURED.search(text)
+            if first and "GET /v1/info" in text[first.end():]:
+                victim.proc.kill()
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_mid_measurement, daemon=True)
+    watcher.start()
+    cache = tmp_path / "cache"
+    done = _sweep(farm_file, tmp_path / "ray", cache, "--ray")
+    watcher.join(5)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    rows = summary["candidates"]
+    assert len(rows) == 8 and all(r["error"] is None and r["latency_source"] == "measured" for r in rows), rows
+    # every latency names the agent that measured it, and none was measured twice or lost
+    assert all(re.fullmatch(r"a[123] \(http://127\.0\.0\.1:\d+\)", r["measured_by"]) for r in rows)
+    assert victim.proc.poll() is not None, "the agent was never killed: it measured nothing"
+    assert sum(a.measured() for a in agents) == 8
+    # the job it held when it died was measured by another agent, and it was asked nothing more
+    state = summary["agents"]
+    assert state["a1"]["state"] == "down" and state["a1"]["failed"] == 1, state
+    assert [state[n]["done"] for n in ("a1", "a2", "a3")] == [a.measured() for a in agents], state
+    # a serial sweep on the same cached candidates chooses the same Pareto sets, and measures nothing
+    serial = _sweep(farm_file, tmp_path / "serial", cache)
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    assert _fronts(json.loads(serial.stdout)) == _fronts(summary)
+    assert sum(a.measured() for a in agents) == 8
+
+
+def test_an_interrupted_ray_sweep_resumes_and_measures_only_what_was_missing(farm, tmp_path):
+    farm_file, agents = farm
+    cache = tmp_path / "cache"
+    first = _sweep(farm_file, tmp_path / "first", cache, "--ray", wait=False)
+    deadline = time.monotonic() + 300
+    while sum(a.measured() for a in agents) < 3:
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-3000:]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err[-3000:]
+    assert not (tmp_path / "first").exists()  # nothing half-written
+    cached = len(list((cache / "candidates").glob("*.json")))
+    assert 1 <= cached < 8, cached  # a candidate measured but not yet scored when interrupted is missing
+    before = sum(a.measured() for a in agents)
+    again = _sweep(farm_file, tmp_path / "again", cache, "--ray")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(json.loads(again.stdout)["candidates"]) == 8
+    assert sum(a.measured() for a in agents) - before == 8 - cached
+
+
+def test_farm_status_shows_each_agent_and_which_are_down(farm, tmp_path, capsys):
+    farm_file, agents = farm
+    agents[2].stop()
+    code, out, _ = run_main(["farm", "status", str(farm_file), "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(out)["agents"]}
+    assert code == 3 and [rows[n]["health"] for n in ("a1", "a2", "a3")] == ["up", "up", "down"]
+    assert rows["a1"]["runtimes"]["onnxruntime"] and rows["a1"]["queue"] == 0 and rows["a1"]["measurements"] == 0
+    assert "cannot reach the agent" in rows["a3"]["why"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, "no such file"),
+    ("[[agent]\nname = 'x'", "not TOML"),
+    ("", "agent: Field required"),
+    ("[[agent]]\nname = 'a'\nurl = 'http://127.0.0.1:1'\n", "agent.0.profile: Field required"),
+    ("[[agent]]\nname = 'a'\nurl = 'ftp://x'\nprofile = 'host'\n", "agent.0.url"),
+    ("[[agent]]\nname = 'a b'\nurl = 'http://127.0.0.1:1'\nprofile = 'host'\n", "agent.0.name"),
+    ("[[agent]]\nname = 'a'\nurl = 'http://127.0.0.1:1'\nprofile = 'host'\ncolour = 1\n", "agent.0.colour"),
+    ("[[agent]]\nname = 'a'\nurl = 'http://127.0.0.1:1'\nprofile = 'nope'\n", "unknown profile"),
+    ("[[agent]]\nname = 'a'\nurl = 'http://127.0.0.1:1'\nprofile = 'host'\n" * 2, "two agents are named 'a'"),
+    ("[[agent]]\nname = 'a'\nurl = 'http://127.0.0.1:1'\nprofile = 'jetson-orin-nano'\n",
+     "no agent stands for profile host"),
+    ("[[agent]]\nname = 'a'\nurl = 'http://127.0.0.1:1'\nprofile = 'host'\ntoken_env = 'NO_SUCH_TOKEN_VAR'\n",
+     "NO_SUCH_TOKEN_VAR is not set"),
+])
+def test_a_bad_farm_file_is_refused_in_one_line_before_any_work(text, expected, tmp_path, capsys):
+    path = tmp_path / "devices.toml"
+    if text is not None:
+        path.write_text(text)
+    for command in (["build", str(DIGITS), "--profile", "host", "-o", str(tmp_path / "b")],
+                    ["sweep", str(DIGITS), "--profile", "host", "-o", str(tmp_path / "s")]):
+        code, _, err = run_main([*command, "--farm", str(path)], capsys)
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "b").exists() and not (tmp_path / "s").exists()
+
+
+def test_device_and_farm_together_are_refused(tmp_path):
+    path = tmp_path / "devices.toml"
+    path.write_text("[[agent]]\nname = 'a'\nurl = 'http://127.0.0.1:1'\nprofile = 'host'\n")
+    done = run_cli("bench", str(tmp_path / "m.onnx"), "--device", "http://127.0.0.1:1", "--farm", str(path))
+    assert done.returncode == 2 and "not both" in done.stderr
+
+
+def test_bench_on_a_farm_moves_past_a_dead_agent(farm, tmp_path, capsys):
+    import torch
+
+    farm_file, agents = farm
+    agents[0].stop()
+    model = tmp_path / "m.onnx"
+    torch.onnx.export(torch.nn.Linear(8, 4), (torch.randn(1, 8),), str(model), dynamo=False)
+    code, out, err = run_main(["bench", str(model), "--farm", str(farm_file), "--quick", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["agent"].split(" ")[0] in ("a2", "a3")
