@@ -194,3 +194,38 @@ def test_bench_on_a_farm_moves_past_a_dead_agent(farm, tmp_path, capsys):
     code, out, err = run_main(["bench", str(model), "--farm", str(farm_file), "--quick", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["agent"].split(" ")[0] in ("a2", "a3")
+
+
+def test_a_batched_budget_search_returns_the_serial_searchs_plan_in_fewer_rounds(tmp_path, monkeypatch):
+    """The budget search on Ray evaluates several sparsities a round (as many as there are workers); the
+    least pruning that meets the budget is the same as one-at-a-time bisection finds. A size budget and an
+    estimated profile make every candidate's pass or miss the same in any process."""
+    from edgeprune.gate import Budgets
+    from edgeprune.planning import make_plan
+    from edgeprune.profile import load_profile
+    from edgeprune.search.budget import choose_plan
+    from edgeprune.search.evaluate import Context
+    from edgeprune.search.fanout import RayRun
+    from edgeprune.search.spec import EvaluationSpec
+    from edgeprune.specs import load_workload
+
+    profile, budgets = load_profile("x86-avx2"), Budgets(max_size_mb=1.0)
+    workload = load_workload(str(DIGITS))
+    plan = make_plan(workload, profile, "auto", None, "none", "onnx", None, "2:4", budgets)
+    assert plan.search is not None and plan.kind == "structured", plan
+    chosen, rounds = {}, {}
+    for way in ("serial", "batched"):
+        monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / way))  # nothing shared between the two
+        said = []
+        with Context(workload, profile, budgets) as ctx:
+            if way == "serial":
+                found, record = choose_plan(ctx, plan, said.append)
+            else:
+                spec = EvaluationSpec.of(str(DIGITS), profile.name, plan, budgets=budgets)
+                with RayRun(spec) as run:
+                    assert run.width == 2
+                    found, record = choose_plan(ctx, plan, said.append, width=run.width, elsewhere=run)
+        chosen[way] = (found.kind, found.sparsity, found.quantization)
+        rounds[way] = sum(s.startswith("candidate ") for s in said)
+    assert chosen["batched"] == chosen["serial"] and 0 < chosen["serial"][1] < 0.9, chosen
+    assert rounds["batched"] < rounds["serial"], rounds
