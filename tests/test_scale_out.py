@@ -200,6 +200,8 @@ def test_a_batched_budget_search_returns_the_serial_searchs_plan_in_fewer_rounds
     """The budget search on Ray evaluates several sparsities a round (as many as there are workers); the
     least pruning that meets the budget is the same as one-at-a-time bisection finds. A size budget and an
     estimated profile make every candidate's pass or miss the same in any process."""
+    from dataclasses import replace
+
     from edgeprune.gate import Budgets
     from edgeprune.planning import make_plan
     from edgeprune.profile import load_profile
@@ -213,6 +215,7 @@ def test_a_batched_budget_search_returns_the_serial_searchs_plan_in_fewer_rounds
     workload = load_workload(str(DIGITS))
     plan = make_plan(workload, profile, "auto", None, "none", "onnx", None, "2:4", budgets)
     assert plan.search is not None and plan.kind == "structured", plan
+    plan = replace(plan, search=(0.4, 0.7))  # seven sparsities; the answer (0.55) lies inside
     chosen, rounds = {}, {}
     for way in ("serial", "batched"):
         monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / way))  # nothing shared between the two
@@ -227,5 +230,5 @@ def test_a_batched_budget_search_returns_the_serial_searchs_plan_in_fewer_rounds
                     found, record = choose_plan(ctx, plan, said.append, width=run.width, elsewhere=run)
         chosen[way] = (found.kind, found.sparsity, found.quantization)
         rounds[way] = sum(s.startswith("candidate ") for s in said)
-    assert chosen["batched"] == chosen["serial"] and 0 < chosen["serial"][1] < 0.9, chosen
+    assert chosen["batched"] == chosen["serial"] and 0.4 < chosen["serial"][1] < 0.7, chosen
     assert rounds["batched"] < rounds["serial"], rounds

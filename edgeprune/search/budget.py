@@ -153,7 +153,7 @@ def search(evaluator: CandidateEvaluator, recover_steps: int | None = None,
         return least_drop(evaluator, finalists, tried, reference, progress)
     for candidate in finalists:
         progress(f"accuracy of {candidate.label}")
-        outcome = evaluator.score(candidate)
+        outcome = evaluator.many([candidate], True, elsewhere)[0]  # on a worker too, where there are workers
         tried.append(outcome)
         if not outcome.misses:
             return SearchResult(outcome, tried, reference)
