@@ -232,3 +232,17 @@ def test_a_batched_budget_search_returns_the_serial_searchs_plan_in_fewer_rounds
         rounds[way] = sum(s.startswith("candidate ") for s in said)
     assert chosen["batched"] == chosen["serial"] and 0.4 < chosen["serial"][1] < 0.7, chosen
     assert rounds["batched"] < rounds["serial"], rounds
+
+
+def test_a_build_on_a_farm_is_measured_by_a_live_agent_of_its_profile(farm, tmp_path, capsys):
+    farm_file, agents = farm
+    agents[0].stop()
+    with farm_file.open("a") as f:  # an agent of another profile is never asked
+        f.write(f'[[agent]]\nname = "nano"\nurl = "{agents[1].url}"\nprofile = "jetson-orin-nano"\n')
+    code, out, err = run_main(["build", str(ROOT / "tests" / "tiny_workload.py"), "--profile", "host", "--quantize",
+                               "none", "--farm", str(farm_file), "-o", str(tmp_path / "out"), "--json"], capsys)
+    assert code == 0, err
+    latency = json.loads(out)["latency"]
+    assert latency["source"] == "measured" and latency["baseline_median_ms"] is not None
+    assert re.fullmatch(r"a[23] \(http://127\.0\.0\.1:\d+\)", latency["agent"]), latency["agent"]
+    assert sum(a.measured() for a in agents[1:]) == 1  # the artifact and its baseline, in one upload
