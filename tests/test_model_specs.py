@@ -195,3 +195,49 @@ def test_timm_models_whose_couplings_cannot_all_be_pruned_keep_those_groups_whol
         assert result.model(x).shape == model(x).shape
     kept = " ".join(k["reason"] for k in result.details["kept_whole"])
     assert "kept whole: " in kept, kept
+
+
+# (library, model, input side, most of its MACs it may keep, what its report says it kept whole and why)
+COUPLED = [
+    ("torchvision", "shufflenet_v2_x1_0", 96, 0.55, "reorders or hides its channels"),  # the channel shuffle
+    ("torchvision", "swin_t", 112, 0.75, "is used outside its layer"),  # attention through F.linear
+    ("timm", "efficientformerv2_s0", 224, 0.45, "are not the heads of an attention module"),  # conv heads
+    ("timm", "levit_128s", 224, 0.45, "changes the model's output width"),  # fused qkv pruned by heads
+    ("timm", "fastvit_t8", 128, 0.45, "keeps the output width"),  # channel-multiplier convs pruned by group
+]
+
+
+@pytest.mark.parametrize("library,name,side,most,reason", COUPLED, ids=[c[1] for c in COUPLED])
+def test_models_whose_channels_pass_reshapes_and_regrouped_convolutions_prune_and_run(library, name, side, most,
+                                                                                      reason):
+    """The channel is followed through each op (trace.py): a shuffled or hidden channel keeps its
+    group whole, a layer whose weight is used outside it too, a fused qkv split into heads is
+    pruned by whole heads, and a depthwise convolution with a channel multiplier by whole groups."""
+    skip = _skip_reason(library)
+    if skip is not None:
+        pytest.skip(skip)
+    from edgeprune.prune import prune
+    from edgeprune.prune.config import StructuredConfig
+    from edgeprune.stats import model_stats
+
+    if library == "timm":
+        import timm
+
+        model = timm.create_model(name, pretrained=False).eval()
+    else:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    result = prune(model, StructuredConfig(sparsity=0.5), calibration=[(x,)], example_inputs=(x,))
+    ratio = model_stats(result.model, (x,))["macs"] / model_stats(model, (x,))["macs"]
+    assert ratio <= most, ratio
+    with torch.no_grad():
+        assert result.model(x).shape == model(x).shape
+    kept = " ".join(k["reason"] for k in result.details["kept_whole"])
+    assert reason in kept, kept
+    if name == "levit_128s":  # every attention (its downsampling ones too) lost heads, none was kept whole
+        from edgeprune.prune.heads import find_attention
+
+        narrowed = {g["attention"] for g in result.details["groups"] if g["unit"] == "head" and g["heads_after"] < g["heads"]}
+        assert narrowed == {a.name for a in find_attention(model)}, narrowed

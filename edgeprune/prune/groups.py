@@ -18,7 +18,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeprune.prune.couplings import Couplings, install
 from edgeprune.prune.heads import AttentionModule, attention_of
+from edgeprune.prune.trace import ChannelTracer
 
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)
 
@@ -32,6 +34,7 @@ class Member:
     kind: str  # "out" or "in"
     idxs: list[int]
     root_idxs: list[int]
+    regrouped: bool = False  # a convolution losing whole groups (couplings), not channels of each group
 
 
 @dataclass
@@ -39,7 +42,8 @@ class ChannelGroup:
     """Coupled channels: ``channels`` root channels in units of ``unit_size`` channels each.
 
     A unit is a channel (unit_size 1), a position in every one of ``channel_groups`` groups
-    (unit_size = channel_groups), or an attention head (unit_size = head_dim).
+    (unit_size = channel_groups), an attention head (unit_size = head_dim), or a set of root
+    channels that go together (``tied``: a regrouped convolution's group reaches several).
     """
 
     root: nn.Module
@@ -50,6 +54,11 @@ class ChannelGroup:
     attention: AttentionModule | None = None
     skip: str | None = None
     names: list[str] = field(default_factory=list)
+    held: bool = False  # kept for what it is (protected, avoided, the output), not for where its channels go
+    # layers pruned each by itself instead of through the root's group, with each unit's channels
+    # (a fused projection's heads, see fused_heads): (layer, pruning function, channels per unit)
+    parts: list[tuple[nn.Module, object, list[list[int]]]] = field(default_factory=list)
+    tied: list[list[int]] = field(default_factory=list)
 
     @property
     def is_heads(self) -> bool:
@@ -57,6 +66,8 @@ class ChannelGroup:
 
     @property
     def units(self) -> int:
+        if self.tied:
+            return len(self.tied)
         return self.attention.num_heads if self.attention else self.channels // self.channel_groups
 
     @property
@@ -65,6 +76,8 @@ class ChannelGroup:
 
     def unit_channels(self, unit: int) -> list[int]:
         """Returns the root channels that make up one unit."""
+        if self.tied:
+            return self.tied[unit]
         if self.attention is not None:
             return list(range(unit * self.unit_size, (unit + 1) * self.unit_size))
         per_group = self.channels // self.channel_groups
@@ -72,6 +85,8 @@ class ChannelGroup:
 
     def unit_scores(self, channel_scores: torch.Tensor) -> torch.Tensor:
         """Returns the summed score of each unit from per-root-channel scores."""
+        if self.tied:
+            return torch.stack([channel_scores[torch.tensor(t)].sum() for t in self.tied])
         if self.attention is not None:
             return channel_scores.view(self.units, self.unit_size).sum(1)
         return channel_scores.view(self.channel_groups, -1).sum(0)
@@ -83,18 +98,34 @@ class ChannelGroup:
         return {"layers": self.names, "channels": self.channels, "unit": "head" if self.is_heads else "channel"}
 
 
+@dataclass
+class Analysis:
+    """The dependency graph of a model and what the channel tracer installed on it."""
+
+    graph: tp.DependencyGraph
+    couplings: Couplings
+
+
 def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor],
-                attention: Sequence[AttentionModule] = ()) -> tp.DependencyGraph:
-    """Returns the dependency graph of the model, traced on the example inputs.
+                attention: Sequence[AttentionModule] = ()) -> Analysis:
+    """Returns the dependency graph of the model, traced on the example inputs with the channel
+    followed exactly (trace.ChannelTracer) and its verdicts installed (couplings).
 
     Parameters indexed by attention head (not by channel) are left out: the heads' own
-    bookkeeping slices them (AttentionModule.remove_heads).
+    bookkeeping slices them (AttentionModule.remove_heads). A depthwise convolution with a
+    channel multiplier is left to the couplings, which prune it by whole groups.
     """
     ignored = [p for a in attention for p in a.per_head_parameters()]
+    regrouped = {m: m.out_channels // m.in_channels for m in model.modules()
+                 if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
+                 and 1 < m.groups == m.in_channels < m.out_channels}
+    tracer = ChannelTracer(model, regrouped)
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=tuple(example_inputs), verbose=False,
-                                                     ignored_params=ignored)
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=tuple(example_inputs), forward_fn=lambda m, x: tracer.run(m, x), verbose=False,
+            ignored_params=ignored, ignored_layers=list(regrouped))
+    return Analysis(graph, install(graph, tracer))
 
 
 def _channel_groups(module) -> int:
@@ -106,7 +137,7 @@ def _channel_groups(module) -> int:
     return 1
 
 
-def coupled_groups(graph: tp.DependencyGraph, model: nn.Module, attention: list[AttentionModule],
+def coupled_groups(analysis: Analysis, model: nn.Module, attention: list[AttentionModule],
                    protected: dict[nn.Module, str], avoid: dict[nn.Module, str] | None = None,
                    stems: dict[nn.Module, str] | None = None) -> list[ChannelGroup]:
     """Returns every group of coupled channels, each with its unit and, if it must stay, why.
@@ -117,11 +148,13 @@ def coupled_groups(graph: tp.DependencyGraph, model: nn.Module, attention: list[
     consumers keeps its width, while one that opens a residual stream (a ResNet stage, a
     transformer's embeddings) is pruned with the stream, which keeping would keep whole.
     """
+    graph, couplings = analysis.graph, analysis.couplings
     names = {m: n for n, m in model.named_modules()}
     avoid = avoid or {}
     stems = stems or {}
     out: list[ChannelGroup] = []
     for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
+        crossed = couplings.crossings.take()  # what building this group ran into
         members = []
         skip = None
         for item in group:
@@ -130,6 +163,12 @@ def coupled_groups(graph: tp.DependencyGraph, model: nn.Module, attention: list[
             kind = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
             if target.type == tp.ops.OPTYPE.OUTPUT:
                 skip = skip or "changes the model's output width"
+                continue
+            if target in couplings.regrouped:
+                name, conv = couplings.regrouped[target]
+                m = conv.out_channels // conv.in_channels
+                members.append(Member(name, conv, "out", [g * m + k for g in item.idxs for k in range(m)],
+                                      [r for r in item.root_idxs for _ in range(m)], regrouped=True))
                 continue
             if isinstance(target.module, nn.Parameter):
                 name = graph._param_to_name.get(target.module, "parameter")
@@ -152,13 +191,40 @@ def coupled_groups(graph: tp.DependencyGraph, model: nn.Module, attention: list[
                 skip = skip or stems[m.module]
             if m.module in avoid:
                 skip = skip or avoid[m.module]
+        cg.held = skip is not None
+        cut = next((v.reason for v in crossed if v.kind == "cut"), None)
+        skip = skip or (f"kept whole: its channels continue where they cannot be followed: {cut}" if cut else None)
         cg.skip = skip or _attention_unit(cg, attention)
+        heads = next((v.reason for v in crossed if v.kind == "heads"), None)
+        if cg.skip is None and not cg.is_heads and heads:
+            cg.skip = f"kept whole: {heads}, and they are not the heads of an attention module"
         if cg.skip is None and not cg.is_heads:
-            cg.channel_groups = math.lcm(*[_channel_groups(m.module) for m in members]) if members else 1
+            cg.channel_groups = math.lcm(*[_channel_groups(m.module) for m in members if not m.regrouped]) \
+                if members else 1
             if cg.channels % cg.channel_groups:
                 cg.skip = f"{cg.channels} channels do not split into {cg.channel_groups} channel groups"
+            elif any(m.regrouped for m in members):
+                cg.tied = _tied(graph, cg)
+                couplings.crossings.take()  # the probes' crossings are this group's, already read
+                if len({len(t) for t in cg.tied}) > 1 or (cg.channel_groups > 1 and len(cg.tied) < cg.channels):
+                    cg.skip = "kept whole: a convolution's groups tie its channels into sets of unequal size"
         out.append(cg)
     return out
+
+
+def _tied(graph: tp.DependencyGraph, group: ChannelGroup) -> list[list[int]]:
+    """Returns the sets of root channels that go together: through a regrouped convolution one
+    channel before it is several after it, so removing one of those removes them all. Each set
+    is read from the group of one of its channels: the root's own channels in it."""
+    left, sets = set(range(group.channels)), []
+    while left:
+        first = min(left)
+        probe = graph.get_pruning_group(group.root, group.handler, [first])
+        tied = {i for item in probe if item.dep.target.module is group.root
+                and graph.is_out_channel_pruning_fn(item.dep.handler) for i in item.idxs} | {first}
+        left -= tied
+        sets.append(sorted(tied))
+    return sets
 
 
 def _attention_unit(group: ChannelGroup, attention: list[AttentionModule]) -> str | None:

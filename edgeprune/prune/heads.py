@@ -18,10 +18,9 @@ from edgeprune.prune.attention import ExplicitAttention
 LAYERS_WITH_WEIGHTS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.LayerNorm, nn.GroupNorm,
                        nn.modules.batchnorm._BatchNorm)
 HEAD_COUNT_NAMES = ("num_heads", "n_heads", "n_head", "num_attention_heads", "heads")
-# attributes holding the inner width (heads * head_dim) that a forward pass may reshape to
-INNER_WIDTH_NAMES = ("all_head_size", "inner_dim", "inner_size", "attn_dim")
-# attributes holding the width of one head
-HEAD_DIM_NAMES = ("head_dim", "attention_head_size", "head_size")
+# attributes holding an inner width (heads x per-head width) that a forward pass may reshape to
+# (LeViT keeps one for its keys and one for its values)
+INNER_WIDTH_NAMES = ("all_head_size", "inner_dim", "inner_size", "attn_dim", "key_attn_dim", "val_attn_dim")
 
 
 @dataclass(eq=False)
@@ -60,11 +59,10 @@ class AttentionModule:
         if isinstance(self.module, ExplicitAttention):
             gone = set(removed)
             self.module.kept_heads = tuple(h for i, h in enumerate(self.module.kept_heads) if i not in gone)
-        per_head = next((v for a in HEAD_DIM_NAMES if isinstance(v := getattr(self.module, a, None), int)), None)
         for attr in INNER_WIDTH_NAMES:
             value = getattr(self.module, attr, None)
-            if isinstance(value, int) and isinstance(per_head, int) and value == old * per_head:
-                setattr(self.module, attr, new * per_head)
+            if isinstance(value, int) and not isinstance(value, bool) and value % old == 0:
+                setattr(self.module, attr, value // old * new)
 
 
 def find_attention(model: nn.Module) -> list[AttentionModule]:

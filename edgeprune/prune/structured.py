@@ -18,7 +18,9 @@ from edgeprune.prune.api import PruneResult, copy_model, register_pruner
 from edgeprune.prune.attention import rewrite_multihead_attention
 from edgeprune.prune.calibration import input_norms, taylor_gradients
 from edgeprune.prune.config import StructuredConfig
-from edgeprune.prune.groups import ChannelGroup, build_graph, coupled_groups
+from edgeprune.prune.couplings import remove_groups
+from edgeprune.prune.fused_heads import fused_head_groups
+from edgeprune.prune.groups import Analysis, ChannelGroup, build_graph, coupled_groups
 from edgeprune.prune.heads import AttentionModule, find_attention
 from edgeprune.prune.importance import scorer
 from edgeprune.prune.roles import layer_roles
@@ -142,8 +144,9 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
     ties = tied_parameters(model)
     try:
         with time_limit(GRAPH_ANALYSIS_S):
-            graph = build_graph(model, example_inputs, attention)
-            groups = coupled_groups(graph, model, attention, protected, avoided, stems)
+            analysis = build_graph(model, example_inputs, attention)
+            groups = coupled_groups(analysis, model, attention, protected, avoided, stems)
+            groups = fused_head_groups(groups, analysis, attention, model, avoided)
     except AnalysisTimeout:
         raise UnsupportedError(f"the channel-dependency analysis of the model did not finish in {GRAPH_ANALYSIS_S} s; "
                                "prune it unstructured or N:M instead (a transformers causal LM, however wrapped, "
@@ -175,14 +178,14 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
         report.append(entry)
         if not removed_units:
             continue
-        idxs = sorted(c for u in removed_units for c in g.unit_channels(u))
-        if not _prune_group(graph, g, idxs):  # it would empty a coupled layer: nothing was removed
+        if not _prune_group(analysis, g, removed_units):  # it would empty a coupled layer: nothing was removed
             g.skip = "kept whole: removing its channels would remove every channel of a coupled layer"
             entry["channels_after"] = entry["channels"]
             continue
         if g.is_heads:
             g.attention.remove_heads(removed_units)
     restore_ties(ties)
+    _drop_caches(model)
     before = sum(e["channels"] for e in report)
     after = sum(e["channels_after"] for e in report)
     return {
@@ -201,18 +204,37 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
     }
 
 
-def _prune_group(graph, group: ChannelGroup, idxs: list[int]) -> bool:
-    """Removes the channels from every layer of the group; False, changing nothing, where that would
-    remove every channel of a layer coupled to it."""
+def _prune_group(analysis: Analysis, group: ChannelGroup, removed_units: list[int]) -> bool:
+    """Removes the units' channels from every layer of the group; False, changing nothing, where that
+    would remove every channel of a layer coupled to it."""
+    graph = analysis.graph
     try:
+        if group.parts:  # layers pruned each by itself (fused_heads); a kept unit keeps each non-empty
+            for layer, fn, per_unit in group.parts:
+                fn(layer, sorted(c for u in removed_units for c in per_unit[u]))
+            return True
+        idxs = sorted(c for u in removed_units for c in group.unit_channels(u))
         pruning = graph.get_pruning_group(group.root, group.handler, idxs)
         if not graph.check_pruning_group(pruning):
             return False
+        regrouped = [(analysis.couplings.regrouped[item.dep.target][1], list(item.idxs)) for item in pruning
+                     if item.dep.target in analysis.couplings.regrouped]
         pruning.prune()
+        for conv, gone in regrouped:
+            remove_groups(conv, gone)
     except Exception as exc:  # a layer type or coupling the pruning functions cannot handle
         raise UnsupportedError(f"cannot prune the group of {', '.join(group.names[:3])}: "
                                f"{first_line(exc, 200, named=True)}; name a layer in ignore") from exc
     return True
+
+
+def _drop_caches(model: nn.Module) -> None:
+    """Has every module drop what it caches from its parameters (LeViT's and EfficientFormer's
+    attention biases, cleared in their ``train()``), keeping each module's mode."""
+    modes = {m: m.training for m in model.modules()}
+    model.train(model.training)
+    for m, mode in modes.items():
+        m.training = mode
 
 
 class AnalysisTimeout(Exception):
