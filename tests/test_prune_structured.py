@@ -10,7 +10,6 @@ a head) changes the output.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -19,73 +18,11 @@ from torch import nn
 
 from edgeprune.errors import InputError
 from edgeprune.prune import StructuredConfig, prune
-from edgeprune.prune.allocation import Budget, allocate
-from edgeprune.prune.attention import rewrite_multihead_attention
-from edgeprune.prune.groups import ChannelGroup, build_graph, coupled_groups
-from edgeprune.prune.heads import find_attention
-from edgeprune.prune.roles import layer_roles
 from edgeprune.stats import count_macs, count_params
+from tests.planted import plant
 from tests.zoo import ZOO, calibration, resnet, single_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _zero_slice(member, idxs: list[int]) -> None:
-    module, kind = member.module, member.kind
-    idx = torch.tensor(idxs, dtype=torch.long)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        module.weight[idx] = 0
-        module.bias[idx] = 0
-    elif isinstance(module, nn.Linear):
-        if kind == "out":
-            module.weight[idx] = 0
-            if module.bias is not None:
-                module.bias[idx] = 0
-        else:
-            module.weight[:, idx] = 0
-    elif isinstance(module, nn.modules.conv._ConvNd):
-        w = module.weight
-        out_axis = 1 if module.transposed else 0
-        depthwise = module.groups == module.in_channels == module.out_channels
-        if kind == "out" or depthwise:
-            assert module.groups == 1 or not module.transposed
-            w.index_fill_(out_axis, idx, 0)
-            if module.bias is not None:
-                module.bias[idx] = 0
-        elif module.transposed:
-            w[idx] = 0
-        else:
-            per_group_in = w.shape[1]
-            per_group_out = w.shape[0] // module.groups
-            for c in idxs:
-                g = c // per_group_in
-                w[g * per_group_out:(g + 1) * per_group_out, c % per_group_in] = 0
-    else:
-        raise AssertionError(f"cannot plant zeros in {type(module).__name__}")
-
-
-def plant(model: nn.Module, inputs, sparsity: float, ignore: tuple[str, ...], seed: int = 0):
-    """Returns (planted copy, number of groups planted): random units of every prunable group zeroed."""
-    model = copy.deepcopy(model)
-    rewrite_multihead_attention(model)
-    modules = dict(model.named_modules())
-    roles = layer_roles(model, inputs)
-    protected = {modules[n]: "last" for n in roles.last} | {modules[n]: "ignored" for n in ignore}
-    stems = {modules[n]: "first" for n in roles.first}
-    groups: list[ChannelGroup] = [
-        g for g in coupled_groups(build_graph(model, inputs), model, find_attention(model), protected, stems=stems)
-        if g.skip is None
-    ]
-    kept = allocate([Budget(g.units, g.unit_size, torch.ones(g.units)) for g in groups], sparsity, "uniform", 0.8, 1)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for g, keep in zip(groups, kept, strict=True):
-            assert not any(isinstance(m.module, (nn.LayerNorm, nn.Embedding, nn.Parameter)) for m in g.members), g.names
-            removed = torch.randperm(g.units, generator=gen)[: g.units - keep].tolist()
-            root_channels = {c for u in removed for c in g.unit_channels(u)}
-            for m in g.members:
-                _zero_slice(m, [i for i, r in zip(m.idxs, m.root_idxs, strict=True) if r in root_channels])
-    return model, len(groups)
 
 
 # transformers keep their residual stream here (zeroed channels would change what LayerNorm computes)

@@ -1,0 +1,177 @@
+"""Channels followed through the ops that defeat Torch-Pruning's guesses (prune/trace.py).
+
+Each small model here has one such op, as a real architecture has it: ShuffleNet's channel
+shuffle, Swin's channels-last windows and its attention through F.linear, LeViT's fused qkv
+split into heads, FastViT's depthwise convolutions with a channel multiplier. Each is pruned
+after planting (tests/planted.py): the pruned model must compute the planted one's function,
+which a wrong coupling anywhere would change, and what cannot be followed is kept whole.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.prune import StructuredConfig, prune
+from edgeprune.stats import count_macs
+from tests.planted import plant
+from tests.zoo import single_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
+
+
+class ShuffleBlock(nn.Module):
+    """ShuffleNetV2's unit: half the channels pass, half go through a branch, then they are shuffled."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        half = c // 2
+        self.branch = nn.Sequential(_conv_bn(half, 2 * half), nn.ReLU(), _conv_bn(2 * half, 2 * half, 3, groups=2 * half),
+                                    _conv_bn(2 * half, half), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        out = torch.cat([a, self.branch(b)], 1)
+        n, c, h, w = out.shape
+        return out.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_conv_bn(3, 16, 3, 2), nn.ReLU())
+        self.blocks = nn.Sequential(ShuffleBlock(16), ShuffleBlock(16))
+        self.head = nn.Sequential(_conv_bn(16, 32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+class FusedAttention(nn.Module):
+    """LeViT's attention: one linear (and its BatchNorm) for q, k and v, split per head."""
+
+    def __init__(self, dim: int, num_heads: int, key_dim: int, tokens: int) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, 2 * key_dim
+        self.val_attn_dim = num_heads * self.val_dim
+        self.qkv = nn.Linear(dim, num_heads * (2 * key_dim + self.val_dim), bias=False)
+        self.bn = nn.BatchNorm1d(self.qkv.out_features)
+        self.attention_biases = nn.Parameter(torch.randn(num_heads, tokens))
+        self.proj = nn.Linear(self.val_attn_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x)
+        qkv = self.bn(qkv.flatten(0, 1)).reshape_as(qkv)
+        q, k, v = qkv.view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        attn = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) * self.key_dim ** -0.5
+        attn = (attn + self.attention_biases.unsqueeze(1)).softmax(-1)
+        return self.proj((attn @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(b, n, self.val_attn_dim))
+
+
+class LeViTLike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 4, 4)
+        self.attn = nn.ModuleList([FusedAttention(32, 4, 8, 16) for _ in range(2)])
+        self.mlp = nn.ModuleList([nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32)) for _ in range(2)])
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        for attn, mlp in zip(self.attn, self.mlp, strict=True):
+            x = x + attn(x)
+            x = x + mlp(x)
+        return self.head(x.mean(1))
+
+
+class Stage(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.mix = _conv_bn(c, c, 3, groups=c)
+        self.mlp = nn.Sequential(_conv_bn(c, 2 * c), nn.ReLU(), _conv_bn(2 * c, c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mix(x)
+        return x + self.mlp(x)
+
+
+class Multiplied(nn.Module):
+    """FastViT's downsampling: a depthwise convolution doubling the channels (groups = inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_conv_bn(3, 8, 3, 2), nn.ReLU())
+        self.stages = nn.Sequential(Stage(8), _conv_bn(8, 16, 3, 2, groups=8), Stage(16),
+                                    _conv_bn(16, 32, 3, 2, groups=16), Stage(32))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+class Windows(nn.Module):
+    """Swin's layout: channels last, split into windows and back, an MLP on each window's tokens,
+    and an attention-like mixing whose weight is read through F.linear, outside its layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, 4)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.mix = nn.Linear(16, 16)
+        self.out = nn.Sequential(nn.Conv2d(16, 24, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(24, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).permute(0, 2, 3, 1)
+        b, h, w, c = x.shape
+        windows = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, c)
+        windows = windows + self.fc2(F.gelu(self.fc1(windows)))
+        windows = windows + F.linear(windows, self.mix.weight, self.mix.bias)
+        x = windows.view(b, h // 2, w // 2, 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return self.out(x.permute(0, 3, 1, 2))
+
+
+MODELS = {"shuffle": ShuffleNet, "fused_heads": LeViTLike, "multiplier": Multiplied, "windows": Windows}
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_pruning_planted_channels_through_the_op_computes_the_same_function(arch):
+    torch.manual_seed(0)
+    model = MODELS[arch]().eval()
+    inputs = (torch.randn(1, 3, 16, 16),)
+    planted, groups = plant(model, inputs, 0.5, ())
+    assert groups >= 2
+    result = prune(planted, StructuredConfig(0.5, "l2"), example_inputs=inputs)
+    assert len(result.details["groups"]) == groups
+    assert all(g["channels_after"] < g["channels"] for g in result.details["groups"])
+    assert count_macs(result.model, inputs) < 0.8 * count_macs(planted, inputs)
+    with torch.no_grad():
+        x = torch.randn(4, 3, 16, 16)
+        expected = planted(x)
+        assert torch.allclose(result.model(x), expected, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_what_the_op_does_to_the_channel_decides_the_unit_or_keeps_it_whole():
+    torch.manual_seed(0)
+    inputs = (torch.randn(1, 3, 16, 16),)
+    kept = {arch: " ".join(k["reason"] for k in prune(MODELS[arch]().eval(), StructuredConfig(0.5),
+                                                      example_inputs=inputs).details["kept_whole"])
+            for arch in ("shuffle", "windows")}
+    assert "a reshape in blocks.0 reorders or hides its channels" in kept["shuffle"]  # the shuffle
+    assert "the weight of mix is used outside its layer" in kept["windows"]
+    levit = prune(LeViTLike().eval(), StructuredConfig(0.5), example_inputs=inputs)
+    heads = [g for g in levit.details["groups"] if g["unit"] == "head"]
+    assert [(g["attention"], g["heads"], g["heads_after"]) for g in heads] == [("attn.0", 4, 2), ("attn.1", 4, 2)]
+    attn = levit.model.attn[0]
+    assert (attn.num_heads, attn.val_attn_dim, attn.qkv.out_features, tuple(attn.attention_biases.shape)) == \
+        (2, 32, 64, (2, 16))
+    multiplied = prune(Multiplied().eval(), StructuredConfig(0.5), example_inputs=inputs).model
+    down = multiplied.stages[1][0]
+    assert (down.in_channels, down.groups, down.out_channels) == (4, 4, 8)
