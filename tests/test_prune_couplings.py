@@ -1,8 +1,8 @@
 """Channels followed through the ops that defeat Torch-Pruning's guesses (prune/trace.py).
 
 Each small model here has one such op, as a real architecture has it: ShuffleNet's channel
-shuffle, Swin's channels-last windows and its attention through F.linear, LeViT's fused qkv
-split into heads, FastViT's depthwise convolutions with a channel multiplier. Each is pruned
+shuffle, Swin's channels-last windows and its attention through F.linear, LeViT's and timm
+ViT's fused qkv split into heads, FastViT's depthwise convolutions with a channel multiplier. Each is pruned
 after planting (tests/planted.py): the pruned model must compute the planted one's function,
 which a wrong coupling anywhere would change, and what cannot be followed is kept whole.
 """
@@ -91,6 +91,28 @@ class LeViTLike(nn.Module):
         return self.head(x.mean(1))
 
 
+class SelectorAttention(nn.Module):
+    """timm's ViT attention: one linear for q, k and v, laid out (q/k/v, heads, width) and unbound."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.attn_dim = dim
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, self.attn_dim))
+
+
+class ViTLike(LeViTLike):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.ModuleList([SelectorAttention(32, 4) for _ in range(2)])
+
+
 class Stage(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
@@ -138,7 +160,8 @@ class Windows(nn.Module):
         return self.out(x.permute(0, 3, 1, 2))
 
 
-MODELS = {"shuffle": ShuffleNet, "fused_heads": LeViTLike, "multiplier": Multiplied, "windows": Windows}
+MODELS = {"shuffle": ShuffleNet, "fused_heads": LeViTLike, "selected_heads": ViTLike, "multiplier": Multiplied,
+          "windows": Windows}
 
 
 @pytest.mark.parametrize("arch", list(MODELS))
@@ -166,9 +189,10 @@ def test_what_the_op_does_to_the_channel_decides_the_unit_or_keeps_it_whole():
             for arch in ("shuffle", "windows")}
     assert "a reshape in blocks.0 reorders or hides its channels" in kept["shuffle"]  # the shuffle
     assert "the weight of mix is used outside its layer" in kept["windows"]
-    levit = prune(LeViTLike().eval(), StructuredConfig(0.5), example_inputs=inputs)
-    heads = [g for g in levit.details["groups"] if g["unit"] == "head"]
-    assert [(g["attention"], g["heads"], g["heads_after"]) for g in heads] == [("attn.0", 4, 2), ("attn.1", 4, 2)]
+    for fused in (ViTLike, LeViTLike):
+        levit = prune(fused().eval(), StructuredConfig(0.5), example_inputs=inputs)
+        heads = [g for g in levit.details["groups"] if g["unit"] == "head"]
+        assert [(g["attention"], g["heads"], g["heads_after"]) for g in heads] == [("attn.0", 4, 2), ("attn.1", 4, 2)]
     attn = levit.model.attn[0]
     assert (attn.num_heads, attn.val_attn_dim, attn.qkv.out_features, tuple(attn.attention_biases.shape)) == \
         (2, 32, 64, (2, 16))

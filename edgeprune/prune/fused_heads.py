@@ -36,13 +36,14 @@ def fused_head_groups(groups: list[ChannelGroup], analysis: Analysis, attention:
 
         splits = {s.layer: s.factors for s in tracer.splits if inside(s.layer) and heads in s.factors}
         merges = {m.layer: m.factors for m in tracer.merges if inside(m.layer) and heads in m.factors}
-        # where the head count is also a head's width (LeViT's 16 heads of 16-wide queries), the
-        # head is the factor at the place the attention's other reshapes put it
-        places = {f.index(heads) for f in [*splits.values(), *merges.values()] if f.count(heads) == 1}
+        # the head is counted from the last factor (a head's width comes last, a q/k/v selector
+        # first: (3, heads, width)); where the head count is also a width (LeViT's 16 heads of
+        # 16-wide queries), it is at the place the attention's other reshapes put it
+        places = {f.index(heads) - len(f) for f in [*splits.values(), *merges.values()] if f.count(heads) == 1}
         if not splits or len(merges) != 1 or len(places) != 1:
             continue
         place = places.pop()
-        if any(len(f) <= place or f[place] != heads for f in [*splits.values(), *merges.values()]):
+        if any(len(f) < -place or f[place] != heads for f in [*splits.values(), *merges.values()]):
             continue
         (o_name, o_factors), = merges.items()
         o = modules[o_name]
@@ -73,8 +74,8 @@ def _owner(groups: list[ChannelGroup], layer: nn.Module, fused: set[nn.Module]) 
 
 
 def _per_head(factors: tuple[int, ...], heads: int, place: int) -> list[list[int]]:
-    """Returns each head's channels of a width laid out as ``factors`` (heads at ``place``)."""
-    inner = math.prod(factors[place + 1:])
+    """Returns each head's channels of a width laid out as ``factors`` (heads at ``place``, from the end)."""
+    inner = math.prod(factors[len(factors) + place + 1:])
     width = math.prod(factors)
     return [[c for c in range(width) if (c // inner) % heads == h] for h in range(heads)]
 
