@@ -99,9 +99,13 @@ SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention
 
 
 def _check_sizes(config: dict, config_file: Path) -> None:
+    def size(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
     for key in SIZES:
         value = config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        # a model of stages states some per stage (LeViT's head counts: [4, 8, 12])
+        if value is not None and not (size(value) or isinstance(value, list) and value and all(map(size, value))):
             raise InputError(f"{config_file}: {key} must be a positive whole number, got {value!r:.40}")
 
 

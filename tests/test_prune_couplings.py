@@ -1,8 +1,9 @@
 """Channels followed through the ops that defeat Torch-Pruning's guesses (prune/trace.py).
 
 Each small model here has one such op, as a real architecture has it: ShuffleNet's channel
-shuffle, Swin's channels-last windows and its attention through F.linear, LeViT's and timm
-ViT's fused qkv split into heads, FastViT's depthwise convolutions with a channel multiplier. Each is pruned
+shuffle, Swin's channels-last windows, patch merging and attention through F.linear,
+MobileViT's unfolding, LeViT's and timm ViT's fused qkv split into heads, FastViT's depthwise
+convolutions with a channel multiplier. Each is pruned
 after planting (tests/planted.py): the pruned model must compute the planted one's function,
 which a wrong coupling anywhere would change, and what cannot be followed is kept whole.
 """
@@ -140,28 +141,52 @@ class Multiplied(nn.Module):
 
 class Windows(nn.Module):
     """Swin's layout: channels last, split into windows and back, an MLP on each window's tokens,
-    and an attention-like mixing whose weight is read through F.linear, outside its layer."""
+    an attention-like mixing whose weight is read through F.linear, outside its layer, and the
+    patch merging: four strided views of the stream joined along the channel."""
 
-    def __init__(self) -> None:
+    def __init__(self, functional: bool = True) -> None:
         super().__init__()
+        self.functional = functional
         self.stem = nn.Conv2d(3, 16, 4, 4)
         self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
         self.mix = nn.Linear(16, 16)
-        self.out = nn.Sequential(nn.Conv2d(16, 24, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Linear(24, 10))
+        self.reduction = nn.Linear(64, 24)
+        self.head = nn.Linear(24, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x).permute(0, 2, 3, 1)
         b, h, w, c = x.shape
         windows = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, c)
         windows = windows + self.fc2(F.gelu(self.fc1(windows)))
-        windows = windows + F.linear(windows, self.mix.weight, self.mix.bias)
+        if self.functional:
+            windows = windows + F.linear(windows, self.mix.weight, self.mix.bias)
         x = windows.view(b, h // 2, w // 2, 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
-        return self.out(x.permute(0, 3, 1, 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.head(F.relu(self.reduction(x)).mean((1, 2)))
+
+
+class Unfolded(nn.Module):
+    """MobileViT's unfolding: the channel merged with spatial axes, then split out again to be a
+    token's features; and a classifier reading the flattened channels, height and width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_conv_bn(3, 16, 3, 2), nn.ReLU())
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16 * 64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        patches = x.reshape(b * c * 4, 2, 4, 2).transpose(1, 2).reshape(b, c, 16, 4).transpose(1, 3)
+        patches = patches.reshape(b * 4, 16, c)
+        patches = patches + self.mlp(patches)
+        x = patches.reshape(b, 4, 16, c).transpose(1, 3).reshape(b * c * 4, 4, 2, 2).transpose(1, 2)
+        return self.head(x.reshape(b, c, h, w).flatten(1))
 
 
 MODELS = {"shuffle": ShuffleNet, "fused_heads": LeViTLike, "selected_heads": ViTLike, "multiplier": Multiplied,
-          "windows": Windows}
+          "windows": Windows, "merging": lambda: Windows(functional=False), "unfolded": Unfolded}
 
 
 @pytest.mark.parametrize("arch", list(MODELS))
@@ -196,6 +221,8 @@ def test_what_the_op_does_to_the_channel_decides_the_unit_or_keeps_it_whole():
     attn = levit.model.attn[0]
     assert (attn.num_heads, attn.val_attn_dim, attn.qkv.out_features, tuple(attn.attention_biases.shape)) == \
         (2, 32, 64, (2, 16))
+    merging = prune(Windows(functional=False).eval(), StructuredConfig(0.5), example_inputs=inputs).model
+    assert (merging.stem.out_channels, merging.reduction.in_features) == (8, 32)  # the stream, four times
     multiplied = prune(Multiplied().eval(), StructuredConfig(0.5), example_inputs=inputs).model
     down = multiplied.stages[1][0]
     assert (down.in_channels, down.groups, down.out_channels) == (4, 4, 8)

@@ -46,8 +46,14 @@ class AttentionModule:
     def per_head_parameters(self) -> list[nn.Parameter]:
         return [getattr(owner, attr) for owner, attr, _ in self.per_head]
 
-    def remove_heads(self, removed: list[int]) -> None:
-        """Updates the head count (and inner-width attributes) after ``removed`` heads are gone."""
+    def remove_heads(self, removed: list[int], widths: frozenset[int] = frozenset()) -> None:
+        """Updates the head count (and inner-width attributes) after ``removed`` heads are gone.
+
+        An inner width is an attribute of a known name (INNER_WIDTH_NAMES) or one equal to the
+        width of a layer that lost the heads (``widths``, before): Hugging Face's LeViT reshapes
+        to ``out_dim_projection``. Should such an attribute be something else that the forward
+        needs unchanged, the pruned model fails to run and the heads are kept on the next try.
+        """
         old = self.num_heads
         new = old - len(removed)
         setattr(self.module, self.heads_attr, new)
@@ -59,9 +65,10 @@ class AttentionModule:
         if isinstance(self.module, ExplicitAttention):
             gone = set(removed)
             self.module.kept_heads = tuple(h for i, h in enumerate(self.module.kept_heads) if i not in gone)
-        for attr in INNER_WIDTH_NAMES:
-            value = getattr(self.module, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value % old == 0:
+        named = {a: getattr(self.module, a, None) for a in INNER_WIDTH_NAMES}
+        widths_of = {a: v for a, v in vars(self.module).items() if type(v) is int and v in widths}
+        for attr, value in {**named, **widths_of}.items():
+            if type(value) is int and value % old == 0:
                 setattr(self.module, attr, value // old * new)
 
 

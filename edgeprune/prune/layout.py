@@ -2,10 +2,14 @@
 
 Torch-Pruning guesses a tensor's channel axis from its rank (axis 1 of a 4-D tensor) and maps
 indices through a reshape by counting channels on either side. A channels-last tensor (Swin's
-windows, LeViT's subsampling), a channel shuffle (ShuffleNet) or a split into heads (LeViT's
-fused qkv) defeats the guess: the counts explode or divide by zero, or a wrong coupling is
-pruned. Here a Layout names the axes that hold the channel, most significant first, and each
-op is judged from its exact shapes.
+windows, LeViT's subsampling), a channel shuffle (ShuffleNet), a channel merged with spatial
+axes and split out again (MobileViT's unfolding) or a split into heads (LeViT's fused qkv)
+defeats the guess: the counts explode or divide by zero, or a wrong coupling is pruned.
+
+Here a Layout lists the pieces of the channel, most significant first, each a digit of one
+axis: ``(axis, inner, size)`` is the axis index's digit ``(index // inner) % size``. A channel
+alone on its axis is one piece with inner 1 and the axis' size; a flattened (channel, height,
+width) axis holds it with inner height*width. Each op is judged from its exact shapes.
 """
 
 from __future__ import annotations
@@ -17,26 +21,43 @@ from dataclasses import dataclass, replace
 import torch
 
 Shape = Sequence[int]
+Piece = tuple[int, int, int]  # axis, inner stride within the axis, size
 
 # what a reshape does to the channel
-SAME = "same"  # kept on one axis, or kept as the same factors
-SPLIT = "split"  # one channel axis split over several (heads x head width)
-MERGE = "merge"  # several channel axes merged into one, in their order
-FLATTEN = "flatten"  # merged with the axes after it: channel c becomes c*k .. c*k+k-1
-LOST = "lost"  # reordered, merged under another axis or cut across: it cannot be followed
+SAME = "same"  # kept as the same pieces (on other axes, or merged with other axes' digits)
+SPLIT = "split"  # one piece split over several axes (heads x head width)
+MERGE = "merge"  # several pieces merged into one, in their order
+LOST = "lost"  # reordered, or cut across: it cannot be followed
 
 
 @dataclass(frozen=True)
 class Layout:
-    """The axes holding the channel (most significant first), whose channels they are, and what
-    the one channel axis was merged from (heads x head width), if it was."""
+    """The pieces holding the channel (most significant first), whose channels they are, and what
+    the one piece was merged from (heads x head width), if it was."""
 
-    axes: tuple[int, ...]
+    pieces: tuple[Piece, ...]
     origin: str | None = None
     merged: tuple[int, ...] = ()
 
-    def sizes(self, shape: Shape) -> tuple[int, ...]:
-        return tuple(shape[a] for a in self.axes)
+    @classmethod
+    def whole(cls, axes: Sequence[int], shape: Shape, origin: str | None = None) -> Layout:
+        """Returns the layout of a channel lying whole on ``axes``."""
+        return cls(tuple((a, 1, shape[a]) for a in axes), origin)
+
+    @property
+    def axes(self) -> tuple[int, ...]:
+        return tuple(p[0] for p in self.pieces)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(p[2] for p in self.pieces)
+
+    def on_axis(self, axis: int, shape: Shape) -> bool:
+        """Whether the channel is exactly the whole of ``axis``."""
+        return self.pieces == ((axis, 1, shape[axis]),)
+
+    def bare(self) -> Layout:
+        return Layout(self.pieces)
 
 
 def _strides(shape: Shape) -> list[int]:
@@ -47,62 +68,55 @@ def _strides(shape: Shape) -> list[int]:
     return out[::-1]
 
 
-def reshape(layout: Layout, before: Shape, after: Shape) -> tuple[str, Layout | None, tuple[int, ...] | int]:
+def reshape(layout: Layout, before: Shape, after: Shape) -> tuple[str, Layout | None, tuple[int, ...]]:
     """Returns what a reshape from ``before`` to ``after`` does to the channel, its layout after,
-    and the factors it was split into (SPLIT), merged from (MERGE) or the flatten stride."""
-    axes = [a for a in layout.axes if before[a] > 1]
-    if not axes:
-        return LOST, None, ()
-    sizes = tuple(before[a] for a in axes)
+    and the factors it was split into (SPLIT) or merged from (MERGE)."""
     s_in, s_out = _strides(before), _strides(after)
-    if not all(s_in[a] == s_in[b] * before[b] for a, b in zip(axes, axes[1:], strict=False)):
-        # a reordered channel (a shuffle's transpose) is followed only if every axis of it stays whole
-        moved = []
-        for a in axes:
-            match = [b for b in range(len(after)) if after[b] == before[a] and s_out[b] == s_in[a]]
-            if len(match) != 1:
+    out: list[Piece] = []
+    for axis, inner, size in layout.pieces:
+        if size == 1:
+            continue
+        low = s_in[axis] * inner
+        high = low * size
+        for b in sorted(range(len(after)), key=lambda b: -s_out[b]):
+            lo, hi = max(low, s_out[b]), min(high, s_out[b] * after[b])
+            if after[b] == 1 or lo >= hi:
+                continue
+            # the piece's digits must be whole digits of the output axis, and the reverse
+            if lo % low or high % hi or hi % lo or lo % s_out[b] or (s_out[b] * after[b]) % hi:
                 return LOST, None, ()
-            moved.append(match[0])
-        return SAME, replace(layout, axes=tuple(moved)), ()
-    low = s_in[axes[-1]]
-    high = low * math.prod(sizes)
-    inside = sorted((b for b in range(len(after)) if after[b] > 1 and s_out[b] >= low
-                     and s_out[b] * after[b] <= high), key=lambda b: -s_out[b])
-    factors = tuple(after[b] for b in inside)
-    if inside and math.prod(factors) == math.prod(sizes):
-        if len(inside) == 1:
-            if len(axes) == 1:
-                return SAME, replace(layout, axes=(inside[0],)), ()
-            return MERGE, Layout((inside[0],), layout.origin, sizes), sizes
-        if factors == sizes:
-            return SAME, replace(layout, axes=tuple(inside)), ()
-        return SPLIT, Layout(tuple(inside), layout.origin), factors
-    around = [b for b in range(len(after)) if s_out[b] < low and s_out[b] * after[b] == high]
-    if len(around) == 1 and len(axes) == 1:
-        return FLATTEN, None, low // s_out[around[0]]
-    return LOST, None, ()
+            piece = (b, lo // s_out[b], hi // lo)
+            if out and out[-1][0] == b:
+                if out[-1][1] != piece[1] * piece[2]:
+                    return LOST, None, ()  # two digits of one axis out of order: a shuffle
+                piece = (b, piece[1], out.pop()[2] * piece[2])
+            out.append(piece)
+    if math.prod(p[2] for p in out) != math.prod(layout.sizes) or len({p[0] for p in out}) < len(out):
+        return LOST, None, ()
+    sizes = tuple(p[2] for p in layout.pieces if p[2] > 1)
+    factors = tuple(p[2] for p in out)
+    if factors == sizes:
+        return SAME, replace(layout, pieces=tuple(out)), ()
+    if len(out) == 1:
+        return MERGE, Layout(tuple(out), layout.origin, sizes), sizes
+    return SPLIT, Layout(tuple(out), layout.origin), factors
 
 
 def permute(layout: Layout, dims: Sequence[int]) -> Layout:
     """Returns the layout after ``x.permute(dims)``."""
     where = {d % len(dims): i for i, d in enumerate(dims)}
-    return replace(layout, axes=tuple(where[a] for a in layout.axes))
+    return replace(layout, pieces=tuple((where[a], inner, size) for a, inner, size in layout.pieces))
 
 
 def align(layout: Layout, before: Shape, after: Shape) -> Layout | None:
     """Returns the layout of an op's output that keeps the channel where it was (elementwise ops,
     pooling, a reduction over other axes), aligned from the front or the back; None if the
-    channel's sizes do not survive."""
-    sizes = layout.sizes(before)
-    if all(a < len(after) for a in layout.axes) and tuple(after[a] for a in layout.axes) == sizes:
-        if len(after) == len(before):
-            return layout
-    shift = len(after) - len(before)
-    back = tuple(a + shift for a in layout.axes)
-    if all(0 <= a < len(after) for a in back) and tuple(after[a] for a in back) == sizes:
-        return replace(layout, axes=back)
-    if all(a < len(after) for a in layout.axes) and tuple(after[a] for a in layout.axes) == sizes:
-        return layout
+    channel's axes do not survive."""
+    sizes = tuple(before[a] for a in layout.axes)
+    for shift in ((0, len(after) - len(before)) if len(after) != len(before) else (0,)):
+        axes = tuple(a + shift for a in layout.axes)
+        if all(0 <= a < len(after) for a in axes) and tuple(after[a] for a in axes) == sizes:
+            return replace(layout, pieces=tuple((a, i, s) for a, (_, i, s) in zip(axes, layout.pieces, strict=True)))
     return None
 
 
@@ -110,7 +124,7 @@ def index(layout: Layout, shape: Shape, key) -> tuple[Layout | None, list[int], 
     """Returns the layout after ``x[key]``, the input axes that are narrowed by a slice, and
     whether the channel itself is indexed by anything but full slices."""
     key = key if isinstance(key, tuple) else (key,)
-    if any(isinstance(k, (torch.Tensor, list)) or k is Ellipsis and key.count(Ellipsis) > 1 for k in key):
+    if any(isinstance(k, (torch.Tensor, list)) for k in key) or key.count(Ellipsis) > 1:
         return None, [], True  # advanced indexing: followed nowhere
     used = sum(1 for k in key if k is not None and k is not Ellipsis)
     expanded: list = []
@@ -133,4 +147,4 @@ def index(layout: Layout, shape: Shape, key) -> tuple[Layout | None, list[int], 
         axis += 1
     if touched:
         return None, narrowed, True
-    return replace(layout, axes=tuple(where[a] for a in layout.axes)), narrowed, False
+    return replace(layout, pieces=tuple((where[a], i, s) for a, i, s in layout.pieces)), narrowed, False

@@ -18,9 +18,8 @@ from edgeprune.prune.api import PruneResult, copy_model, register_pruner
 from edgeprune.prune.attention import rewrite_multihead_attention
 from edgeprune.prune.calibration import input_norms, taylor_gradients
 from edgeprune.prune.config import StructuredConfig
-from edgeprune.prune.couplings import remove_groups
 from edgeprune.prune.fused_heads import fused_head_groups
-from edgeprune.prune.groups import Analysis, ChannelGroup, build_graph, coupled_groups
+from edgeprune.prune.groups import ROOT_TYPES, Analysis, ChannelGroup, build_graph, coupled_groups
 from edgeprune.prune.heads import AttentionModule, find_attention
 from edgeprune.prune.importance import scorer
 from edgeprune.prune.roles import layer_roles
@@ -178,12 +177,13 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
         report.append(entry)
         if not removed_units:
             continue
+        widths = frozenset(len(m.idxs) for m in g.members if isinstance(m.module, ROOT_TYPES))
         if not _prune_group(analysis, g, removed_units):  # it would empty a coupled layer: nothing was removed
             g.skip = "kept whole: removing its channels would remove every channel of a coupled layer"
             entry["channels_after"] = entry["channels"]
             continue
         if g.is_heads:
-            g.attention.remove_heads(removed_units)
+            g.attention.remove_heads(removed_units, widths)
     restore_ties(ties)
     _drop_caches(model)
     before = sum(e["channels"] for e in report)
@@ -217,11 +217,7 @@ def _prune_group(analysis: Analysis, group: ChannelGroup, removed_units: list[in
         pruning = graph.get_pruning_group(group.root, group.handler, idxs)
         if not graph.check_pruning_group(pruning):
             return False
-        regrouped = [(analysis.couplings.regrouped[item.dep.target][1], list(item.idxs)) for item in pruning
-                     if item.dep.target in analysis.couplings.regrouped]
-        pruning.prune()
-        for conv, gone in regrouped:
-            remove_groups(conv, gone)
+        analysis.couplings.prune(pruning)
     except Exception as exc:  # a layer type or coupling the pruning functions cannot handle
         raise UnsupportedError(f"cannot prune the group of {', '.join(group.names[:3])}: "
                                f"{first_line(exc, 200, named=True)}; name a layer in ignore") from exc
@@ -230,9 +226,11 @@ def _prune_group(analysis: Analysis, group: ChannelGroup, removed_units: list[in
 
 def _drop_caches(model: nn.Module) -> None:
     """Has every module drop what it caches from its parameters (LeViT's and EfficientFormer's
-    attention biases, cleared in their ``train()``), keeping each module's mode."""
+    attention biases, cleared by their ``train()``, by Hugging Face's only when training
+    starts), keeping each module's mode."""
     modes = {m: m.training for m in model.modules()}
-    model.train(model.training)
+    model.train(True)
+    model.train(False)
     for m, mode in modes.items():
         m.training = mode
 

@@ -10,6 +10,7 @@ that ``couplings`` turns into an index mapping or a cut. The model computes the 
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections import Counter
 from collections.abc import Callable
@@ -36,11 +37,16 @@ CHANNEL_LAST_NORMS = {"layer_norm", "rms_norm"}
 @dataclass(frozen=True)
 class Verdict:
     """What an op re-expressed for the trace does to the channel: ``cut`` (not followable),
-    ``heads`` (split into or merged from heads, indices kept) or ``flatten`` (``stride``)."""
+    ``heads`` (split into or merged from heads, indices kept), ``spread`` (a layer reads the
+    channel as the digit ``(index // inner) % size`` of its ``width`` inputs: a flattened one) or
+    ``join`` (a concatenation of channels on an axis the dependency graph does not map)."""
 
     kind: str
     reason: str
-    stride: int = 1
+    inner: int = 1
+    size: int = 0
+    width: int = 0
+    parts: tuple[tuple[object, int], ...] = ()  # a ``join``'s inputs (autograd nodes) and their widths
 
 
 @dataclass(frozen=True)
@@ -189,10 +195,14 @@ class ChannelTracer(TorchFunctionMode):
         another axis (a token-mixing linear, talking heads over attention scores) is cut."""
         x = args[0]
         known = self.layout(x)
-        expected = (x.dim() - 1,) if name == "linear" else (1,)
-        if known is not None and known.axes != expected and known.sizes(x.shape) != (1,):
-            return (self._cut(x, "a layer reads the channel on another axis"), *args[1:])
-        return args
+        axis = x.dim() - 1 if name == "linear" else 1
+        if known is None or known.on_axis(axis, x.shape) or math.prod(known.sizes) == 1:
+            return args
+        if known.axes == (axis,):  # one digit of the layer's inputs: a flattened channel
+            _, inner, size = known.pieces[0]
+            spread = Verdict("spread", "", inner, size, x.shape[axis])
+            return (self._relayout(lambda t: t, [x], spread), *args[1:])
+        return (self._cut(x, "a layer reads the channel on another axis, or spread over several"), *args[1:])
 
     def _follow(self, name, func, args, kwargs, out):
         first = args[0] if args else None
@@ -201,7 +211,8 @@ class ChannelTracer(TorchFunctionMode):
             return self._layer(name, args, kwargs, out)
         if name in CHANNEL_FIRST_NORMS or name in CHANNEL_LAST_NORMS:
             axis = 1 if name in CHANNEL_FIRST_NORMS else out.dim() - 1
-            self._set(out, Layout((axis,), known.origin if known and known.axes == (axis,) else None))
+            origin = known.origin if known and known.on_axis(axis, out.shape) else None
+            self._set(out, Layout.whole((axis,), out.shape, origin))
             return out
         if name in RESHAPES:
             return self._reshape(func, args, kwargs, out, known)
@@ -251,21 +262,19 @@ class ChannelTracer(TorchFunctionMode):
         if owners and not running:  # a layer's weight read by a function outside the layer (torchvision's Swin)
             out = self._cut(out, f"the weight of {layer} is used outside its layer")
             layer = None
-        self._set(out, Layout((axis,), layer))
+        self._set(out, Layout.whole((axis,), out.shape, layer))
         return out
 
     def _reshape(self, func, args, kwargs, out, known):
         x = args[0]
         verdict, after, info = (lay.LOST, None, ()) if known is None else lay.reshape(known, x.shape, out.shape)
         where = self._where()
-        if verdict == lay.SPLIT and known.origin and len(known.axes) == 1:
+        if verdict == lay.SPLIT and known.origin and len(known.pieces) == 1:
             self.splits.append(HeadSplit(known.origin, info))
         message = None
         if verdict in (lay.SPLIT, lay.MERGE):
             how = "split into" if verdict == lay.SPLIT else "merged from"
             message = Verdict("heads", f"its channels are {how} {'x'.join(map(str, info))} by a reshape in {where}")
-        elif verdict == lay.FLATTEN:
-            message = Verdict("flatten", "", info)
         elif verdict == lay.LOST:
             message = Verdict("cut", f"a reshape in {where} reorders or hides its channels")
         new = self._relayout(lambda t: func(t, *args[1:], **kwargs), [x], message)
@@ -277,10 +286,10 @@ class ChannelTracer(TorchFunctionMode):
             return out
         after, narrowed, touched = lay.index(known, x.shape, key)
         if touched:
-            single = len(narrowed) == 1 and known.axes == (narrowed[0],) and not isinstance(key, int) \
+            single = len(narrowed) == 1 and known.on_axis(narrowed[0], x.shape) \
                 and all(isinstance(k, slice) for k in (key if isinstance(key, tuple) else (key,)))
             if single and (x.dim(), narrowed[0]) in ((4, 1), (3, 2)):  # a channel slice the dependency graph maps
-                self._set(out, Layout(known.axes))
+                self._set(out, Layout.whole(known.axes, out.shape))
                 return out
             return self._cut(out, "indexing picks channels in a way the dependency graph cannot map",
                              lambda t: t[key], [x])
@@ -297,31 +306,38 @@ class ChannelTracer(TorchFunctionMode):
         if any(k is None for k in layouts):
             return self._cut(out, "a concatenation of tensors whose channels were not followed",
                              lambda *ts: torch.cat(ts, dim), xs)
-        if len({k.axes for k in layouts}) > 1:
-            return self._cut(out, "a concatenation joins tensors whose channels lie on different axes",
+        if len({k.pieces for k in layouts}) > 1:
+            return self._cut(out, "a concatenation joins tensors whose channels lie apart",
                              lambda *ts: torch.cat(ts, dim), xs)
-        axes = layouts[0].axes
-        if dim in axes:
-            if dim != 1 or axes != (1,):
+        known = layouts[0]
+        if dim in known.axes:
+            nodes = [t.grad_fn for t in xs]
+            if dim == 1 and known.on_axis(1, xs[0].shape):  # the dependency graph maps this one itself
+                pass
+            elif known.on_axis(dim, xs[0].shape) and None not in nodes and len(set(nodes)) == len(nodes):
+                # channels last (Swin's patch merging): offsets the couplings keep up to date
+                join = Verdict("join", "", parts=tuple((n, t.shape[dim]) for n, t in zip(nodes, xs, strict=True)))
+                out = self._relayout(lambda *ts: torch.cat(ts, dim), xs, join)
+            else:
                 return self._cut(out, "a concatenation along the channel on an axis the dependency graph cannot map",
                                  lambda *ts: torch.cat(ts, dim), xs)
-            self._set(out, Layout(axes))
+            self._set(out, Layout.whole((dim,), out.shape))
             return out
         # a join of tokens is no join of channels: kept from the graph, which reads axis 1 (or a
         # negative axis) as the channel
         out = self._relayout(lambda *ts: torch.cat(ts, dim), xs, None)
-        self._set(out, Layout(axes))
+        self._set(out, known.bare())
         return out
 
     def _split(self, name, args, kwargs, out, known):
         x = args[0]
         dim = (_arg(args, kwargs, 1, "dim", 0) if name == "unbind" else _arg(args, kwargs, 2, "dim", 0)) % x.dim()
         outs = list(out)
-        if known is None:
-            known = Layout((dim,))  # not followed here: cut as a split of the channel
+        followed = known is not None
+        known = known or Layout.whole((dim,), x.shape)  # not followed here: cut as a split of the channel
         if name == "unbind":
-            shifted = Layout(tuple(a - (a > dim) for a in known.axes if a != dim))
-            if dim in known.axes and not (dim == 0 and known.axes[0] == 0 and len(known.axes) > 1):
+            shifted = Layout(tuple((a - (a > dim), i, s) for a, i, s in known.pieces if a != dim))
+            if dim in known.axes and not (known.pieces[0][:2] == (0, 1) and len(known.pieces) > 1):
                 return type(out)(self._cut(o, "unbinding the channel", lambda t, i=i: t.select(dim, i), [x])
                                  for i, o in enumerate(outs))
             if dim not in known.axes:
@@ -333,13 +349,13 @@ class ChannelTracer(TorchFunctionMode):
         for o in outs:
             starts.append(starts[-1] + o.shape[dim])
         pieces = [lambda t, a=a, b=b: t.narrow(dim, a, b - a) for a, b in zip(starts, starts[1:], strict=False)]
-        if dim in known.axes and (dim != 1 or known.axes != (1,) or self.layout(x) is None):
+        if dim in known.axes and (dim != 1 or not known.on_axis(1, x.shape) or not followed):
             outs = [self._cut(o, "a split of the channel the dependency graph cannot map", piece, [x])
                     for o, piece in zip(outs, pieces, strict=True)]
         elif dim not in known.axes:  # a split of tokens, which the graph could read as one of channels
             outs = [self._relayout(piece, [x], None) for piece in pieces]
-        for o in outs:
-            self._set(o, Layout(known.axes))
+        for o in outs:  # each part keeps its share of the split axis
+            self._set(o, Layout(tuple((a, i, o.shape[a] if a == dim and i == 1 else s) for a, i, s in known.pieces)))
         return type(out)(outs)
 
     def _matmul(self, a, b, out) -> Layout | None:
@@ -361,17 +377,17 @@ class ChannelTracer(TorchFunctionMode):
             aligned, lost = set(), False
             for t in inputs:
                 known = self.layout(t)
-                if known.sizes(t.shape) and all(s == 1 for s in known.sizes(t.shape)):
+                if math.prod(known.sizes) == 1:
                     continue  # a single channel broadcasts over any
                 moved = lay.align(known, t.shape, o.shape)
                 if moved is None:
                     lost = True
                 else:
                     aligned.add(moved)
-            if len({k.axes for k in aligned}) > 1 or (lost and not aligned):
+            if len({k.pieces for k in aligned}) > 1 or (lost and not aligned):
                 o = self._cut(o, f"{name or 'an op'} mixes or changes the channel")
-            elif aligned:  # one input's layout whole; of several different ones only the axes
-                self._set(o, aligned.pop() if len(aligned) == 1 else Layout(next(iter(aligned)).axes))
+            elif aligned:  # one input's layout whole; of several different ones only the pieces
+                self._set(o, aligned.pop() if len(aligned) == 1 else next(iter(aligned)).bare())
             results.append(o)
         if isinstance(out, torch.Tensor):
             return results[0]
