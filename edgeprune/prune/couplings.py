@@ -20,7 +20,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.prune.trace import ChannelTracer, Verdict
+from edgeprune.prune.relayout import Verdict
+from edgeprune.prune.trace import ChannelTracer
 
 
 @dataclass

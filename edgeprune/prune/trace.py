@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from edgeprune.prune import layout as lay
 from edgeprune.prune.layout import Layout
+from edgeprune.prune.relayout import Relayout, Verdict
 
 RESHAPES = {"view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"}
 PERMUTES = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t"}
@@ -35,41 +36,11 @@ CHANNEL_LAST_NORMS = {"layer_norm", "rms_norm"}
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """What an op re-expressed for the trace does to the channel: ``cut`` (not followable),
-    ``heads`` (split into or merged from heads, indices kept), ``spread`` (a layer reads the
-    channel as the digit ``(index // inner) % size`` of its ``width`` inputs: a flattened one) or
-    ``join`` (a concatenation of channels on an axis the dependency graph does not map)."""
-
-    kind: str
-    reason: str
-    inner: int = 1
-    size: int = 0
-    width: int = 0
-    parts: tuple[tuple[object, int], ...] = ()  # a ``join``'s inputs (autograd nodes) and their widths
-
-
-@dataclass(frozen=True)
 class HeadSplit:
     """A layer's output channels reshaped into ``factors`` (e.g. heads x per-head width)."""
 
     layer: str
     factors: tuple[int, ...]
-
-
-class Relayout(torch.autograd.Function):
-    """``fn`` of the inputs as one autograd node whose name Torch-Pruning reads as elementwise."""
-
-    @staticmethod
-    def forward(ctx, fn, *xs):
-        ctx.fn, ctx.shapes = fn, [(x.shape, x.dtype, x.device) for x in xs]
-        return fn(*xs).clone()
-
-    @staticmethod
-    def backward(ctx, grad):  # the analysis never runs it; correct all the same
-        with torch.enable_grad():
-            xs = [torch.zeros(s, dtype=d, device=v, requires_grad=True) for s, d, v in ctx.shapes]
-            return (None, *torch.autograd.grad(ctx.fn(*xs), xs, grad, allow_unused=True))
 
 
 def _tensors(value) -> list[torch.Tensor]:
