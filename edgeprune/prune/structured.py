@@ -177,6 +177,7 @@ def _prune(model: nn.Module, config: StructuredConfig, calibration: list[Batch] 
         report.append(entry)
         if not removed_units:
             continue
+        # the widths of its layers before: an attention's attribute equal to one is an inner width
         widths = frozenset(len(m.idxs) for m in g.members if isinstance(m.module, ROOT_TYPES))
         if not _prune_group(analysis, g, removed_units):  # it would empty a coupled layer: nothing was removed
             g.skip = "kept whole: removing its channels would remove every channel of a coupled layer"
