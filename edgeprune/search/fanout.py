@@ -150,8 +150,9 @@ class RayRun:
                     yield candidate, data
             self._update(0)
         finally:
-            for ref in pending:  # interrupted: what has not finished is cancelled, what has is already cached
-                ray.cancel(ref, force=True)
+            # interrupted: what has finished is already cached; the rest goes with the workers when the run
+            # shuts Ray down (cancelling tasks one by one races their completion inside Ray itself)
+            pending.clear()
 
     def _update(self, pending: int) -> None:
         self.fanout.running = min(pending, self.width)
