@@ -77,7 +77,7 @@ class RayRun:
     """A Ray session for one run: started here (``--ray``) or joined (``--ray ADDRESS``), shut down after."""
 
     def __init__(self, spec: EvaluationSpec, address: str = LOCAL, farm_agents: list[str] | None = None,
-                 show: Callable[[FanOut], None] = lambda _: None) -> None:
+                 show: Callable[[FanOut], None] = lambda _: None, cpus: int | None = None) -> None:
         self.spec = absolute_spec(spec)
         self.address = address
         self.farm_agents = farm_agents or []
@@ -86,6 +86,7 @@ class RayRun:
         self._ray = None
         self._started = False
         self._pool = None
+        self.cpus = cpus  # a local Ray's workers (default: one a core of this machine)
 
     def __enter__(self) -> RayRun:
         ray = self._ray = _import_ray()
@@ -94,7 +95,7 @@ class RayRun:
                        runtime_env={"env_vars": env} if env else None)
         try:
             if self.address == LOCAL:
-                ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, **options)
+                ray.init(num_cpus=self.cpus or os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, **options)
             else:
                 ray.init(address=self.address, **options)
         except (ConnectionError, ValueError, RuntimeError) as exc:
