@@ -212,12 +212,6 @@ def check_device_flags(profile: str, device: str | None, farm: str | None) -> No
     if device:
         agent_url(device)
     if farm:
-        import os
+        from edgeprune.farm.file import agents_for, check_tokens, load_farm
 
-        from edgeprune.farm.file import agents_for, load_farm
-
-        agents = agents_for(load_farm(farm), profile, farm)
-        missing = sorted({a.token_env for a in agents if not os.environ.get(a.token_env)})
-        if missing:
-            raise InputError(f"--farm {farm}: {', '.join(missing)} is not set: set it to the token its agents were "
-                             "started with")
+        check_tokens(agents_for(load_farm(farm), profile, farm), farm)

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.device.protocol import Device
-from edgeprune.errors import InputError
-from edgeprune.farm.file import AgentEntry, agents_for, load_farm
+from edgeprune.farm.file import AgentEntry, agents_for, check_tokens, load_farm
 from edgeprune.farm.pool import AgentPool
 from edgeprune.measure.agent_client import AgentClient, AgentError
 from edgeprune.timing import Protocol
@@ -32,10 +31,7 @@ class Farm:
         self.agents = {a.name: a for a in agents}
         self.source = source
         self.pool = pool if pool is not None else AgentPool(list(self.agents))
-        missing = sorted({a.token_env for a in agents if not os.environ.get(a.token_env)})
-        if missing:
-            raise InputError(f"--farm {source}: {', '.join(missing)} is not set: set it to the token its agents "
-                             "were started with")
+        check_tokens(tuple(agents), source)
         self.clients = {a.name: AgentClient(a.url, token=os.environ[a.token_env]) for a in agents}
         self._identity: list | None = None
 

@@ -12,6 +12,7 @@ exists. A profile given as a path is read relative to the farm file.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -114,3 +115,11 @@ def agents_for(agents: tuple[AgentEntry, ...], profile: str, farm: str | Path) -
         raise InputError(f"--farm {farm}: no agent stands for profile {profile} (its agents stand for "
                          f"{', '.join(have)})")
     return chosen
+
+
+def check_tokens(agents: tuple[AgentEntry, ...], farm: str | Path) -> None:
+    """Raises InputError naming the token variables of these agents that are not set."""
+    missing = sorted({a.token_env for a in agents if not os.environ.get(a.token_env)})
+    if missing:
+        raise InputError(f"--farm {farm}: {', '.join(missing)} is not set: set it to the token its agents were "
+                         "started with")

@@ -24,13 +24,14 @@ class LayerRoles:
         return frozenset(self.first) | frozenset(self.last)
 
 
-def _tensors(value) -> list[torch.Tensor]:
+def tensors_in(value) -> list[torch.Tensor]:
+    """Returns the tensors in a value: a tensor, or nested tuples, lists and dicts of them."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in tensors_in(v)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
+        return [t for v in value.values() for t in tensors_in(v)]
     return []
 
 
@@ -43,8 +44,8 @@ def layer_roles(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Lay
     calls: list[tuple[str, bool, torch.Tensor | None]] = []
 
     def hook(module, args, output):
-        reads_input = any(id(t) in inputs for t in _tensors(args))
-        out = _tensors(output)
+        reads_input = any(id(t) in inputs for t in tensors_in(args))
+        out = tensors_in(output)
         calls.append((names[module], reads_input, out[0] if out else None))
 
     handles = [m.register_forward_hook(hook) for m in names]
@@ -58,6 +59,6 @@ def layer_roles(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Lay
     if not order:
         return LayerRoles((), (), ())
     first = tuple(dict.fromkeys(name for name, reads, _ in calls if reads)) or (order[0],)
-    outputs = {id(t) for t in _tensors(output)}
+    outputs = {id(t) for t in tensors_in(output)}
     last = tuple(dict.fromkeys(name for name, _, out in calls if out is not None and id(out) in outputs))
     return LayerRoles(first, last or (calls[-1][0],), order)

@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 from edgeprune.prune import layout as lay
 from edgeprune.prune.layout import Layout
 from edgeprune.prune.relayout import Relayout, Verdict
+from edgeprune.prune.roles import tensors_in
 
 RESHAPES = {"view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"}
 PERMUTES = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t"}
@@ -41,16 +42,6 @@ class HeadSplit:
 
     layer: str
     factors: tuple[int, ...]
-
-
-def _tensors(value) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
 
 
 def _arg(args, kwargs, position: int, name: str, default=None):
@@ -111,7 +102,7 @@ class ChannelTracer(TorchFunctionMode):
         return ref is not None and ref() is t
 
     def _activate(self, value) -> None:
-        for t in _tensors(value):
+        for t in tensors_in(value):
             self._active[id(t)] = weakref.ref(t)
 
     def _where(self) -> str:
@@ -139,14 +130,14 @@ class ChannelTracer(TorchFunctionMode):
         out = func(*args, **kwargs)
         if (name.endswith("_") and not name.startswith("__")) or name.startswith("__i") or name == "__setitem__":
             return out  # in place: the tensor keeps its layout
-        if not any(self._is_active(t) for t in _tensors(args) + _tensors(kwargs)):
+        if not any(self._is_active(t) for t in tensors_in(args) + tensors_in(kwargs)):
             return self._from_parameters(name, func, args, kwargs, out)
         out = self._observe(name, func, args, kwargs, out)
         self._activate(out)
         return out
 
     def _observe(self, name, func, args, kwargs, out):
-        if not any(t.requires_grad for t in _tensors(out)):
+        if not any(t.requires_grad for t in tensors_in(out)):
             first = args[0] if args else None
             if isinstance(out, torch.Tensor) and isinstance(first, torch.Tensor) and (known := self.layout(first)):
                 self._set(out, lay.align(known, first.shape, out.shape))
@@ -210,7 +201,7 @@ class ChannelTracer(TorchFunctionMode):
                 self._set(out, lay.align(v, value.shape, out.shape))
             return out
         if name == "einsum":  # followed nowhere; its inner reshapes are kept from the graph
-            return self._relayout(lambda *ts: func(args[0], *ts), _tensors(args[1:]), None)
+            return self._relayout(lambda *ts: func(args[0], *ts), tensors_in(args[1:]), None)
         if name in REORDERS and known is not None:
             dims = _arg(args, kwargs, 2 if name == "roll" else 1, "dims" if name in ("roll", "flip") else "dim")
             dims = [dims] if isinstance(dims, int) else list(dims) if dims is not None else list(range(first.dim()))
@@ -338,7 +329,7 @@ class ChannelTracer(TorchFunctionMode):
         return None
 
     def _elementwise(self, name, args, kwargs, out):
-        inputs = [t for t in _tensors(args) + _tensors(kwargs) if self.layout(t) is not None]
+        inputs = [t for t in tensors_in(args) + tensors_in(kwargs) if self.layout(t) is not None]
         outs = [out] if isinstance(out, torch.Tensor) else list(out) if isinstance(out, (tuple, list)) else []
         results = []
         for o in outs:
