@@ -137,7 +137,10 @@ def _judge(name: str, limit: float, value: float, estimated: bool, spread: float
                 f"= {padded:.3g}{shown} {sign} {limit:g}{shown}")
         met = padded <= limit if lower_is_better else padded >= limit
         return BudgetResult(name, limit, value, met, unit, note=note)
-    if abs(value - limit) <= spread * value:
+    # The spread is of the times; a rate (tokens per second) divides by them, so its noise band is
+    # [value / (1 + spread), value * (1 + spread)], not value -/+ spread x value.
+    near = abs(value - limit) <= spread * value if lower_is_better else value / (1 + spread) <= limit <= value * (1 + spread)
+    if near:
         note = (f"undecided: {whose} ({spread:.1%}) is larger than the distance to the budget; "
                 "re-measure on a quieter device")
         return BudgetResult(name, limit, value, False, unit, note=note)
