@@ -2,7 +2,9 @@
 and int8 (the int8 edgeprune would build for the profile: static QDQ for the CNN, dynamic
 MatMuls for the transformers), exported to ONNX as a build exports them.
 
-A MobileNetV2-shaped CNN (inverted residuals, depthwise convolutions) at 160x160, a ViT-S/16
+A ResNet-50-shaped CNN (bottleneck blocks: 1x1, 3x3, 1x1 and strided 1x1 shortcuts; the fitted
+set's ResNet is ResNet-18's basic blocks) at 160x160, a MobileNetV2-shaped CNN (inverted
+residuals, depthwise convolutions) at 160x160, a ViT-S/16
 at 224x224, GPT-2 small's layout (6 layers, 384 wide) on 128 tokens and a BERT of the same
 size on 128 tokens; random weights (latency does not depend on their values).
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-HELD_OUT = {"mobilenetv2": "MobileNetV2-shaped CNN (160x160)", "vit": "ViT-S/16 (224x224, transformers)",
+HELD_OUT = {"resnet50": "ResNet-50-shaped CNN (160x160)", "mobilenetv2": "MobileNetV2-shaped CNN (160x160)", "vit": "ViT-S/16 (224x224, transformers)",
             "gpt": "GPT-2 layout, 6 x 384 (128 tokens)", "bert": "BERT, 6 x 384 (128 tokens)"}
 
 
@@ -30,6 +32,38 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x) if self.residual else self.body(x)
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, mid: int, stride: int) -> None:
+        super().__init__()
+        cout = mid * 4
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet50Shaped(nn.Module):
+    """ResNet-50's layout: a 7x7 stem, then (3, 4, 6, 3) bottlenecks of 64 to 512 (x4) channels."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        layers, cin = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)], 64
+        for stage, (mid, repeats) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+            for i in range(repeats):
+                layers.append(Bottleneck(cin, mid, 2 if i == 0 and stage > 0 else 1))
+                cin = mid * 4
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
 class MobileNetV2Shaped(nn.Module):
@@ -69,8 +103,8 @@ def held_out_model(name: str) -> tuple[nn.Module, torch.Tensor, list[torch.Tenso
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    if name == "mobilenetv2":
-        model = MobileNetV2Shaped()
+    if name in ("resnet50", "mobilenetv2"):
+        model = ResNet50Shaped() if name == "resnet50" else MobileNetV2Shaped()
         for m in model.modules():  # non-trivial statistics, so folding them is real work
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)

@@ -214,3 +214,41 @@ def test_export_cache_keys_on_weights(tmp_path):
     differs = [n for n in weights if n in original and not np.array_equal(
         onnx.numpy_helper.to_array(weights[n]), onnx.numpy_helper.to_array(original[n]))]
     assert differs  # the changed weights were exported, not the cached file
+
+
+def test_a_residual_cnn_quantizes_to_a_fully_fused_int8_graph_and_unfused_layers_are_charged_as_fp32(tmp_path):
+    # Every Conv of a ResNet (residual sums feeding the next block's first conv, strided 1x1
+    # shortcuts, a grouped conv) must become an integer kernel in ONNX Runtime's own graph; with
+    # S8 activations ONNX Runtime leaves those convolutions fp32 behind a DequantizeLinear, and
+    # the estimate must charge them as fp32 plus their (de)quantizations, not as int8.
+    from edgeprune.backends.onnx_tools.fusion import unfused_nodes
+    from edgeprune.backends.onnx_tools.quantize import Int8Config, quantize_int8
+    from edgeprune.measure.estimate import estimate_onnx
+
+    from zoo import calibration, resnet
+
+    model, inputs = resnet()
+    backend = get_backend("onnx")
+    request = LowerRequest(precision="int8", profile=X86, calibration=calibration(inputs))
+    artifact = backend.lower(model, inputs, request, tmp_path)
+    fp32 = export_onnx(model, inputs, tmp_path / "fp32.onnx")
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(fp32)).graph.node)
+    assert convs == 13
+    kernels = artifact.details["kernels"]
+    assert kernels["quantized_kernels"].get("QLinearConv") == convs and kernels["unfused"] == []
+    assert optimized_ops(artifact.path, tmp_path)["QLinearConv"] == convs
+    assert not any("unfused" in note for note in artifact.notes) and unfused_nodes(artifact.path) == frozenset()
+
+    s8 = quantize_int8(fp32, tmp_path / "s8.onnx", calibration(inputs), Int8Config(activation="s8"))
+    left = unfused_nodes(s8)
+    assert sum("Conv" in name for name in left) >= 4  # each block's first conv and the shortcuts
+    shapes = [tuple(inputs[0].shape)]
+    as_int8 = estimate_onnx(s8, shapes, X86)
+    as_run = estimate_onnx(s8, shapes, X86, unfused=left)
+    fused = estimate_onnx(artifact.path, shapes, X86)
+    assert as_int8.unfused_layers == 0 and as_run.unfused_layers == len(left)
+    charged = {k.name: k for k in as_run.kernels}
+    assert all(charged[name].precision == "fp32" for name in left if name in charged)
+    assert sum(k.ops == ("DequantizeLinear",) for k in as_run.kernels) > sum(
+        k.ops == ("DequantizeLinear",) for k in as_int8.kernels)
+    assert as_run.ms > as_int8.ms and as_run.ms > fused.ms

@@ -51,6 +51,8 @@ class Estimate:
     # layers (convolutions, matrix products) whose operands' sizes stayed unknown: their arithmetic is
     # not counted, so the estimate is a lower bound, too low to prove a budget with
     unsized_layers: tuple[str, ...] = ()
+    # quantized layers the runtime leaves in float (charged as fp32 plus their (de)quantizations)
+    unfused_layers: int = 0
 
     def summary(self) -> dict:
         """Returns the figures a report shows: totals, counts and what bounds the time."""
@@ -66,6 +68,7 @@ class Estimate:
             "ms_by_bound": {k: round(v, 4) for k, v in sorted(by_bound.items())},
             "sparse_kernels": sum(1 for k in self.kernels if k.sparse),
             **({"kernels_with_unknown_shapes": self.unknown_shapes} if self.unknown_shapes else {}),
+            **({"unfused_int8_layers_as_fp32": self.unfused_layers} if self.unfused_layers else {}),
             "method": METHOD,
         }
 
@@ -146,11 +149,17 @@ def estimate_graph(graph: LoweredGraph, profile: Profile, precision: str | None 
         bytes=sum(t.bytes for t in times), kernels=times,
         unknown_shapes=sum(1 for k in graph.kernels if k.unknown_shape),
         unsized_layers=tuple(k.name for k in graph.kernels if k.unknown_shape and k.op in ANCHORS),
+        unfused_layers=sum(1 for k in graph.kernels if k.unfused),
     )
 
 
 def estimate_onnx(model: str | Path | onnx.ModelProto,
                   input_shapes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]],
-                  profile: Profile, precision: str | None = None) -> Estimate:
-    """Returns the estimated latency of an ONNX model at the given input shapes on a profile."""
-    return estimate_graph(lowered_graph(model, input_shapes), profile, precision)
+                  profile: Profile, precision: str | None = None,
+                  unfused: frozenset[str] = frozenset()) -> Estimate:
+    """Returns the estimated latency of an ONNX model at the given input shapes on a profile.
+
+    ``unfused``: the nodes the runtime leaves in float behind a DequantizeLinear
+    (``backends.onnx_tools.fusion.unfused_nodes`` asks ONNX Runtime); they are charged as fp32.
+    """
+    return estimate_graph(lowered_graph(model, input_shapes, unfused), profile, precision)

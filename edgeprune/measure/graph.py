@@ -5,6 +5,11 @@ BatchNormalization into the convolution before it, run an activation (and a resi
 inside the convolution's kernel, and turn QuantizeLinear/DequantizeLinear pairs around an
 operator into one int8 operator. The roofline estimator and the memory estimate both need
 the graph as those fused kernels, so the grouping lives here once.
+
+Where the runtime is known to leave a Q/DQ group unfused (``unfused``: the names of the nodes
+ONNX Runtime's optimized graph still runs in float behind a DequantizeLinear), that node is
+what the runtime runs: an fp32 kernel reading dequantized weights, with its DequantizeLinear
+and QuantizeLinear as kernels of their own.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ EPILOGUES = frozenset({
 })
 # Operators that change how a tensor is viewed, not its data: no kernel of their own.
 VIEWS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
+INT8_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8})
 QUANTIZED_ANCHORS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
                                "DynamicQuantizeMatMul", "MatMulNBits"})
 
@@ -72,6 +78,7 @@ class Kernel:
     depthwise_outputs: float = 0.0  # elements a depthwise convolution writes (its cost is per output, not per FLOP)
     view: bool = False  # a reshape-like kernel: aliases its input, costs nothing
     unknown_shape: bool = False
+    unfused: bool = False  # a quantized layer the runtime runs in float behind DequantizeLinear
 
     @property
     def is_matmul_like(self) -> bool:
@@ -99,8 +106,13 @@ class LoweredGraph:
 
 
 def lowered_graph(model: str | Path | onnx.ModelProto,
-                  input_shapes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]]) -> LoweredGraph:
-    """Returns the model as fused kernels in execution order, at the given input shapes."""
+                  input_shapes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]],
+                  unfused: frozenset[str] = frozenset()) -> LoweredGraph:
+    """Returns the model as fused kernels in execution order, at the given input shapes.
+
+    ``unfused``: names of nodes the runtime leaves in float behind a DequantizeLinear (see the
+    module's docstring); every other Q/DQ group is taken to run as one integer kernel.
+    """
     g = GraphIndex(with_input_shapes(load_model(model), input_shapes))
     owner: dict[int, Kernel] = {}  # id(node) -> kernel that runs it
     kernels: list[Kernel] = []
@@ -122,10 +134,13 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
             continue  # folded before running (weights, shapes, dequantized constants)
         op = node.op_type
         if op == "DequantizeLinear" and (users := g.consumers.get(node.output[0])):
-            # An int8 activation dequantized for the next operator: that operator runs in int8.
-            if all(u.op_type != "QuantizeLinear" for u in users) and node.output[0] not in g.graph_outputs:
+            # An int8 activation dequantized for the next operator: that operator runs in int8,
+            # unless the runtime left it unfused (then this dequantization is a kernel of its own).
+            if all(u.op_type != "QuantizeLinear" and u.name not in unfused for u in users) \
+                    and node.output[0] not in g.graph_outputs:
                 continue
-        kernel = Kernel(name=node.name or op, op=op, ops=[], precision="fp32")
+        kernel = Kernel(name=node.name or op, op=op, ops=[], precision="fp32", unfused=bool(node.name)
+                        and node.name in unfused)
         absorb(kernel, node)
         kernel.view = op in VIEWS
         if op in ANCHORS:
@@ -135,13 +150,13 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
             while (nxt := single_consumer(tail.output[0])) is not None and id(nxt) not in owner:
                 if nxt.op_type in EPILOGUES and not (nxt.op_type == "Add" and added):
                     added = added or nxt.op_type == "Add"
-                elif nxt.op_type == "QuantizeLinear":
+                elif nxt.op_type == "QuantizeLinear" and not kernel.unfused:
                     pass
                 else:
                     break
                 absorb(kernel, nxt)
                 tail = nxt
-        elif op != "QuantizeLinear":
+        elif op != "QuantizeLinear" and not kernel.unfused:
             # A QDQ operator unit: int8 in, int8 out, no separate (de)quantize kernels.
             users = g.consumers.get(node.output[0], []) if node.output else []
             if (len(users) == 1 and users[0].op_type == "QuantizeLinear" and id(users[0]) not in owner
@@ -196,19 +211,24 @@ def _fill_kernel(g: GraphIndex, kernel: Kernel, nodes: list[onnx.NodeProto]) -> 
                 if producer is not None and producer.op_type == "DequantizeLinear":
                     dequantized_weight = True
                 continue
-            real = _dequantized_input(g, inp)
+            real = inp if kernel.unfused else _dequantized_input(g, inp)
             if real not in inputs:
                 inputs.append(real)
     outputs = [o for n in nodes for o in n.output if o and (o in g.graph_outputs or any(
         id(c) not in mine for c in g.consumers.get(o, [])))]
     kernel.inputs, kernel.outputs = inputs, outputs
     kernel.weight_bytes = sum(g.constant_bytes(w) for w in weights)
+    if kernel.unfused and dequantized_weight:
+        # Dequantized on every run: the int8 weights read, fp32 written, and read by the fp32 kernel.
+        kernel.weight_bytes += sum(8 * g.constant_bytes(w) for w in weights if g.types.get(w) in INT8_TYPES)
     kernel.activation_bytes = 0.0 if kernel.view else sum(g.nbytes(t) for t in [*inputs, *outputs])
     kernel.unknown_shape = any(g.numel(t) is None for t in [*inputs, *outputs])
 
     head = nodes[0]
     act_types = {g.types.get(t) for t in [*inputs, *outputs]}
-    if head.op_type in QUANTIZED_ANCHORS or dequantized_weight or act_types & {TensorProto.INT8, TensorProto.UINT8}:
+    if kernel.unfused:
+        kernel.precision = "fp32"
+    elif head.op_type in QUANTIZED_ANCHORS or dequantized_weight or act_types & INT8_TYPES:
         kernel.precision = "int8"
     elif act_types & {TensorProto.FLOAT16, TensorProto.BFLOAT16}:
         kernel.precision = "fp16"

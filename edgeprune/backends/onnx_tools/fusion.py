@@ -53,12 +53,17 @@ class KernelReport:
                 "unfused": list(self.unfused), "fp16_kernels": self.fp16_ops, "fp32_kernels": self.fp32_ops}
 
 
-def inspect_kernels(path: str | Path) -> KernelReport:
-    """Returns the kernels ONNX Runtime's CPU provider runs for the file, after all optimizations."""
+def optimized_graph(path: str | Path) -> onnx.GraphProto:
+    """Returns the graph ONNX Runtime's CPU provider executes for the file, after all optimizations."""
     with tempfile.TemporaryDirectory(prefix="edgeprune-ortopt-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         onnx_runtime.session(path, threads=1, optimized_model_path=str(optimized))
-        graph = onnx.load(str(optimized)).graph
+        return onnx.load(str(optimized)).graph
+
+
+def inspect_kernels(path: str | Path) -> KernelReport:
+    """Returns the kernels ONNX Runtime's CPU provider runs for the file, after all optimizations."""
+    graph = optimized_graph(path)
     producers = {out: node for node in graph.node for out in node.output}
     dtypes = {init.name: init.data_type for init in graph.initializer}
     quantized: Counter[str] = Counter()
@@ -79,6 +84,23 @@ def inspect_kernels(path: str | Path) -> KernelReport:
             elif weight == onnx.TensorProto.FLOAT:
                 fp32 += 1
     return KernelReport(dict(quantized), dict(float_ops), tuple(unfused), fp16, fp32)
+
+
+def unfused_nodes(path: str | Path) -> frozenset[str]:
+    """Returns the names of the nodes ONNX Runtime's CPU provider runs in float behind a DequantizeLinear.
+
+    Those are the quantized groups it did not fuse into an integer kernel (a Conv, an Add, a
+    pooling): the estimator charges them as what runs, fp32 math plus the (de)quantizations.
+    Empty, without a session, for a file with no DequantizeLinear.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(node.op_type == "DequantizeLinear" for node in model.graph.node):
+        return frozenset()
+    graph = optimized_graph(path)
+    producers = {out: node for node in graph.node for out in node.output}
+    return frozenset(node.name for node in graph.node if node.name and node.op_type not in (
+        "QuantizeLinear", "DequantizeLinear") and any(
+        (f := producers.get(name)) is not None and f.op_type == "DequantizeLinear" for name in node.input))
 
 
 def int8_fusion_notes(report: KernelReport) -> list[str]:
