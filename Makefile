@@ -37,7 +37,8 @@ test: $(STAMP) test-vision
 
 # the model-argument tests that need timm and torchvision; there they must run, not skip
 test-vision: $(VISION_STAMP)
-	EDGEPRUNE_VISION_TESTS=1 $(VISION)/bin/python -m pytest tests/test_model_specs.py
+	EDGEPRUNE_VISION_TESTS=1 $(VISION)/bin/python -m pytest tests/test_model_specs.py \
+		'tests/test_zoo.py::test_a_library_model_prunes_to_its_full_width'
 
 # The LLM decoding comparison (benchmarks/llm_decode.py): llama.cpp through llama-cpp-python,
 # compiled here for this CPU (-DGGML_NATIVE=ON: about 20 minutes on 2 cores), ONNX Runtime

@@ -160,3 +160,19 @@ def offline_env(proxy: str, home: Path) -> dict[str, str]:
     return {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
             "ALL_PROXY": proxy, "NO_PROXY": "", "no_proxy": "", "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "",
             "TORCH_HOME": str(home / "torch"), "HF_HOME": str(home / "hf"), "XDG_CACHE_HOME": str(home / "cache")}
+
+
+def library_skip_reason(module: str) -> str | None:
+    """Returns why a library's test cannot run in this environment, or None.
+
+    In the environment `make test-vision` builds for them (EDGEPRUNE_VISION_TESTS=1), a
+    library that does not import is an error, not a reason to skip.
+    """
+    try:
+        __import__(module)
+    except Exception as exc:  # missing, or (torchvision's CUDA-only wheel for torch 2.13) not loading
+        if os.environ.get("EDGEPRUNE_VISION_TESTS"):
+            raise
+        return (f"{module} does not import here ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}); "
+                "`make test` runs this test in .venv-vision (torch 2.14.1, torchvision 0.29.1, timm)")
+    return None

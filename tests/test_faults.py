@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,10 +30,16 @@ def _staging(out: Path) -> list[Path]:
     return list(out.parent.glob(f".{out.name}.staging-*"))
 
 
-def test_a_build_killed_while_lowering_or_measuring_leaves_the_previous_build_whole(tmp_path):
+def _previous_build(digits_build, out: Path) -> None:
+    """Puts a good build of the same command in ``out`` (the session's, copied: the same bytes a build writes)."""
+    proc, folder, _ = digits_build
+    assert proc.returncode == 0, proc.stderr
+    shutil.copytree(folder, out)
+
+
+def test_a_build_killed_while_lowering_or_measuring_leaves_the_previous_build_whole(tmp_path, digits_build):
     out = tmp_path / "digits"
-    first = run_cli("build", str(DIGITS), "--profile", "host", "-o", str(out))
-    assert first.returncode == 0, first.stderr
+    _previous_build(digits_build, out)
     good = (out / "report.json").read_text()
     moments = {
         # the staging folder appears as the evaluation starts: pruning and lowering run in it
@@ -65,9 +72,9 @@ def test_two_builds_into_one_folder_one_wins_the_other_is_refused(tmp_path):
     assert not _staging(out)
 
 
-def test_ctrl_c_during_a_build_exits_130_and_keeps_the_previous_build(tmp_path):
+def test_ctrl_c_during_a_build_exits_130_and_keeps_the_previous_build(tmp_path, digits_build):
     out = tmp_path / "digits"
-    assert run_cli("build", str(DIGITS), "--profile", "host", "-o", str(out)).returncode == 0
+    _previous_build(digits_build, out)
     good = (out / "report.json").read_text()
     proc = _start(out)
     _wait_for(lambda: bool(_staging(out)), proc)
@@ -77,11 +84,12 @@ def test_ctrl_c_during_a_build_exits_130_and_keeps_the_previous_build(tmp_path):
     assert (out / "report.json").read_text() == good and not _staging(out)
 
 
-def test_a_damaged_candidate_cache_is_discarded_with_a_warning_and_rebuilt(tmp_path):
+def test_a_damaged_candidate_cache_is_discarded_with_a_warning_and_rebuilt(tmp_path, monkeypatch):
     tiny = str(ROOT / "tests" / "tiny_workload.py")
     args = ("build", tiny, "--profile", "jetson-orin-nano", "--format", "onnx", "--latency-budget-ms", "50")
     cache = tmp_path / "cache"
-    first = run_cli(*args, "-o", str(tmp_path / "a"), "--json", env={"EDGEPRUNE_CACHE_DIR": str(cache)})
+    monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(cache))  # read by each build (in this process)
+    first = run_cli(*args, "-o", str(tmp_path / "a"), "--json")
     assert first.returncode == 0, first.stderr
     entries = sorted((cache / "candidates").glob("*.json"))
     assert len(entries) >= 2
@@ -91,14 +99,15 @@ def test_a_damaged_candidate_cache_is_discarded_with_a_warning_and_rebuilt(tmp_p
     for extra in entries[2:]:
         extra.unlink()
         extra.mkdir()  # a folder where an entry should be
-    again = run_cli(*args, "-o", str(tmp_path / "b"), "--json", env={"EDGEPRUNE_CACHE_DIR": str(cache)})
+    again = run_cli(*args, "-o", str(tmp_path / "b"), "--json")
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("warning: discarded a damaged cache entry") >= 2 and "Traceback" not in again.stderr
     assert json.loads(again.stdout)["search"]["chosen"] == json.loads(first.stdout)["search"]["chosen"]
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     (blocked / "candidates").write_text("a file where the cache folder should be")
-    third = run_cli(*args, "-o", str(tmp_path / "c"), env={"EDGEPRUNE_CACHE_DIR": str(blocked)})
+    monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(blocked))
+    third = run_cli(*args, "-o", str(tmp_path / "c"))
     assert third.returncode == 0 and "cannot write the candidate cache" in third.stderr, third.stderr
 
 

@@ -22,8 +22,8 @@ from conftest import DIGITS, ROOT, run_cli, run_main
 
 TOKEN = "farm-test-token-0123456789abcdef"
 MEASURED = re.compile(r'"POST /v1/measure HTTP/1.1" 200')
-# 8 candidates: the dense model and structured 0.25 / 0.5 / 0.75, each in fp32 and int8
-SWEEP = ("--profile", "host", "--strategies", "structured", "--sparsities", "0.25,0.5,0.75", "--quantize", "none,int8")
+# 6 candidates: the dense model and structured 0.5 / 0.75, each in fp32 and int8
+SWEEP = ("--profile", "host", "--strategies", "structured", "--sparsities", "0.5,0.75", "--quantize", "none,int8")
 FOUR = ("--profile", "host", "--strategies", "structured", "--sparsities", "0.5", "--quantize", "none,int8")
 
 pytest.importorskip("ray", reason="Ray is the `ray` extra (in the dev install): pip install 'edgeprune[ray]'")
@@ -105,11 +105,11 @@ def test_a_ray_sweep_measures_every_candidate_once_while_an_agent_dies(farm, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     rows = summary["candidates"]
-    assert len(rows) == 8 and all(r["error"] is None and r["latency_source"] == "measured" for r in rows), rows
+    assert len(rows) == 6 and all(r["error"] is None and r["latency_source"] == "measured" for r in rows), rows
     # every latency names the agent that measured it, and none was measured twice or lost
     assert all(re.fullmatch(r"a[123] \(http://127\.0\.0\.1:\d+\)", r["measured_by"]) for r in rows)
     assert victim.proc.poll() is not None, "the agent was never killed: it measured nothing"
-    assert sum(a.measured() for a in agents) == 8
+    assert sum(a.measured() for a in agents) == 6
     # the job it held when it died was measured by another agent, and it was asked nothing more
     state = summary["agents"]
     assert state["a1"]["state"] == "down" and state["a1"]["failed"] == 1, state
@@ -118,7 +118,7 @@ def test_a_ray_sweep_measures_every_candidate_once_while_an_agent_dies(farm, tmp
     serial = _sweep(farm_file, tmp_path / "serial", cache)
     assert serial.returncode == 0, serial.stderr[-3000:]
     assert _fronts(json.loads(serial.stdout)) == _fronts(summary)
-    assert sum(a.measured() for a in agents) == 8
+    assert sum(a.measured() for a in agents) == 6
 
 
 def test_an_interrupted_ray_sweep_resumes_and_measures_only_what_was_missing(farm, tmp_path):
@@ -136,7 +136,8 @@ def test_an_interrupted_ray_sweep_resumes_and_measures_only_what_was_missing(far
     cached = len(list((cache / "candidates").glob("*.json")))
     assert 1 <= cached < 4, cached  # one measured but not yet scored when interrupted is missing
     before = sum(a.measured() for a in agents)
-    again = _sweep(farm_file, tmp_path / "again", cache, "--ray", grid=FOUR)
+    # resumed without Ray: the cache the Ray workers filled is the one every sweep reads
+    again = _sweep(farm_file, tmp_path / "again", cache, grid=FOUR)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(json.loads(again.stdout)["candidates"]) == 4
     assert sum(a.measured() for a in agents) - before == 4 - cached
