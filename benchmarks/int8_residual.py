@@ -33,6 +33,7 @@ from edgeprune.backends.onnx_tools.fusion import inspect_kernels, unfused_nodes 
 from edgeprune.backends.onnx_tools.quantize import Int8Config, quantize_int8  # noqa: E402
 from edgeprune.host import this_host  # noqa: E402
 from edgeprune.measure.estimate import estimate_onnx  # noqa: E402
+from edgeprune.measure.graph import ONNXRUNTIME  # noqa: E402
 from edgeprune.measure.local import measure_onnx_files  # noqa: E402
 from edgeprune.profile import load_profile_file  # noqa: E402
 
@@ -74,7 +75,8 @@ def main() -> None:
         shape = [tuple(x.shape)]
         # as a build estimates it (what ONNX Runtime leaves unfused charged as fp32), and as if all were fused
         estimated = {} if profile is None else {
-            k: (estimate_onnx(p, shape, profile, unfused=unfused_nodes(p)).ms, estimate_onnx(p, shape, profile).ms)
+            k: (estimate_onnx(p, shape, profile, unfused=unfused_nodes(p), runtime=ONNXRUNTIME).ms,
+                estimate_onnx(p, shape, profile, runtime=ONNXRUNTIME).ms)
             for k, p in paths.items()}
     fp32 = {"dense": stats["dense fp32"].median_ms, "structured 0.5": stats["structured 0.5 fp32"].median_ms}
     extra = " estimated ms (error) | estimated if all fused (error) |" if estimated else ""

@@ -118,6 +118,11 @@ class Efficiency(_Strict):
         per_output, per_row = self.shallow_conv_ns_by_precision.get(precision, (0.0, 0.0))
         return (outputs * per_output + outputs / out_channels * window_rows * per_row) * 1e-3
 
+    def elementwise_us(self, precision: str, elements: float) -> float:
+        """Returns the time of a kernel between layers (elementwise, normalization, softmax, transpose)
+        over ``elements`` elements beyond its memory traffic, in microseconds."""
+        return elements * self.elementwise_ns_by_precision.get(precision, 0.0) * 1e-3
+
     def depthwise_us(self, precision: str, outputs: float) -> float:
         """Returns the extra time of a depthwise convolution writing ``outputs`` elements, in microseconds."""
         return outputs * self.depthwise_ns_by_precision.get(precision, 0.0) * 1e-3
@@ -144,6 +149,10 @@ class Efficiency(_Strict):
     depthwise_ns_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="ns per output element a depthwise convolution costs beyond its FLOPs "
                                           "(its few operations an output hide the loads and stores); absent: nothing")
+    elementwise_ns_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="ns per element an operator between layers (an elementwise chain, a "
+                                          "normalization, a softmax, a transpose) takes in the runtime, where that "
+                                          "is more than its memory traffic; absent: nothing")
     source: str = Field(min_length=3)
 
 

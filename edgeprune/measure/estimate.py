@@ -5,7 +5,9 @@ per-kernel overhead; the model's latency is the sum over kernels (batch-1 infere
 them one after another). Effective compute is the profile's peak for the kernel's precision
 times ``efficiency.compute`` (or its ``compute_by_precision`` factor); a shallow convolution (an
 image's first layer, fewer than 4 input channels a window tap) adds its per-output work,
-``efficiency.shallow_conv_us``, and a depthwise one its own (``efficiency.depthwise_us``); effective bandwidth is the memory bandwidth times
+``efficiency.shallow_conv_us``, and a depthwise one its own (``efficiency.depthwise_us``); an
+operator between layers adds its per-element work (``efficiency.elementwise_us``) to its
+roofline time; effective bandwidth is the memory bandwidth times
 ``efficiency.bandwidth``. Sparsity buys speed only where the profile says the hardware
 exploits it: N:M sparse peaks on layers wide enough, unstructured skipping above the
 profile's threshold. Everything else is dense math, whatever zeros the weights hold.
@@ -76,7 +78,7 @@ class Estimate:
 METHOD = ("roofline over the fused kernels of the lowered ONNX graph: per kernel "
           "max(FLOPs / (peak x efficiency.compute) + a shallow convolution's per-output work, "
           "bytes / (bandwidth x efficiency.bandwidth)) "
-          "+ efficiency.layer_overhead_us, summed")
+          "+ an operator between layers' per-element work + efficiency.layer_overhead_us, summed")
 
 
 def _peak_tops(profile: Profile, precision: str, sparse: bool) -> float:
@@ -136,7 +138,8 @@ def kernel_time(kernel: Kernel, profile: Profile, precision: str | None = None) 
         + eff.shallow_conv_us(prec, kernel.tap_channels, kernel.window_rows, kernel.output_elements, kernel.out_channels) * 1e-6 \
         + eff.depthwise_us(prec, kernel.depthwise_outputs) * 1e-6
     memory_s = moved / (profile.memory_bandwidth_gbs.value * 1e9 * eff.bandwidth)
-    seconds = max(compute_s, memory_s) + eff.overhead_us_for(prec) * 1e-6
+    # an operator between layers pays its per-element work on top of its memory traffic (how the probe fits it)
+    seconds = max(compute_s, memory_s) + eff.elementwise_us(prec, kernel.elements) * 1e-6 + eff.overhead_us_for(prec) * 1e-6
     bound = "compute" if compute_s >= memory_s else "memory"
     return KernelTime(kernel.name, tuple(kernel.ops), prec, flops, moved, seconds * 1e3, bound, sparse)
 
@@ -156,10 +159,11 @@ def estimate_graph(graph: LoweredGraph, profile: Profile, precision: str | None 
 def estimate_onnx(model: str | Path | onnx.ModelProto,
                   input_shapes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]],
                   profile: Profile, precision: str | None = None,
-                  unfused: frozenset[str] = frozenset()) -> Estimate:
+                  unfused: frozenset[str] = frozenset(), runtime: str | None = None) -> Estimate:
     """Returns the estimated latency of an ONNX model at the given input shapes on a profile.
 
     ``unfused``: the nodes the runtime leaves in float behind a DequantizeLinear
     (``backends.onnx_tools.fusion.unfused_nodes`` asks ONNX Runtime); they are charged as fp32.
+    ``runtime``: "onnxruntime" when ONNX Runtime runs the file (its fusions, not a compiler's).
     """
-    return estimate_graph(lowered_graph(model, input_shapes, unfused), profile, precision)
+    return estimate_graph(lowered_graph(model, input_shapes, unfused, runtime), profile, precision)

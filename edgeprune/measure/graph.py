@@ -6,6 +6,12 @@ inside the convolution's kernel, and turn QuantizeLinear/DequantizeLinear pairs 
 operator into one int8 operator. The roofline estimator and the memory estimate both need
 the graph as those fused kernels, so the grouping lives here once.
 
+With ``runtime="onnxruntime"`` the grouping follows what ONNX Runtime's CPU provider fuses:
+in a file with a free axis (a dynamic batch) a MatMul over more than two dimensions keeps its
+bias Add as a kernel of its own (only a product whose sizes it knows becomes a Gemm), an
+integer product takes its rescaling back to float (Cast, Mul, bias Add: MatMulIntegerToFloat), and a chain of elementwise operators each feeding only
+the next (GELU's Div, Erf, Add, Mul, Mul) runs as one kernel, as its Gelu and BiasGelu fusions do.
+
 Where the runtime is known to leave a Q/DQ group unfused (``unfused``: the names of the nodes
 ONNX Runtime's optimized graph still runs in float behind a DequantizeLinear), that node is
 what the runtime runs: an fp32 kernel reading dequantized weights, with its DequantizeLinear
@@ -46,6 +52,13 @@ EPILOGUES = frozenset({
 })
 # Operators that change how a tensor is viewed, not its data: no kernel of their own.
 VIEWS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
+# Elementwise operators ONNX Runtime fuses when each feeds only the next (its Gelu, BiasGelu, FastGelu fusions).
+ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Erf", "Tanh", "Sigmoid", "Relu", "Pow", "Sqrt", "Exp", "Neg",
+                         "Clip", "HardSwish", "HardSigmoid", "Gelu", "FastGelu", "LeakyRelu"})
+ONNXRUNTIME = "onnxruntime"
+# Integer products whose int32 result is cast, scaled and biased back to float after them (dynamic int8)
+INTEGER_PRODUCTS = frozenset({"MatMulInteger", "ConvInteger"})
+RESCALE = frozenset({"Cast", "Mul", "Add"})
 INT8_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8})
 QUANTIZED_ANCHORS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
                                "DynamicQuantizeMatMul", "MatMulNBits"})
@@ -76,6 +89,7 @@ class Kernel:
     window_rows: int = 0  # a convolution's window height (kh)
     output_elements: float = 0.0  # elements a convolution writes
     depthwise_outputs: float = 0.0  # elements a depthwise convolution writes (its cost is per output, not per FLOP)
+    elements: float = 0.0  # a kernel between layers (no anchor): the elements it reads or writes, the larger
     view: bool = False  # a reshape-like kernel: aliases its input, costs nothing
     unknown_shape: bool = False
     unfused: bool = False  # a quantized layer the runtime runs in float behind DequantizeLinear
@@ -107,13 +121,22 @@ class LoweredGraph:
 
 def lowered_graph(model: str | Path | onnx.ModelProto,
                   input_shapes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]],
-                  unfused: frozenset[str] = frozenset()) -> LoweredGraph:
+                  unfused: frozenset[str] = frozenset(), runtime: str | None = None) -> LoweredGraph:
     """Returns the model as fused kernels in execution order, at the given input shapes.
 
     ``unfused``: names of nodes the runtime leaves in float behind a DequantizeLinear (see the
     module's docstring); every other Q/DQ group is taken to run as one integer kernel.
+    ``runtime``: "onnxruntime" groups as ONNX Runtime's CPU provider does (see the module's
+    docstring); None, as a compiler that fuses every epilogue (TensorRT, Core ML) does.
     """
-    g = GraphIndex(with_input_shapes(load_model(model), input_shapes))
+    ort = runtime == ONNXRUNTIME
+    loaded = load_model(model)
+    # ONNX Runtime turns a MatMul and its bias into a Gemm only where it knows every size: in a file
+    # with a free axis (a dynamic batch, as edgeprune exports) a product over more than two dimensions
+    # runs alone and its bias Add after it
+    free_axis = any(not d.HasField("dim_value") for i in loaded.graph.input
+                    for d in i.type.tensor_type.shape.dim if i.name not in {t.name for t in loaded.graph.initializer})
+    g = GraphIndex(with_input_shapes(loaded, input_shapes))
     owner: dict[int, Kernel] = {}  # id(node) -> kernel that runs it
     kernels: list[Kernel] = []
 
@@ -147,8 +170,14 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
             # Run the activation, BatchNorm, residual Add and output quantization in the epilogue.
             tail = node
             added = False
+            batched = ort and free_axis and op == "MatMul" and len(g.shapes.get(node.output[0]) or ()) > 2
             while (nxt := single_consumer(tail.output[0])) is not None and id(nxt) not in owner:
-                if nxt.op_type in EPILOGUES and not (nxt.op_type == "Add" and added):
+                if batched and nxt.op_type != "QuantizeLinear":
+                    break
+                if ort and op in INTEGER_PRODUCTS and nxt.op_type in RESCALE and not (nxt.op_type == "Add" and added):
+                    # ONNX Runtime's MatMulIntegerToFloat: the int32 result scaled back and biased in the kernel
+                    added = added or nxt.op_type == "Add"
+                elif nxt.op_type in EPILOGUES and not (nxt.op_type == "Add" and added):
                     added = added or nxt.op_type == "Add"
                 elif nxt.op_type == "QuantizeLinear" and not kernel.unfused:
                     pass
@@ -162,6 +191,16 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
             if (len(users) == 1 and users[0].op_type == "QuantizeLinear" and id(users[0]) not in owner
                     and node.output[0] not in g.graph_outputs):
                 absorb(kernel, users[0])
+            elif ort and op in ELEMENTWISE:
+                tail = node
+                # the next operator joins only if its other inputs are ready (not a product's result yet to be
+                # computed, whose own kernel takes that operator in: a scale multiplied into an integer product)
+                while ((nxt := single_consumer(tail.output[0])) is not None and id(nxt) not in owner
+                       and nxt.op_type in ELEMENTWISE and all(
+                           i in g.constant or (src := g.producer.get(i)) is None or id(src) in owner
+                           for i in nxt.input if i)):
+                    absorb(kernel, nxt)
+                    tail = nxt
         kernels.append(kernel)
 
     members: dict[int, list[onnx.NodeProto]] = {id(k): [] for k in kernels}
@@ -251,6 +290,8 @@ def _fill_kernel(g: GraphIndex, kernel: Kernel, nodes: list[onnx.NodeProto]) -> 
     else:
         kernel.flops = sum(other_flops(g, n) for n in nodes if n.op_type not in ("QuantizeLinear", "DequantizeLinear")) \
             or sum(other_flops(g, n) for n in nodes)
+        if "Pool" not in head.op_type:  # poolings are a convolution's kind of work, not a pass between layers
+            kernel.elements = float(max(sum(g.numel(t) or 0 for t in inputs), sum(g.numel(t) or 0 for t in outputs)))
 
 
 def _weights_of_anchor(g: GraphIndex, node: onnx.NodeProto) -> list[WeightInfo]:

@@ -125,12 +125,15 @@ def estimate_latency(graph: Path, baseline: Path, shapes: list[tuple[int, ...]],
                      precision: str | None) -> dict:
     """Returns the Latency fields of the estimate: estimated_ms of the artifact and of its dense baseline."""
     from edgeprune.measure.estimate import estimate_onnx
+    from edgeprune.measure.graph import ONNXRUNTIME
 
     try:
-        # An ONNX artifact runs on ONNX Runtime: what it leaves unfused is charged as what it runs.
-        mine = estimate_onnx(graph, shapes, profile, precision, unfused_nodes(graph) if precision is None else frozenset())
+        # An ONNX artifact runs on ONNX Runtime: grouped as it fuses, what it leaves unfused charged as it runs.
+        runtime = ONNXRUNTIME if precision is None else None
+        mine = estimate_onnx(graph, shapes, profile, precision, unfused_nodes(graph) if runtime else frozenset(), runtime)
         base_precision = baseline_precision(profile)
-        base = estimate_onnx(baseline, shapes, profile, None if base_precision == "fp32" else base_precision)
+        base = estimate_onnx(baseline, shapes, profile, None if base_precision == "fp32" else base_precision,
+                             runtime=runtime)
     except Exception as exc:  # an operator the estimator cannot follow must not fail the build
         return {"estimated_ms": None, "estimate": {"note": f"no estimate: {type(exc).__name__}: {exc}"[:300]}}
     if mine.unsized_layers:  # a lower bound only: a budget it "meets" would be a false pass

@@ -38,6 +38,13 @@ STEMS = ((32, 3, 2), (16, 5, 2))  # out channels, kernel, stride
 # 3x3 depthwise convolutions with ReLU (the second of stride 2), at two sizes, wide and shallow
 # (64 channels at 112x112) and narrow and deep (256 at 28x28), as a mobile network's stages run them.
 DEPTHWISE_INPUTS = ((1, 64, 112, 112), (1, 256, 28, 28))
+# The operators between a transformer's products (bias and residual Adds, LayerNormalization, GELU,
+# Softmax, the heads' Reshapes and Transposes) cost more per element than their memory traffic, and
+# more inside a model, where the products between them evict their tensors from the caches, than
+# alone: their per-element cost is fitted on two encoder layers of the probe's own (width 256, 4
+# heads, FFN 1024, the products charged at the CNN's compute factor), at 64 and 256 tokens.
+BETWEEN_INPUTS = ((1, 64, 256), (1, 256, 256))
+BETWEEN_HEADS, BETWEEN_FFN, BETWEEN_LAYERS = 4, 1024, 2
 
 
 def _conv_chain(name: str, shape: tuple[int, ...], layers, seed: int) -> onnx.ModelProto:
@@ -87,6 +94,57 @@ def depthwise_model(shape: tuple[int, ...]) -> onnx.ModelProto:
     return _conv_chain("calibration_depthwise", shape, [(c, c, stride, c) for stride in (1, 2, 1, 1)], 5)
 
 
+def between_model(shape: tuple[int, ...]) -> onnx.ModelProto:
+    """Returns encoder layers (post-norm, GELU) over an input of (batch, tokens, width), fp32, random weights."""
+    _, tokens, width = shape
+    heads, ffn = BETWEEN_HEADS, BETWEEN_FFN
+    rng = np.random.default_rng(6)
+    inits, nodes = [], []
+
+    def const(name: str, value) -> str:
+        inits.append(onnx.numpy_helper.from_array(np.asarray(value, np.float32 if not isinstance(value, tuple)
+                                                             else np.int64), name))
+        return name
+
+    def op(kind: str, inputs: list[str], out: str, **attrs) -> str:
+        nodes.append(helper.make_node(kind, inputs, [out], **attrs))
+        return out
+
+    def linear(x: str, name: str, cin: int, cout: int) -> str:
+        w = const(f"{name}.w", rng.standard_normal((cin, cout)) / np.sqrt(cin))
+        return op("Add", [op("MatMul", [x, w], f"{name}.mm"), const(f"{name}.b", rng.standard_normal(cout) * 0.02)],
+                  f"{name}.out")
+
+    def norm(x: str, name: str) -> str:
+        return op("LayerNormalization", [x, const(f"{name}.g", np.ones(width)), const(f"{name}.b", np.zeros(width))],
+                  f"{name}.out", axis=-1)
+
+    # the batch axis free, as edgeprune exports models (ONNX Runtime fuses less around free axes): 0 keeps it
+    split, merged = const("split", (0, tokens, heads, width // heads)), const("merged", (0, tokens, width))
+    const("scale", 1 / np.sqrt(width // heads))
+    const("sqrt2", 2 ** 0.5), const("one", 1.0), const("half", 0.5)
+    x = "x"
+    for i in range(BETWEEN_LAYERS):
+        def heads_of(t: str, perm: list[int], name: str) -> str:
+            return op("Transpose", [op("Reshape", [t, split], f"{name}.r")], f"{name}.t", perm=perm)
+
+        q = heads_of(linear(x, f"l{i}.q", width, width), [0, 2, 1, 3], f"l{i}.qh")
+        k = heads_of(linear(x, f"l{i}.k", width, width), [0, 2, 3, 1], f"l{i}.kh")
+        v = heads_of(linear(x, f"l{i}.v", width, width), [0, 2, 1, 3], f"l{i}.vh")
+        scores = op("Softmax", [op("Mul", [op("MatMul", [q, k], f"l{i}.qk"), "scale"], f"l{i}.s")], f"l{i}.p", axis=-1)
+        context = op("Reshape", [op("Transpose", [op("MatMul", [scores, v], f"l{i}.pv")], f"l{i}.ct", perm=[0, 2, 1, 3]),
+                                 merged], f"l{i}.c")
+        x = norm(op("Add", [x, linear(context, f"l{i}.o", width, width)], f"l{i}.res1"), f"l{i}.n1")
+        h = linear(x, f"l{i}.fc1", width, ffn)
+        erf = op("Add", [op("Erf", [op("Div", [h, "sqrt2"], f"l{i}.d")], f"l{i}.e"), "one"], f"l{i}.e1")
+        gelu = op("Mul", [op("Mul", [h, erf], f"l{i}.m"), "half"], f"l{i}.g")
+        x = norm(op("Add", [x, linear(gelu, f"l{i}.fc2", ffn, width)], f"l{i}.res2"), f"l{i}.n2")
+    graph = helper.make_graph(nodes, "calibration_encoder",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", tokens, width])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", tokens, width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def _estimate(graph, profile_data: dict):
     from edgeprune.measure.estimate import estimate_graph
     from edgeprune.profile import Profile
@@ -128,7 +186,7 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     """
     import tempfile
 
-    from edgeprune.measure.graph import lowered_graph
+    from edgeprune.measure.graph import ONNXRUNTIME, lowered_graph
     from edgeprune.timing import Protocol, time_side_by_side
 
     threads = threads or this_host().cores
@@ -143,20 +201,21 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     data["efficiency"] = {**data["efficiency"], "bandwidth": round(max(bandwidth, 0.01), 4)}
     data["efficiency"].pop("shallow_conv_ns_by_precision", None)  # fitted below, on the compute factors
     data["efficiency"].pop("depthwise_ns_by_precision", None)
+    data["efficiency"].pop("elementwise_ns_by_precision", None)
     if "int8" in data["compute"]:  # before the compute factors, which are fitted with it
         data["efficiency"]["layer_overhead_us_by_precision"] = {
             "int8": round(int8_layer_overhead_us(seconds / 2, data["int8_activation"], threads=threads), 2)}
     models, runs, graphs = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for shape in (*CALIBRATION_INPUTS, *STEMS, *DEPTHWISE_INPUTS):
-            stem, depthwise = shape in STEMS, shape in DEPTHWISE_INPUTS
+        for shape in (*CALIBRATION_INPUTS, *STEMS, *DEPTHWISE_INPUTS, *BETWEEN_INPUTS):
+            stem, depthwise, between = shape in STEMS, shape in DEPTHWISE_INPUTS, shape in BETWEEN_INPUTS
             size = (f"stem{shape[1]}x{shape[1]}" if stem else f"dw{shape[1]}-{shape[2]}" if depthwise
-                    else f"{shape[2]}x{shape[3]}")
+                    else f"between{shape[1]}x{shape[2]}" if between else f"{shape[2]}x{shape[3]}")
             fp32 = Path(tmp) / f"cnn-{size}.onnx"
-            onnx.save(stem_model(shape) if stem else depthwise_model(shape) if depthwise else calibration_cnn(shape),
-                      fp32)
+            onnx.save(stem_model(shape) if stem else depthwise_model(shape) if depthwise else between_model(shape)
+                      if between else calibration_cnn(shape), fp32)
             models[("fp32", shape)] = fp32
-            if "int8" in data["compute"]:
+            if "int8" in data["compute"] and not between:  # int8 builds quantize layers, not these
                 models[("int8", shape)] = quantize_int8(fp32, Path(tmp) / f"cnn-{size}-int8.onnx",
                                                          data["int8_activation"], STEM_INPUT if stem else shape)
         for key, path in models.items():
@@ -164,12 +223,12 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
             feed = {"x": np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)}
             sess = onnx_runtime.session(path, threads)
             runs[key] = (lambda s=sess, f=feed: s.run(None, f))
-            graphs[key] = lowered_graph(path, [x_shape])
+            graphs[key] = lowered_graph(path, [x_shape], runtime=ONNXRUNTIME)  # grouped as ONNX Runtime runs it
     rounds = max(4, int(seconds * 8))
     stats = time_side_by_side(runs, Protocol(warmup_s=seconds / 4, round_s=seconds / 4, min_rounds=rounds,
                                              max_rounds=2 * rounds))
     measured_ms = {key: stats[key].min_ms if statistic == "min" else stats[key].median_ms for key in stats}
-    cnn = [key for key in graphs if key[1] not in STEMS and key[1] not in DEPTHWISE_INPUTS]
+    cnn = [key for key in graphs if key[1] in CALIBRATION_INPUTS]
     factors = {key: _solve_efficiency(graphs[key], data, measured_ms[key], "compute") for key in cnn}
     # one factor per precision over the sizes (and one over all, for the precisions not timed):
     # the geometric mean, the factor whose worst relative error over the calibration runs is
@@ -189,6 +248,9 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     data["efficiency"]["depthwise_ns_by_precision"] = depthwise = {
         p: _fit_depthwise([(graphs[k], measured_ms[k]) for k in graphs if k[0] == p and k[1] in DEPTHWISE_INPUTS], data)
         for p in dict.fromkeys(k[0] for k in graphs)}
+    data["efficiency"]["elementwise_ns_by_precision"] = elementwise = {
+        "fp32": _fit_per_element([(graphs[k], measured_ms[k]) for k in graphs if k[1] in BETWEEN_INPUTS], data,
+                                 lambda graph: sum(k.elements for k in graph.kernels))}
     measured = ", ".join(f"{k[0]} {k[1][2]}x{k[1][3]} ({graphs[k].flops / 1e9:.2f} GFLOP) {measured_ms[k]:.3g} ms "
                          f"(spread {stats[k].spread:.0%}) -> {v:.3g}" for k, v in factors.items())
     stems = ", ".join(f"{k[0]} {k[1][1]}x{k[1][1]} to {k[1][0]} {measured_ms[k]:.3g} ms" for k in graphs if k[1] in STEMS)
@@ -202,6 +264,9 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         f"fitted to RGB stems at 224x224 ({stems}); depthwise convolutions "
         f"{', '.join(f'{p} {v:.3g} ns per output' for p, v in depthwise.items())}, fitted to chains of 3x3 "
         f"depthwise convolutions ({', '.join(f'{c} channels at {h}x{w}' for _, c, h, w in DEPTHWISE_INPUTS)}); "
+        f"operators between layers {elementwise['fp32']:.3g} ns per element (fp32), fitted to {BETWEEN_LAYERS} "
+        f"encoder layers of its own (width {BETWEEN_INPUTS[0][2]}, {BETWEEN_HEADS} heads, FFN {BETWEEN_FFN}) over "
+        f"{' and '.join(str(t) for _, t, _ in BETWEEN_INPUTS)} tokens; "
         f"int8 kernels "
         f"{data['efficiency'].get('layer_overhead_us_by_precision', {}).get('int8', '—')} us each (a chain of 32 "
         f"tiny QLinearConvs); bandwidth {data['efficiency']['bandwidth']:g} = "
@@ -260,11 +325,17 @@ def calibrate_decoder(data: dict, seconds: float, threads: int) -> dict:
 
 
 def _fit_depthwise(chains: list[tuple], data: dict) -> float:
-    """Returns the ns per output element depthwise convolutions take beyond the estimate without it:
-    least squares over the timed chains, never negative (with the shallow-stem cost fitted before)."""
-    outputs = np.array([sum(k.depthwise_outputs for k in graph.kernels) for graph, _ in chains], float)
-    excess = np.array([max(0.0, ms - _estimate(graph, data).ms) * 1e6 for graph, ms in chains])
-    return round(float(max(0.0, outputs @ excess / (outputs @ outputs))) if outputs.any() else 0.0, 4)
+    """Returns the ns per output element depthwise convolutions take beyond the estimate without it
+    (with the shallow-stem cost fitted before)."""
+    return _fit_per_element(chains, data, lambda graph: sum(k.depthwise_outputs for k in graph.kernels))
+
+
+def _fit_per_element(timed: list[tuple], data: dict, elements) -> float:
+    """Returns the ns per element the timed graphs take beyond the estimate without that cost:
+    least squares over them, never negative; ``elements(graph)`` counts a graph's elements."""
+    counts = np.array([elements(graph) for graph, _ in timed], float)
+    excess = np.array([max(0.0, ms - _estimate(graph, data).ms) * 1e6 for graph, ms in timed])
+    return round(float(max(0.0, counts @ excess / (counts @ counts))) if counts.any() else 0.0, 4)
 
 
 def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
