@@ -75,7 +75,10 @@ def latency_of(timing: Timing, artifact: Artifact, model: torch.nn.Module, input
         reason = f"{artifact.format} artifacts cannot run on this machine"
     with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
         graph, precision = estimate_graph(artifact, model, inputs, Path(tmp))
-        estimate = estimate_latency(graph, baseline, list(shapes), profile, precision)
+        # what the backend already read from ONNX Runtime's graph of an int8 artifact, not asked again
+        known = (artifact.details or {}).get("kernels", {}).get("behind_dequantize")
+        estimate = estimate_latency(graph, baseline, list(shapes), profile, precision,
+                                    None if known is None else frozenset(known))
         memory = peak_memory_of(graph, list(shapes), precision)
     mine, dense = estimate.get("estimated_ms"), estimate.get("baseline_estimated_ms")
     if artifact.latency is not None:  # the backend timed it on its own runtime
@@ -122,15 +125,23 @@ def baseline_precision(profile: Profile) -> str:
 
 
 def estimate_latency(graph: Path, baseline: Path, shapes: list[tuple[int, ...]], profile: Profile,
-                     precision: str | None) -> dict:
-    """Returns the Latency fields of the estimate: estimated_ms of the artifact and of its dense baseline."""
+                     precision: str | None, unfused: frozenset[str] | None = None) -> dict:
+    """Returns the Latency fields of the estimate: estimated_ms of the artifact and of its dense baseline.
+
+    ``unfused``: the nodes ONNX Runtime runs in float behind a DequantizeLinear, where already known
+    (None: asked of ONNX Runtime here for an ONNX artifact).
+    """
     from edgeprune.measure.estimate import estimate_onnx
     from edgeprune.measure.graph import ONNXRUNTIME
 
     try:
         # An ONNX artifact runs on ONNX Runtime: grouped as it fuses, what it leaves unfused charged as it runs.
         runtime = ONNXRUNTIME if precision is None else None
-        mine = estimate_onnx(graph, shapes, profile, precision, unfused_nodes(graph) if runtime else frozenset(), runtime)
+        if not runtime:
+            unfused = frozenset()  # another runtime's artifact: ONNX Runtime's fusions say nothing of it
+        elif unfused is None:
+            unfused = unfused_nodes(graph)
+        mine = estimate_onnx(graph, shapes, profile, precision, unfused, runtime)
         base_precision = baseline_precision(profile)
         base = estimate_onnx(baseline, shapes, profile, None if base_precision == "fp32" else base_precision,
                              runtime=runtime)

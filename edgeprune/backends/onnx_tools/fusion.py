@@ -42,6 +42,9 @@ class KernelReport:
     unfused: tuple[str, ...] = ()
     fp16_ops: int = 0
     fp32_ops: int = 0
+    # every node it runs in float behind a DequantizeLinear (a Conv, an Add, a pooling): what the estimate
+    # of the file charges as fp32 (see unfused_nodes)
+    behind_dequantize: tuple[str, ...] = ()
 
     @property
     def quantized_count(self) -> int:
@@ -50,7 +53,8 @@ class KernelReport:
     def to_dict(self) -> dict:
         """Returns the report for report.json."""
         return {"quantized_kernels": dict(self.quantized), "float_kernels": dict(self.float_ops),
-                "unfused": list(self.unfused), "fp16_kernels": self.fp16_ops, "fp32_kernels": self.fp32_ops}
+                "unfused": list(self.unfused), "fp16_kernels": self.fp16_ops, "fp32_kernels": self.fp32_ops,
+                "behind_dequantize": list(self.behind_dequantize)}
 
 
 def optimized_graph(path: str | Path) -> onnx.GraphProto:
@@ -83,7 +87,10 @@ def inspect_kernels(path: str | Path) -> KernelReport:
                 fp16 += 1
             elif weight == onnx.TensorProto.FLOAT:
                 fp32 += 1
-    return KernelReport(dict(quantized), dict(float_ops), tuple(unfused), fp16, fp32)
+    behind = tuple(node.name for node in graph.node if node.name and node.op_type not in (
+        "QuantizeLinear", "DequantizeLinear") and any(
+        (f := producers.get(name)) is not None and f.op_type == "DequantizeLinear" for name in node.input))
+    return KernelReport(dict(quantized), dict(float_ops), tuple(unfused), fp16, fp32, behind)
 
 
 def unfused_nodes(path: str | Path) -> frozenset[str]:
@@ -96,11 +103,7 @@ def unfused_nodes(path: str | Path) -> frozenset[str]:
     model = onnx.load(str(path), load_external_data=False)
     if not any(node.op_type == "DequantizeLinear" for node in model.graph.node):
         return frozenset()
-    graph = optimized_graph(path)
-    producers = {out: node for node in graph.node for out in node.output}
-    return frozenset(node.name for node in graph.node if node.name and node.op_type not in (
-        "QuantizeLinear", "DequantizeLinear") and any(
-        (f := producers.get(name)) is not None and f.op_type == "DequantizeLinear" for name in node.input))
+    return frozenset(inspect_kernels(path).behind_dequantize)
 
 
 def int8_fusion_notes(report: KernelReport) -> list[str]:
