@@ -9,8 +9,9 @@ the graph as those fused kernels, so the grouping lives here once.
 With ``runtime="onnxruntime"`` the grouping follows what ONNX Runtime's CPU provider fuses:
 in a file with a free axis (a dynamic batch) a MatMul over more than two dimensions keeps its
 bias Add as a kernel of its own (only a product whose sizes it knows becomes a Gemm), an
-integer product takes its rescaling back to float (Cast, Mul, bias Add: MatMulIntegerToFloat), and a chain of elementwise operators each feeding only
-the next (GELU's Div, Erf, Add, Mul, Mul) runs as one kernel, as its Gelu and BiasGelu fusions do.
+integer product takes its rescaling back to float (Cast, Mul, bias Add: MatMulIntegerToFloat),
+and a chain of elementwise operators each feeding only the next (GELU's Div, Erf, Add, Mul,
+Mul) runs as one kernel, as its Gelu and BiasGelu fusions do.
 
 Where the runtime is known to leave a Q/DQ group unfused (``unfused``: the names of the nodes
 ONNX Runtime's optimized graph still runs in float behind a DequantizeLinear), that node is
@@ -134,8 +135,9 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
     # ONNX Runtime turns a MatMul and its bias into a Gemm only where it knows every size: in a file
     # with a free axis (a dynamic batch, as edgeprune exports) a product over more than two dimensions
     # runs alone and its bias Add after it
-    free_axis = any(not d.HasField("dim_value") for i in loaded.graph.input
-                    for d in i.type.tensor_type.shape.dim if i.name not in {t.name for t in loaded.graph.initializer})
+    weights = {t.name for t in loaded.graph.initializer}
+    free_axis = any(not d.HasField("dim_value") for i in loaded.graph.input if i.name not in weights
+                    for d in i.type.tensor_type.shape.dim)
     g = GraphIndex(with_input_shapes(loaded, input_shapes))
     owner: dict[int, Kernel] = {}  # id(node) -> kernel that runs it
     kernels: list[Kernel] = []
@@ -171,13 +173,12 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
             tail = node
             added = False
             batched = ort and free_axis and op == "MatMul" and len(g.shapes.get(node.output[0]) or ()) > 2
+            # ONNX Runtime's MatMulIntegerToFloat: the int32 result scaled back and biased in the kernel
+            fusable = EPILOGUES | RESCALE if ort and op in INTEGER_PRODUCTS else EPILOGUES
             while (nxt := single_consumer(tail.output[0])) is not None and id(nxt) not in owner:
                 if batched and nxt.op_type != "QuantizeLinear":
                     break
-                if ort and op in INTEGER_PRODUCTS and nxt.op_type in RESCALE and not (nxt.op_type == "Add" and added):
-                    # ONNX Runtime's MatMulIntegerToFloat: the int32 result scaled back and biased in the kernel
-                    added = added or nxt.op_type == "Add"
-                elif nxt.op_type in EPILOGUES and not (nxt.op_type == "Add" and added):
+                if nxt.op_type in fusable and not (nxt.op_type == "Add" and added):
                     added = added or nxt.op_type == "Add"
                 elif nxt.op_type == "QuantizeLinear" and not kernel.unfused:
                     pass
