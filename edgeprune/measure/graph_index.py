@@ -75,14 +75,46 @@ def with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]
         return inferred
     # ONNX's own inference loses sizes through shapes computed in the graph (a transformer's position
     # ids sliced to the sequence length): ONNX Runtime's symbolic inference follows them
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        symbolic = SymbolicShapeInference.infer_shapes(copy, auto_merge=True, guess_output_rank=False)
-    except Exception:  # its own gaps (an op it does not know): keep what ONNX inferred
-        return inferred
+    symbolic = _symbolic_shapes(copy)
     return symbolic if symbolic is not None and len(_unknown_operands(symbolic)) < len(_unknown_operands(inferred)) \
         else inferred
+
+
+# ONNX Runtime's symbolic inference saves what it could not finish under this name in the working
+# folder (with its weights beside it): it is given no large weights, and its file is removed
+_SYMBOLIC_LEFTOVER = Path("sym_shape_infer_temp.onnx")
+_SHAPE_CONSTANT_MAX = 64  # elements: the initializers a shape can be computed from are kept
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """Returns the model with ONNX Runtime's symbolic shapes, or None where its inference fails."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    kept = [i for i in light.graph.initializer if int(np.prod(i.dims)) <= _SHAPE_CONSTANT_MAX]
+    weights = [i for i in light.graph.initializer if int(np.prod(i.dims)) > _SHAPE_CONSTANT_MAX]
+    del light.graph.initializer[:]
+    light.graph.initializer.extend(kept)
+    light.graph.input.extend(onnx.helper.make_tensor_value_info(w.name, w.data_type, list(w.dims))
+                             for w in weights if w.name not in {i.name for i in light.graph.input})
+    had_leftover = _SYMBOLIC_LEFTOVER.exists()
+    try:
+        symbolic = SymbolicShapeInference.infer_shapes(light, auto_merge=True, guess_output_rank=False)
+    except Exception:  # its own gaps (an op it does not know): keep what ONNX inferred
+        symbolic = None
+    finally:
+        if not had_leftover:
+            _SYMBOLIC_LEFTOVER.unlink(missing_ok=True)
+    if symbolic is None:
+        return None
+    shaped = onnx.ModelProto()
+    shaped.CopyFrom(model)
+    del shaped.graph.value_info[:]
+    shaped.graph.value_info.extend(symbolic.graph.value_info)
+    del shaped.graph.output[:]
+    shaped.graph.output.extend(symbolic.graph.output)
+    return shaped
 
 
 # operators whose cost the estimator reads from their operands' shapes
