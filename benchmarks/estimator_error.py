@@ -105,6 +105,8 @@ def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], 
     names = {**MODELS, **HELD_OUT}
     shallow = "; ".join(f"{p} {a:g} ns per output + {b:g} ns per output pixel and window row"
                         for p, (a, b) in e.shallow_conv_ns_by_precision.items()) or "not fitted"
+    pointwise = "; ".join(f"{p} {v:g} ns per output" for p, v in e.conv_output_ns_by_precision.items()) or "not fitted"
+    depthwise = "; ".join(f"{p} {v:g} ns per output" for p, v in e.depthwise_ns_by_precision.items()) or "not fitted"
     lines = [
         section_heading(), "",
         f"Machine: {machine()}; ONNX Runtime CPU provider, {threads} thread(s), batch 1. "
@@ -152,11 +154,14 @@ def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], 
         f"Largest error on the fitted models: {worst:.0%} (bound: {BOUND:.0%}). The efficiency factors are calibrated by the probe on its "
         "own 7-layer 3x3-conv CNN at 64x64 and 192x192 inputs, one factor per precision (the geometric mean "
         "over the two sizes), with int8 kernels' own fixed cost from a chain of tiny QLinearConvs, and the "
-        "per-output cost of shallow convolutions (an image's first layer) fitted to two RGB stems of its own "
-        f"(3x3 to 32 and 5x5 to 16 channels; here {shallow}), and the per-element cost of the operators between "
-        "a transformer's products fitted to two encoder layers of its own (width 256, 4 heads, 64 and 256 tokens; "
-        f"here {', '.join(f'{q} {v:g} ns per element' for q, v in e.elementwise_ns_by_precision.items()) or 'not fitted'}), "
-        "not on these models. Every graph is grouped into kernels as ONNX Runtime fuses it.",
+        "per-output cost of every convolution fitted to chains of 1x1 convolutions of its own (16 channels at "
+        f"80x80 and 32 at 40x40, expanded six times; here {pointwise}), of depthwise ones to chains of 3x3 "
+        f"depthwise convolutions (here {depthwise}), of shallow convolutions (an image's first layer) to two RGB "
+        f"stems of its own (3x3 to 32 and 5x5 to 16 channels; here {shallow}), and the per-element cost of the "
+        "operators between a transformer's products to two encoder layers of its own (width 256, 4 heads, 64 and "
+        f"256 tokens; here {', '.join(f'{q} {v:g} ns per element' for q, v in e.elementwise_ns_by_precision.items()) or 'not fitted'}), "
+        "each to the share of the run ONNX Runtime's profiler gives the kernels it describes; not on these models. "
+        "Every graph is grouped into kernels as ONNX Runtime fuses it.",
         "",
         f"Reproduce: `{command}`",
         "",

@@ -123,6 +123,10 @@ class Efficiency(_Strict):
         over ``elements`` elements beyond its memory traffic, in microseconds."""
         return elements * self.elementwise_ns_by_precision.get(precision, 0.0) * 1e-3
 
+    def conv_output_us(self, precision: str, outputs: float) -> float:
+        """Returns what a one-group convolution writing ``outputs`` elements costs beyond its FLOPs, in microseconds."""
+        return outputs * self.conv_output_ns_by_precision.get(precision, 0.0) * 1e-3
+
     def depthwise_us(self, precision: str, outputs: float) -> float:
         """Returns the extra time of a depthwise convolution writing ``outputs`` elements, in microseconds."""
         return outputs * self.depthwise_ns_by_precision.get(precision, 0.0) * 1e-3
@@ -146,6 +150,11 @@ class Efficiency(_Strict):
         Field(default_factory=dict,
               description="[ns per output element, ns per output pixel and window row] that a convolution "
                           "reading fewer than 4 input channels a tap costs beyond its FLOPs; absent: nothing"))
+    conv_output_ns_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="ns per output element a one-group convolution costs beyond its FLOPs "
+                                          "(the accumulator set up, biased, activated and stored: what makes a "
+                                          "convolution over few channels, a mobile network's 1x1, slower than its "
+                                          "FLOPs); absent: nothing")
     depthwise_ns_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="ns per output element a depthwise convolution costs beyond its FLOPs "
                                           "(its few operations an output hide the loads and stores); absent: nothing")

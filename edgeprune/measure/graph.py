@@ -10,8 +10,10 @@ With ``runtime="onnxruntime"`` the grouping follows what ONNX Runtime's CPU prov
 in a file with a free axis (a dynamic batch) a MatMul over more than two dimensions keeps its
 bias Add as a kernel of its own (only a product whose sizes it knows becomes a Gemm), an
 integer product takes its rescaling back to float (Cast, Mul, bias Add: MatMulIntegerToFloat),
-and a chain of elementwise operators each feeding only the next (GELU's Div, Erf, Add, Mul,
-Mul) runs as one kernel, as its Gelu and BiasGelu fusions do.
+a chain of elementwise operators each feeding only the next (GELU's Div, Erf, Add, Mul,
+Mul) runs as one kernel, as its Gelu and BiasGelu fusions do, with the branches read only by it
+(GELU's x * 0.5, the bias Add before it), and a float product runs the scaling of its inputs or
+output by a constant scalar inside it (its FusedMatMul).
 
 Where the runtime is known to leave a Q/DQ group unfused (``unfused``: the names of the nodes
 ONNX Runtime's optimized graph still runs in float behind a DequantizeLinear), that node is
@@ -152,8 +154,21 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
             return users[0]
         return None
 
+    # ONNX Runtime's MatMulScaleFusion: a float product runs the scaling of its inputs by a constant inside it
+    scaled_inputs: dict[int, list[onnx.NodeProto]] = {}
+    if ort:
+        for node in g.nodes:
+            user = single_consumer(node.output[0]) if node.output else None
+            source = g.producer.get(next((i for i in node.input if i not in g.constant), ""))
+            # (not the end of an elementwise pattern, GELU's x * 0.5: its own fusion takes that first)
+            if user is not None and user.op_type == "MatMul" and _scaling(g, node) and not (
+                    source is not None and source.op_type in ELEMENTWISE):
+                scaled_inputs.setdefault(id(user), []).append(node)
+    deferred = {id(n) for found in scaled_inputs.values() for n in found}
+    heads: dict[int, int] = {}  # id(kernel) -> id(the node it is built around)
+
     for node in g.nodes:
-        if id(node) in owner:
+        if id(node) in owner or id(node) in deferred:
             continue
         if all(o in g.constant for o in node.output if o):
             continue  # folded before running (weights, shapes, dequantized constants)
@@ -167,6 +182,9 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
         kernel = Kernel(name=node.name or op, op=op, ops=[], precision="fp32", unfused=bool(node.name)
                         and node.name in unfused)
         absorb(kernel, node)
+        heads[id(kernel)] = id(node)
+        for scaling in scaled_inputs.get(id(node), []):
+            absorb(kernel, scaling)
         kernel.view = op in VIEWS
         if op in ANCHORS:
             # Run the activation, BatchNorm, residual Add and output quantization in the epilogue.
@@ -176,9 +194,12 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
             # ONNX Runtime's MatMulIntegerToFloat: the int32 result scaled back and biased in the kernel
             fusable = EPILOGUES | RESCALE if ort and op in INTEGER_PRODUCTS else EPILOGUES
             while (nxt := single_consumer(tail.output[0])) is not None and id(nxt) not in owner:
-                if batched and nxt.op_type != "QuantizeLinear":
+                scaled = ort and op == "MatMul" and _scaling(g, nxt)  # its output scaled inside it too
+                if batched and not scaled and nxt.op_type != "QuantizeLinear":
                     break
-                if nxt.op_type in fusable and not (nxt.op_type == "Add" and added):
+                if scaled:
+                    pass
+                elif nxt.op_type in fusable and not (nxt.op_type == "Add" and added):
                     added = added or nxt.op_type == "Add"
                 elif nxt.op_type == "QuantizeLinear" and not kernel.unfused:
                     pass
@@ -204,13 +225,16 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
                     tail = nxt
         kernels.append(kernel)
 
+    if ort:
+        kernels = _merge_elementwise(g, kernels, owner)
     members: dict[int, list[onnx.NodeProto]] = {id(k): [] for k in kernels}
     last: dict[int, int] = {}
     for index, n in enumerate(g.nodes):
         if id(n) in owner:
             members[id(owner[id(n)])].append(n)
             last[id(owner[id(n)])] = index
-    for kernel in kernels:
+    for kernel in kernels:  # the node a kernel is built around first (a product after its inputs' scalings)
+        members[id(kernel)].sort(key=lambda n, k=kernel: id(n) != heads[id(k)])
         _fill_kernel(g, kernel, members[id(kernel)])
     # A fused kernel runs once its last node's inputs exist (a residual Add may read a branch
     # computed after the convolution it follows), so order kernels by their last node.
@@ -222,6 +246,45 @@ def lowered_graph(model: str | Path | onnx.ModelProto,
     weight_bytes = sum(g.constant_bytes(w) for w in weight_names)
     return LoweredGraph(kernels=kernels, tensor_bytes=tensor_bytes, weight_bytes=weight_bytes,
                         graph_inputs=g.graph_inputs, graph_outputs=g.graph_outputs)
+
+
+def _scaling(g: GraphIndex, node: onnx.NodeProto) -> bool:
+    """Returns whether a node multiplies (or divides) a float tensor by a constant scalar."""
+    if node.op_type not in ("Mul", "Div") or len(node.input) != 2 or g.types.get(node.output[0]) != TensorProto.FLOAT:
+        return False
+    scalars = [i in g.constant and g.numel(i) == 1 for i in node.input]
+    return scalars[1] != scalars[0] and (node.op_type == "Mul" or scalars[1])
+
+
+def _merge_elementwise(g: GraphIndex, kernels: list[Kernel], owner: dict[int, Kernel]) -> list[Kernel]:
+    """Returns the kernels with each elementwise kernel read only by another elementwise kernel run inside
+    it, as ONNX Runtime's fusions of a pattern run its branches (GELU's x * 0.5 beside its Erf or Tanh, a
+    bias Add before it: BiasGelu)."""
+    def elementwise(k: Kernel) -> bool:
+        return not k.view and all(o in ELEMENTWISE for o in k.ops)
+
+    nodes: dict[int, list[onnx.NodeProto]] = {id(k): [] for k in kernels}
+    for n in g.nodes:
+        if id(n) in owner:
+            nodes[id(owner[id(n)])].append(n)
+    gone: set[int] = set()
+    for kernel in kernels:
+        if not elementwise(kernel):
+            continue
+        outputs = [o for n in nodes[id(kernel)] for o in n.output if o]
+        readers = {id(owner.get(id(c))): owner.get(id(c)) for o in outputs for c in g.consumers.get(o, [])
+                   if owner.get(id(c)) is not kernel}
+        if len(readers) != 1 or any(o in g.graph_outputs for o in outputs):
+            continue
+        (target,) = readers.values()
+        if target is None or not elementwise(target):
+            continue
+        for n in nodes[id(kernel)]:
+            owner[id(n)] = target
+        nodes[id(target)] += nodes.pop(id(kernel))
+        target.ops[:0] = kernel.ops
+        gone.add(id(kernel))
+    return [k for k in kernels if id(k) not in gone]
 
 
 def _dequantized_input(g: GraphIndex, tensor: str) -> str:

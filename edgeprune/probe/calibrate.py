@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 
 from edgeprune.backends.onnx_tools import runtime as onnx_runtime
 from edgeprune.host import this_host
+from edgeprune.measure.graph import ANCHORS
 from edgeprune.probe.bench import (
     UNCALIBRATED,
     gemv_bandwidth_gbs,
@@ -38,6 +39,12 @@ STEMS = ((32, 3, 2), (16, 5, 2))  # out channels, kernel, stride
 # 3x3 depthwise convolutions with ReLU (the second of stride 2), at two sizes, wide and shallow
 # (64 channels at 112x112) and narrow and deep (256 at 28x28), as a mobile network's stages run them.
 DEPTHWISE_INPUTS = ((1, 64, 112, 112), (1, 256, 28, 28))
+# The pointwise convolutions the per-output cost of every one-group convolution is fitted on: chains
+# of 1x1 convolutions with ReLU that expand six times and project back, as a mobile network's inverted
+# residuals do, at two widths (16 channels at 80x80, 32 at 40x40): they reduce over so few channels
+# that storing each output costs as much as its arithmetic.
+POINTWISE_INPUTS = ((1, 16, 80, 80), (1, 32, 40, 40))
+POINTWISE_EXPAND = 6
 # The operators between a transformer's products (bias and residual Adds, LayerNormalization, GELU,
 # Softmax, the heads' Reshapes and Transposes) cost more per element than their memory traffic, and
 # more inside a model, where the products between them evict their tensors from the caches, than
@@ -45,20 +52,22 @@ DEPTHWISE_INPUTS = ((1, 64, 112, 112), (1, 256, 28, 28))
 # heads, FFN 1024, the products charged at the CNN's compute factor), at 64 and 256 tokens.
 BETWEEN_INPUTS = ((1, 64, 256), (1, 256, 256))
 BETWEEN_HEADS, BETWEEN_FFN, BETWEEN_LAYERS = 4, 1024, 2
+# the operators of ONNX Runtime's optimized graph that are products (the rest is between them)
+PRODUCT_OPS = ANCHORS | {"MatMulIntegerToFloat", "NhwcFusedConv"}
 
 
-def _conv_chain(name: str, shape: tuple[int, ...], layers, seed: int) -> onnx.ModelProto:
-    """Returns 3x3 convolutions, each followed by a ReLU, as an fp32 ONNX model with fixed random weights;
-    ``layers`` are (input channels, output channels, stride, groups)."""
+def _conv_chain(name: str, shape: tuple[int, ...], layers, seed: int, kernel: int = 3) -> onnx.ModelProto:
+    """Returns ``kernel`` x ``kernel`` convolutions, each followed by a ReLU, as an fp32 ONNX model with fixed
+    random weights; ``layers`` are (input channels, output channels, stride, groups)."""
     rng = np.random.default_rng(seed)
     nodes, inits, x = [], [], "x"
     for i, (cin, cout, stride, groups) in enumerate(layers):
-        fan_in = 9 * cin // groups
-        w = (rng.standard_normal((cout, cin // groups, 3, 3)) * np.sqrt(2 / fan_in)).astype(np.float32)
+        fan_in = kernel * kernel * cin // groups
+        w = (rng.standard_normal((cout, cin // groups, kernel, kernel)) * np.sqrt(2 / fan_in)).astype(np.float32)
         inits += [onnx.numpy_helper.from_array(w, f"w{i}"),
                   onnx.numpy_helper.from_array(np.zeros(cout, np.float32), f"b{i}")]
-        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3],
-                                   pads=[1, 1, 1, 1], strides=[stride, stride], group=groups),
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[kernel, kernel],
+                                   pads=[kernel // 2] * 4, strides=[stride, stride], group=groups),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x = f"r{i}"
     graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
@@ -92,6 +101,12 @@ def depthwise_model(shape: tuple[int, ...]) -> onnx.ModelProto:
     """Returns a chain of 3x3 depthwise convolutions with ReLU at an input shape, as an fp32 ONNX model."""
     c = shape[1]
     return _conv_chain("calibration_depthwise", shape, [(c, c, stride, c) for stride in (1, 2, 1, 1)], 5)
+
+
+def pointwise_model(shape: tuple[int, ...]) -> onnx.ModelProto:
+    """Returns 1x1 convolutions with ReLU that expand an input's channels and project them back, twice, fp32."""
+    c, wide = shape[1], shape[1] * POINTWISE_EXPAND
+    return _conv_chain("calibration_pointwise", shape, [(c, wide, 1, 1), (wide, c, 1, 1)] * 2, 7, kernel=1)
 
 
 def between_model(shape: tuple[int, ...]) -> onnx.ModelProto:
@@ -201,19 +216,22 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     data["efficiency"] = {**data["efficiency"], "bandwidth": round(max(bandwidth, 0.01), 4)}
     data["efficiency"].pop("shallow_conv_ns_by_precision", None)  # fitted below, on the compute factors
     data["efficiency"].pop("depthwise_ns_by_precision", None)
+    data["efficiency"].pop("conv_output_ns_by_precision", None)
     data["efficiency"].pop("elementwise_ns_by_precision", None)
     if "int8" in data["compute"]:  # before the compute factors, which are fitted with it
         data["efficiency"]["layer_overhead_us_by_precision"] = {
             "int8": round(int8_layer_overhead_us(seconds / 2, data["int8_activation"], threads=threads), 2)}
-    models, runs, graphs = {}, {}, {}
+    models, runs, graphs, product_share = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for shape in (*CALIBRATION_INPUTS, *STEMS, *DEPTHWISE_INPUTS, *BETWEEN_INPUTS):
+        for shape in (*CALIBRATION_INPUTS, *STEMS, *DEPTHWISE_INPUTS, *POINTWISE_INPUTS, *BETWEEN_INPUTS):
             stem, depthwise, between = shape in STEMS, shape in DEPTHWISE_INPUTS, shape in BETWEEN_INPUTS
+            pointwise = shape in POINTWISE_INPUTS
             size = (f"stem{shape[1]}x{shape[1]}" if stem else f"dw{shape[1]}-{shape[2]}" if depthwise
+                    else f"pw{shape[1]}-{shape[2]}" if pointwise
                     else f"between{shape[1]}x{shape[2]}" if between else f"{shape[2]}x{shape[3]}")
             fp32 = Path(tmp) / f"cnn-{size}.onnx"
-            onnx.save(stem_model(shape) if stem else depthwise_model(shape) if depthwise else between_model(shape)
-                      if between else calibration_cnn(shape), fp32)
+            onnx.save(stem_model(shape) if stem else depthwise_model(shape) if depthwise else pointwise_model(shape)
+                      if pointwise else between_model(shape) if between else calibration_cnn(shape), fp32)
             models[("fp32", shape)] = fp32
             if "int8" in data["compute"] and not between:  # int8 builds quantize layers, not these
                 models[("int8", shape)] = quantize_int8(fp32, Path(tmp) / f"cnn-{size}-int8.onnx",
@@ -224,12 +242,17 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
             sess = onnx_runtime.session(path, threads)
             runs[key] = (lambda s=sess, f=feed: s.run(None, f))
             graphs[key] = lowered_graph(path, [x_shape], runtime=ONNXRUNTIME)  # grouped as ONNX Runtime runs it
+            if key[1] not in CALIBRATION_INPUTS:  # the share of a run its products take, from ONNX Runtime's profiler
+                ops = onnx_runtime.op_times_ms(path, feed, threads, max(10, int(seconds * 20)))
+                # a stem's share holds the layout change before it (a real network pays it once, at its stem)
+                products = PRODUCT_OPS | ({"ReorderInput", "ReorderOutput"} if key[1] in STEMS else set())
+                product_share[key] = sum(v for op, v in ops.items() if op in products) / max(sum(ops.values()), 1e-9)
     rounds = max(4, int(seconds * 8))
     stats = time_side_by_side(runs, Protocol(warmup_s=seconds / 4, round_s=seconds / 4, min_rounds=rounds,
                                              max_rounds=2 * rounds))
     measured_ms = {key: stats[key].min_ms if statistic == "min" else stats[key].median_ms for key in stats}
     cnn = [key for key in graphs if key[1] in CALIBRATION_INPUTS]
-    factors = {key: _solve_efficiency(graphs[key], data, measured_ms[key], "compute") for key in cnn}
+    precisions = list(dict.fromkeys(k[0] for k in graphs))
     # one factor per precision over the sizes (and one over all, for the precisions not timed):
     # the geometric mean, the factor whose worst relative error over the calibration runs is
     # smallest when they differ by a constant ratio. int8 and fp32 kernels reach different
@@ -238,19 +261,29 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     def geomean(values: list[float]) -> float:
         return round(float(np.exp(np.mean(np.log(values)))), 4)
 
-    compute = geomean(list(factors.values()))
-    data["efficiency"]["compute"] = compute
-    data["efficiency"]["compute_by_precision"] = {
-        p: geomean([v for k, v in factors.items() if k[0] == p]) for p in dict.fromkeys(k[0] for k in factors)}
+    def products(precision: str, shapes) -> list[tuple]:
+        """(graph, the milliseconds its products took) of the timed graphs of a precision at these shapes."""
+        return [(graphs[k], measured_ms[k] * product_share[k]) for k in graphs if k[0] == precision and k[1] in shapes]
+
+    # the compute factor and the per-output cost of convolutions explain each other's runs (a 3x3
+    # CNN's time is mostly FLOPs, a 1x1 chain's mostly outputs): each is fitted given the other, twice
+    for _ in range(2):
+        data["efficiency"].pop("compute_by_precision", None)  # solved below through the shared factor
+        factors = {key: _solve_efficiency(graphs[key], data, measured_ms[key], "compute") for key in cnn}
+        compute = geomean(list(factors.values()))
+        data["efficiency"]["compute"] = compute
+        data["efficiency"]["compute_by_precision"] = {
+            p: geomean([v for k, v in factors.items() if k[0] == p]) for p in dict.fromkeys(k[0] for k in factors)}
+        data["efficiency"].pop("conv_output_ns_by_precision", None)
+        data["efficiency"]["conv_output_ns_by_precision"] = pointwise = {
+            p: _fit_per_element(products(p, POINTWISE_INPUTS), data, lambda k: k.output_elements) for p in precisions}
     data["efficiency"]["shallow_conv_ns_by_precision"] = shallow = {
-        p: _fit_shallow([(graphs[k], measured_ms[k]) for k in graphs if k[0] == p and k[1] in STEMS], data)
-        for p in dict.fromkeys(k[0] for k in graphs)}
+        p: _fit_shallow(products(p, STEMS), data) for p in precisions}
     data["efficiency"]["depthwise_ns_by_precision"] = depthwise = {
-        p: _fit_depthwise([(graphs[k], measured_ms[k]) for k in graphs if k[0] == p and k[1] in DEPTHWISE_INPUTS], data)
-        for p in dict.fromkeys(k[0] for k in graphs)}
-    data["efficiency"]["elementwise_ns_by_precision"] = elementwise = {
-        "fp32": _fit_per_element([(graphs[k], measured_ms[k]) for k in graphs if k[1] in BETWEEN_INPUTS], data,
-                                 lambda graph: sum(k.elements for k in graph.kernels))}
+        p: _fit_per_element(products(p, DEPTHWISE_INPUTS), data, lambda k: k.depthwise_outputs) for p in precisions}
+    data["efficiency"]["elementwise_ns_by_precision"] = elementwise = {"fp32": _fit_per_element(
+        [(graphs[k], measured_ms[k] * (1 - share)) for k, share in product_share.items() if k[1] in BETWEEN_INPUTS],
+        data, lambda k: k.elements, lambda k: k.op not in ANCHORS)}
     measured = ", ".join(f"{k[0]} {k[1][2]}x{k[1][3]} ({graphs[k].flops / 1e9:.2f} GFLOP) {measured_ms[k]:.3g} ms "
                          f"(spread {stats[k].spread:.0%}) -> {v:.3g}" for k, v in factors.items())
     stems = ", ".join(f"{k[0]} {k[1][1]}x{k[1][1]} to {k[1][0]} {measured_ms[k]:.3g} ms" for k in graphs if k[1] in STEMS)
@@ -264,7 +297,12 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         f"fitted to RGB stems at 224x224 ({stems}); depthwise convolutions "
         f"{', '.join(f'{p} {v:.3g} ns per output' for p, v in depthwise.items())}, fitted to chains of 3x3 "
         f"depthwise convolutions ({', '.join(f'{c} channels at {h}x{w}' for _, c, h, w in DEPTHWISE_INPUTS)}); "
-        f"operators between layers {elementwise['fp32']:.3g} ns per element (fp32), fitted to {BETWEEN_LAYERS} "
+        f"every one-group convolution "
+        f"{', '.join(f'{p} {v:.3g} ns per output' for p, v in pointwise.items())} beyond its FLOPs, fitted to "
+        f"chains of 1x1 convolutions expanding {POINTWISE_EXPAND} times "
+        f"({', '.join(f'{c} channels at {h}x{w}' for _, c, h, w in POINTWISE_INPUTS)}); "
+        f"operators between layers {elementwise['fp32']:.3g} ns per element (fp32), fitted to the time ONNX Runtime's "
+        f"profiler saw them take in {BETWEEN_LAYERS} "
         f"encoder layers of its own (width {BETWEEN_INPUTS[0][2]}, {BETWEEN_HEADS} heads, FFN {BETWEEN_FFN}) over "
         f"{' and '.join(str(t) for _, t, _ in BETWEEN_INPUTS)} tokens; "
         f"int8 kernels "
@@ -324,24 +362,25 @@ def calibrate_decoder(data: dict, seconds: float, threads: int) -> dict:
     return data
 
 
-def _fit_depthwise(chains: list[tuple], data: dict) -> float:
-    """Returns the ns per output element depthwise convolutions take beyond the estimate without it
-    (with the shallow-stem cost fitted before)."""
-    return _fit_per_element(chains, data, lambda graph: sum(k.depthwise_outputs for k in graph.kernels))
-
-
-def _fit_per_element(timed: list[tuple], data: dict, elements) -> float:
-    """Returns the ns per element the timed graphs take beyond the estimate without that cost:
-    least squares over them, never negative; ``elements(graph)`` counts a graph's elements."""
-    counts = np.array([elements(graph) for graph, _ in timed], float)
-    excess = np.array([max(0.0, ms - _estimate(graph, data).ms) * 1e6 for graph, ms in timed])
+def _fit_per_element(timed: list[tuple], data: dict, elements, chosen=lambda k: k.op in ANCHORS) -> float:
+    """Returns the ns per element the chosen kernels of the timed graphs take beyond their estimate without
+    that cost: least squares over the graphs, never negative. ``timed``: (graph, the milliseconds ONNX
+    Runtime's profiler saw those kernels take); ``elements(kernel)`` counts a kernel's elements."""
+    counts = np.array([sum(elements(k) for k in graph.kernels if chosen(k)) for graph, _ in timed], float)
+    excess = np.array([max(0.0, ms - _kernels_ms(graph, data, chosen)) * 1e6 for graph, ms in timed])
     return round(float(max(0.0, counts @ excess / (counts @ counts))) if counts.any() else 0.0, 4)
+
+
+def _kernels_ms(graph, data: dict, chosen=lambda k: k.op in ANCHORS) -> float:
+    """Returns the estimated milliseconds of a graph's chosen kernels (its products, by default)."""
+    return sum(t.ms for k, t in zip(graph.kernels, _estimate(graph, data).kernels, strict=True) if chosen(k))
 
 
 def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
     """Returns [ns per output, ns per pixel and window row] of shallow convolutions, from timed stems.
 
-    What each stem took beyond the estimate without this cost, against its shallow kernels'
+    What each stem's convolution took (its share of the run in ONNX Runtime's profiler, with the
+    layout change before it) beyond its estimate without this cost, against its shallow kernels'
     outputs and output pixels x window rows: least squares over the stems, neither term
     negative (where one would be, the other alone is fitted).
     """
@@ -350,7 +389,7 @@ def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
         shallow = [k for k in graph.kernels if 0 < k.tap_channels < SHALLOW_TAP_CHANNELS]
         rows.append([sum(k.output_elements for k in shallow),
                      sum(k.output_elements / k.out_channels * k.window_rows for k in shallow)])
-        excess.append(max(0.0, ms - _estimate(graph, data).ms) * 1e6)  # ns
+        excess.append(max(0.0, ms - _kernels_ms(graph, data)) * 1e6)  # ns
     a, b = np.array(rows, float), np.array(excess)
     fit = np.linalg.lstsq(a, b, rcond=None)[0] if len(stems) > 1 else np.array([-1.0, -1.0])
     if (fit < 0).any():  # one term alone: the per-output cost, else the per-row one

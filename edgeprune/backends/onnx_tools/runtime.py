@@ -32,6 +32,42 @@ def session(path: str | Path, threads: int | None = None, optimized_model_path: 
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def op_times_ms(path: str | Path, feed: dict[str, np.ndarray], threads: int | None, runs: int) -> dict[str, float]:
+    """Returns the milliseconds a run spends in each kind of operator ONNX Runtime runs (its optimized graph's
+    op types, from its own profiler: the median over ``runs`` runs after two warm-up runs)."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    with tempfile.TemporaryDirectory(prefix="edgeprune-ort-profile-") as tmp:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tmp, "run")
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 2):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    per_run: list[dict[str, float]] = []
+    current: dict[str, float] = {}
+    for event in events:  # a run's nodes are written as they finish, then the run itself
+        if event.get("cat") == "Session" and event.get("name") == "model_run":
+            per_run.append(current)
+            current = {}
+        elif event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            current[op] = current.get(op, 0.0) + event["dur"] / 1e3
+    timed = per_run[2:] or per_run  # the warm-up runs left out
+    ops = {op for run in timed for op in run}
+    return {op: float(np.median([run.get(op, 0.0) for run in timed])) for op in ops}
+
+
 def feeds(sess, inputs: Sequence[torch.Tensor | np.ndarray]) -> dict[str, np.ndarray]:
     """Returns the session's input dict for a tuple of tensors, cast to the declared types."""
     out = {}
