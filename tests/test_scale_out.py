@@ -22,9 +22,9 @@ from conftest import DIGITS, ROOT, run_cli, run_main
 
 TOKEN = "farm-test-token-0123456789abcdef"
 MEASURED = re.compile(r'"POST /v1/measure HTTP/1.1" 200')
-# 6 candidates: the dense model and structured 0.5 / 0.75, each in fp32 and int8
-SWEEP = ("--profile", "host", "--strategies", "structured", "--sparsities", "0.5,0.75", "--quantize", "none,int8")
+# the dense model and structured 0.5 (four), and 0.6 and 0.75 beside them (eight), each in fp32 and int8
 FOUR = ("--profile", "host", "--strategies", "structured", "--sparsities", "0.5", "--quantize", "none,int8")
+EIGHT = ("--profile", "host", "--strategies", "structured", "--sparsities", "0.5,0.6,0.75", "--quantize", "none,int8")
 
 pytest.importorskip("ray", reason="Ray is the `ray` extra (in the dev install): pip install 'edgeprune[ray]'")
 
@@ -65,7 +65,7 @@ def farm(tmp_path, monkeypatch):
         agent.stop()
 
 
-def _sweep(farm_file: Path, out: Path, cache: Path, *extra: str, wait: bool = True, grid: tuple = SWEEP):
+def _sweep(farm_file: Path, out: Path, cache: Path, *extra: str, wait: bool = True, grid: tuple = EIGHT):
     args = [sys.executable, "-m", "edgeprune.cli", "sweep", str(DIGITS), *grid, "--farm", str(farm_file),
             "-o", str(out), "--json", *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEPRUNE_CACHE_DIR": str(cache)}
@@ -82,65 +82,62 @@ def _fronts(summary: dict) -> tuple[set, set]:
             {r["candidate"]["label"] for r in rows if r["pareto_size"]})
 
 
-def test_a_ray_sweep_measures_every_candidate_once_while_an_agent_dies(farm, tmp_path):
-    farm_file, agents = farm
-    victim = agents[0]
-
-    def kill_mid_measurement() -> None:
-        # after its first measurement, the next `GET /v1/info` opens a job (upload, then timing of a
-        # second or more): the agent is killed inside it, so that job must move to another agent
-        while victim.proc.poll() is None:
-            text = victim.log.read_text()
-            first = MEASURED.search(text)
-            if first and "GET /v1/info" in text[first.end():]:
-                victim.proc.kill()
-                return
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=kill_mid_measurement, daemon=True)
-    watcher.start()
-    cache = tmp_path / "cache"
-    done = _sweep(farm_file, tmp_path / "ray", cache, "--ray")
-    watcher.join(5)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)
-    rows = summary["candidates"]
-    assert len(rows) == 6 and all(r["error"] is None and r["latency_source"] == "measured" for r in rows), rows
-    # every latency names the agent that measured it, and none was measured twice or lost
-    assert all(re.fullmatch(r"a[123] \(http://127\.0\.0\.1:\d+\)", r["measured_by"]) for r in rows)
-    assert victim.proc.poll() is not None, "the agent was never killed: it measured nothing"
-    assert sum(a.measured() for a in agents) == 6
-    # the job it held when it died was measured by another agent, and it was asked nothing more
-    state = summary["agents"]
-    assert state["a1"]["state"] == "down" and state["a1"]["failed"] == 1, state
-    assert [state[n]["done"] for n in ("a1", "a2", "a3")] == [a.measured() for a in agents], state
-    # a serial sweep on the same cached candidates chooses the same Pareto sets, and measures nothing
-    serial = _sweep(farm_file, tmp_path / "serial", cache)
-    assert serial.returncode == 0, serial.stderr[-3000:]
-    assert _fronts(json.loads(serial.stdout)) == _fronts(summary)
-    assert sum(a.measured() for a in agents) == 6
-
-
-def test_an_interrupted_ray_sweep_resumes_and_measures_only_what_was_missing(farm, tmp_path):
+def test_a_ray_sweep_interrupted_and_resumed_while_an_agent_dies_measures_each_candidate_once(farm, tmp_path):
     farm_file, agents = farm
     cache = tmp_path / "cache"
+    # interrupted once a candidate is measured and cached: exit 130, nothing half-written
     first = _sweep(farm_file, tmp_path / "first", cache, "--ray", wait=False, grid=FOUR)
     deadline = time.monotonic() + 300
-    while not list((cache / "candidates").glob("*.json")):  # one candidate done and cached
+    while not list((cache / "candidates").glob("*.json")):
         assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-3000:]
         time.sleep(0.05)
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=120)
     assert first.returncode == 130, err[-3000:]
-    assert not (tmp_path / "first").exists()  # nothing half-written
+    assert not (tmp_path / "first").exists()
     cached = len(list((cache / "candidates").glob("*.json")))
     assert 1 <= cached < 4, cached  # one measured but not yet scored when interrupted is missing
-    before = sum(a.measured() for a in agents)
-    # resumed without Ray: the cache the Ray workers filled is the one every sweep reads
-    again = _sweep(farm_file, tmp_path / "again", cache, grid=FOUR)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert len(json.loads(again.stdout)["candidates"]) == 4
-    assert sum(a.measured() for a in agents) - before == 4 - cached
+    before = [a.measured() for a in agents]
+    offsets = [len(a.log.read_text()) for a in agents]
+
+    # resumed on Ray over a grid of eight (those four among them): at least five jobs for three agents, so
+    # one agent opens a second job after a measurement of this sweep, and it is killed inside that job
+    # (its `GET /v1/info` opens the job: upload, then timing), which must move to another agent
+    def kill_inside_a_second_job() -> None:
+        while resumed.poll() is None:
+            for agent, offset in zip(agents, offsets, strict=True):
+                text = agent.log.read_text()[offset:]
+                measured = MEASURED.search(text)
+                if measured and "GET /v1/info" in text[measured.end():]:
+                    agent.proc.kill()
+                    killed.append(agent)
+                    return
+            time.sleep(0.02)
+
+    killed: list[LoggedAgent] = []
+    resumed = _sweep(farm_file, tmp_path / "ray", cache, "--ray", wait=False, grid=EIGHT)
+    watcher = threading.Thread(target=kill_inside_a_second_job, daemon=True)
+    watcher.start()
+    out, err = resumed.communicate(timeout=600)
+    watcher.join(5)
+    assert resumed.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    rows = summary["candidates"]
+    assert len(rows) == 8 and all(r["error"] is None and r["latency_source"] == "measured" for r in rows), rows
+    # every latency names the agent that measured it, and none was measured twice or lost
+    assert all(re.fullmatch(r"a[123] \(http://127\.0\.0\.1:\d+\)", r["measured_by"]) for r in rows)
+    assert killed, "no agent opened a second job: none was killed"
+    now = [a.measured() - b for a, b in zip(agents, before, strict=True)]
+    assert sum(now) == 8 - cached, (now, cached)
+    # the job the killed agent held was measured by another agent, and it was asked nothing more
+    state, victim = summary["agents"], f"a{agents.index(killed[0]) + 1}"
+    assert state[victim]["state"] == "down" and state[victim]["failed"] == 1, state
+    assert [state[n]["done"] for n in ("a1", "a2", "a3")] == now, state
+    # a serial sweep on the same cached candidates chooses the same Pareto sets, and measures nothing
+    serial = _sweep(farm_file, tmp_path / "serial", cache, grid=EIGHT)
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    assert _fronts(json.loads(serial.stdout)) == _fronts(summary)
+    assert sum(a.measured() for a in agents) == sum(before) + 8 - cached
 
 
 def test_farm_status_shows_each_agent_and_which_are_down(farm, tmp_path, capsys):
