@@ -1,8 +1,10 @@
-"""Budget-driven builds and sweeps on the real digits model (the sweep measured on this CPU's own profile)."""
+"""Budget-driven builds and sweeps on the real digits model (the sweep measured on this CPU's own profile), and on a
+small residual CNN whose int8 pays on one device and not on another."""
 
 import json
+from pathlib import Path
 
-from conftest import DIGITS, run_cli
+from conftest import DIGITS, ROOT, run_cli
 
 
 def test_search_finds_the_least_pruning_that_meets_a_size_budget(tmp_path):
@@ -78,3 +80,28 @@ def test_a_precision_the_search_chooses_is_the_precision_that_ships(tmp_path):
     assert report["search"]["chosen"] == "dense + int8"
     assert report["artifact"]["precision"] == "int8" and report["strategy"]["quantization"] == "int8"
     assert report["artifact"]["size_bytes"] <= 1.5e6 and report["passed"]
+
+
+def test_the_search_quantizes_only_where_int8_pays_on_the_device(tmp_path):
+    # The same residual CNN and latency budget on two x86 profiles that differ only in their int8
+    # activations: with U8 every convolution is an integer kernel in ONNX Runtime and int8 meets the
+    # budget unpruned; with S8 ONNX Runtime runs the convolutions after a residual sum in float behind a
+    # DequantizeLinear, int8 is slower than fp32 there, and the search ships fp32 pruned instead.
+    s8 = tmp_path / "x86-s8.toml"
+    s8.write_text((ROOT / "profiles" / "x86-avx2.toml").read_text()
+                  .replace('name = "x86-avx2"', 'name = "x86-s8"').replace('int8_activation = "u8"', 'int8_activation = "s8"'))
+    chosen = {}
+    for profile in ("x86-avx2", str(s8)):
+        proc = run_cli("build", str(ROOT / "tests" / "residual_workload.py"), "--profile", profile,
+                       "--latency-budget-ms", "0.35", "-o", str(tmp_path / Path(profile).stem), "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        report = json.loads(proc.stdout)
+        assert report["latency"]["source"] == "estimated" and report["passed"]
+        chosen[Path(profile).stem] = report
+    u8, s8_report = chosen["x86-avx2"], chosen["x86-s8"]
+    assert u8["search"]["chosen"] == "dense + int8" and u8["artifact"]["precision"] == "int8"
+    assert s8_report["strategy"]["quantization"] == "none" and s8_report["strategy"]["sparsity"] > 0
+    # it was tried: int8 there was estimated slower than fp32 at the same sparsity
+    tried = {(t["candidate"]["sparsity"], t["candidate"]["quantize"]): t["latency_ms"]
+             for t in s8_report["search"]["candidates"]}
+    assert any(q == "int8" and (s, "none") in tried and ms > tried[(s, "none")] for (s, q), ms in tried.items()), tried
