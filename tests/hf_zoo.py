@@ -55,7 +55,7 @@ ZOO: dict[str, Callable[[], torch.nn.Module]] = {
                    num_heads=[2, 4], window_size=4),
     "vit": _image("ViTConfig", "ViTForImageClassification", patch_size=8, **ENCODER),
     "deit": _image("DeiTConfig", "DeiTForImageClassification", patch_size=8, **ENCODER),
-    "levit": _image("LevitConfig", "LevitForImageClassification"),
+    "levit": _image("LevitConfig", "LevitForImageClassification", depths=[2, 2, 2]),
     "bert": _text("BertConfig", "BertForSequenceClassification", **ENCODER),
     "distilbert": _text("DistilBertConfig", "DistilBertForSequenceClassification", dim=64, n_layers=2, n_heads=4,
                         hidden_dim=128),
