@@ -96,8 +96,9 @@ def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
     weights = [i for i in light.graph.initializer if int(np.prod(i.dims)) > _SHAPE_CONSTANT_MAX]
     del light.graph.initializer[:]
     light.graph.initializer.extend(kept)
+    declared = {i.name for i in light.graph.input}
     light.graph.input.extend(onnx.helper.make_tensor_value_info(w.name, w.data_type, list(w.dims))
-                             for w in weights if w.name not in {i.name for i in light.graph.input})
+                             for w in weights if w.name not in declared)
     had_leftover = _SYMBOLIC_LEFTOVER.exists()
     try:
         symbolic = SymbolicShapeInference.infer_shapes(light, auto_merge=True, guess_output_rank=False)

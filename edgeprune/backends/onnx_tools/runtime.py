@@ -10,12 +10,12 @@ import torch
 
 
 def session(path: str | Path, threads: int | None = None, optimized_model_path: str | None = None,
-            reference: bool = False):
+            reference: bool = False, profile_prefix: str | None = None):
     """Returns an ONNX Runtime CPU session for the file, all graph optimizations on.
 
     reference: Q/DQ pairs stay unfused, so int8 models compute the reference math (dequantize,
     then fp32) instead of this CPU's integer kernels. That is how a model meant for another
-    runtime (TensorRT) is checked here.
+    runtime (TensorRT) is checked here. profile_prefix: ONNX Runtime's profiler writes its file there.
     """
     import onnxruntime as ort
 
@@ -29,6 +29,8 @@ def session(path: str | Path, threads: int | None = None, optimized_model_path: 
         options.inter_op_num_threads = 1
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
+    if profile_prefix:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -39,17 +41,8 @@ def op_times_ms(path: str | Path, feed: dict[str, np.ndarray], threads: int | No
     import os
     import tempfile
 
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     with tempfile.TemporaryDirectory(prefix="edgeprune-ort-profile-") as tmp:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "run")
-        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        sess = session(path, threads, profile_prefix=os.path.join(tmp, "run"))
         for _ in range(runs + 2):
             sess.run(None, feed)
         with open(sess.end_profiling()) as f:
