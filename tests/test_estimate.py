@@ -328,3 +328,18 @@ def test_shapes_nobody_can_infer_leave_nothing_in_the_working_folder(tmp_path, m
     inferred = with_input_shapes(model, [(1, 64)])
     assert list(tmp_path.iterdir()) == []
     assert [d.dim_value for d in inferred.graph.input[0].type.tensor_type.shape.dim] == [1, 64]
+
+
+def test_an_embedding_lookup_moves_the_rows_it_reads_not_its_table():
+    def lookup_bytes(vocab: int, tokens: int) -> float:
+        table = numpy_helper.from_array(np.zeros((vocab, 64), np.float32), "table")
+        ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [1, tokens])
+        model = _model([helper.make_node("Gather", ["table", "ids"], ["y"])], [ids], [_f32("y", [1, tokens, 64])],
+                       [table])
+        (kernel,) = lowered_graph(model, [(1, tokens)]).launched
+        return kernel.weight_bytes
+
+    # 16 rows of 64 floats read, whether the table holds 50 thousand rows or 100
+    assert lookup_bytes(50_000, 16) == lookup_bytes(100, 16) == 16 * 64 * 4
+    # a lookup wider than its table reads the table (rows read twice stay in cache)
+    assert lookup_bytes(4, 16) == 4 * 64 * 4

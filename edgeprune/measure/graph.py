@@ -53,6 +53,8 @@ EPILOGUES = frozenset({
     "BatchNormalization", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh",
     "HardSwish", "Gelu", "FastGelu", "QuickGelu", "Add", "PRelu", "Elu", "Selu", "Softplus",
 })
+# Operators that read rows of a table by index: they move the rows they read, not the whole table.
+LOOKUPS = frozenset({"Gather", "GatherElements", "GatherND"})
 # Operators that change how a tensor is viewed, not its data: no kernel of their own.
 VIEWS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 # Elementwise operators ONNX Runtime fuses when each feeds only the next (its Gelu, BiasGelu, FastGelu fusions).
@@ -321,6 +323,9 @@ def _fill_kernel(g: GraphIndex, kernel: Kernel, nodes: list[onnx.NodeProto]) -> 
         id(c) not in mine for c in g.consumers.get(o, [])))]
     kernel.inputs, kernel.outputs = inputs, outputs
     kernel.weight_bytes = sum(g.constant_bytes(w) for w in weights)
+    if nodes[0].op_type in LOOKUPS and nodes[0].input[0] in g.constant:
+        # a lookup (an embedding's Gather) reads the rows it gathers, not its whole table
+        kernel.weight_bytes = min(kernel.weight_bytes, g.nbytes(nodes[0].output[0]))
     if kernel.unfused and dequantized_weight:
         # Dequantized on every run: the int8 weights read, fp32 written, and read by the fp32 kernel.
         kernel.weight_bytes += sum(8 * g.constant_bytes(w) for w in weights if g.types.get(w) in INT8_TYPES)
