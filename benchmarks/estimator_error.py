@@ -1,12 +1,13 @@
 """The roofline estimator against ONNX Runtime on this machine, written up in docs/benchmarks.md.
 
-    .venv/bin/python benchmarks/estimator_error.py [--threads N] [--seconds S] [--profile probed.toml]
+    .venv/bin/python benchmarks/estimator_error.py [--threads N] [--seconds S] [--passes P] [--profile probed.toml]
 
 Probes this machine (``edgeprune profiles probe``: measured peaks and calibrated efficiency
 factors), then for the digits CNN and a ResNet-18-shaped CNN (224x224), each dense,
 structured 0.5, int8 and structured 0.5 + int8, measures the median latency with the
-build's timing protocol (the variants of a model side by side) and estimates it on the
-probed profile. A second table holds the set kept apart from every fitting and tuning of
+build's timing protocol (the variants of a model side by side; every model in each of
+``--passes`` passes over the set, the median of the passes reported with their range: this
+host's speed drifts over minutes) and estimates it on the probed profile. A second table holds the set kept apart from every fitting and tuning of
 the estimator (held_out_models.py: a ResNet-50, a MobileNetV2, a ViT, a GPT and a BERT, each
 fp32 and the int8 a build would make), measured and estimated the same way; both are reported. The table and the machine it ran on replace the section of
 docs/benchmarks.md for this machine's kernel classes (``## Roofline estimator error (avx2 /
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ from edgeprune.measure.estimate import estimate_onnx  # noqa: E402
 from edgeprune.measure.graph import ONNXRUNTIME  # noqa: E402
 from edgeprune.measure.local import measure_onnx_files  # noqa: E402
 from edgeprune.probe import probe_host, write_profile  # noqa: E402
+from edgeprune.probe.bench import memory_bandwidth_gbs  # noqa: E402
 from edgeprune.profile import load_profile_file  # noqa: E402
 
 SECTION = "## Roofline estimator error"
@@ -62,27 +65,42 @@ def own_cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def run(threads: int | None, seconds: float, profile_path: Path | None, workdir: Path) -> tuple[list[dict], dict]:
-    """Returns the table rows and what was probed."""
+def run(threads: int | None, seconds: float, profile_path: Path | None, workdir: Path,
+        passes: int) -> tuple[list[dict], dict]:
+    """Returns the table rows and what was probed.
+
+    Every model is timed in each of ``passes`` passes over the whole set (a model's variants side by
+    side each time); a row's measurement is the median of its passes' medians, and ``passes_ms`` their
+    range: minutes apart on a shared host, they show how much its speed drifted.
+    """
     if profile_path is None:
         profile_path = write_profile(probe_host(name="probed-bench", seconds=seconds, threads=threads),
                                      workdir / "probed-bench.toml")
     profile = load_profile_file(profile_path)
-    rows = []
     exports = [(m, False, lambda m=m: cnn_variants.export_variants(m, workdir / m)) for m in MODELS]
     exports += [(m, True, lambda m=m: export_held_out(m, workdir / m, profile)) for m in HELD_OUT]
-    for model, held_out, export in exports:
-        paths, x = export()
-        stats = measure_onnx_files(paths, [x], threads)  # the variants of a model side by side
+    models = [(model, held_out, *export()) for model, held_out, export in exports]
+    timed: dict[tuple[str, str], list] = {}
+    gauges = []  # the host's memory bandwidth before each pass and after the last: how far it drifted
+    for _ in range(passes):
+        gauges.append(memory_bandwidth_gbs(1.0))
+        for model, _held, paths, x in models:
+            for variant, stats in measure_onnx_files(paths, [x], threads).items():  # the variants side by side
+                timed.setdefault((model, variant), []).append(stats)
+    gauges.append(memory_bandwidth_gbs(1.0))
+    rows = []
+    for model, held_out, paths, x in models:
         for variant, path in paths.items():
             # as a build estimates an ONNX artifact: grouped as ONNX Runtime fuses, its unfused layers as fp32
             est = estimate_onnx(path, [tuple(x.shape)], profile, unfused=unfused_nodes(path), runtime=ONNXRUNTIME)
-            measured = stats[variant]
+            runs = timed[(model, variant)]
+            medians = sorted(s.median_ms for s in runs)
+            measured = statistics.median(medians)
             rows.append({"model": model, "variant": variant, "gflops": est.flops / 1e9, "kernels": len(est.kernels),
-                         "unfused": est.unfused_layers, "measured_ms": measured.median_ms, "spread": measured.spread,
-                         "runs": measured.runs,
-                         "estimated_ms": est.ms, "error": est.ms / measured.median_ms - 1, "held_out": held_out})
-    return rows, {"profile": profile, "path": profile_path}
+                         "unfused": est.unfused_layers, "measured_ms": measured,
+                         "passes_ms": (medians[0], medians[-1]), "runs": sum(s.runs for s in runs),
+                         "estimated_ms": est.ms, "error": est.ms / measured - 1, "held_out": held_out})
+    return rows, {"profile": profile, "path": profile_path, "gauges": gauges}
 
 
 def section_heading() -> str:
@@ -93,7 +111,7 @@ def section_heading() -> str:
     return f"{SECTION} ({host.kernel_class('fp32')} / {host.kernel_class('int8')} kernels)"
 
 
-def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], took: float, command: str,
+def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tuple[str, str], took: float, command: str,
            others: float | None) -> str:
     """Returns the Markdown section."""
     p = probed["profile"]
@@ -116,16 +134,19 @@ def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], 
         "",
         f"Probed profile (`edgeprune profiles probe`): fp32 {p.compute['fp32'].dense_tops * 1e3:.1f} GFLOP/s, "
         f"int8 {p.compute['int8'].dense_tops * 1e3:.1f} GOP/s, {p.memory_bandwidth_gbs.value:.1f} GB/s; "
-        f"efficiency compute {e.compute:g}, bandwidth {e.bandwidth:g}, {e.layer_overhead_us:g} us per kernel.",
+        f"efficiency compute {e.compute:g}, bandwidth {e.bandwidth:g}, {e.layer_overhead_us:g} us per kernel. "
+        "Memory bandwidth timed again before each pass and after the last: "
+        + ", ".join(f"{g:.1f}" for g in probed["gauges"]) + " GB/s.",
         "",
         f"Kernel classes of this machine: fp32 `{p.kernel_class('fp32')}`, int8 `{p.kernel_class('int8')}`. "
-        "Measured: median of the build's timing protocol, the variants of a model timed side by side "
+        f"Measured: the build's timing protocol, the variants of a model timed side by side, in {passes} pass(es) over "
+        "the whole set minutes apart; a row gives the median of its passes' medians and their range "
         "(speed-up: the dense median over the variant's, from the same run). "
         "Estimated: the roofline estimator on the probed profile, over the lowered ONNX graph. "
         "Structured 0.5 is the same network with half the channels; int8 is ONNX Runtime static QDQ "
         "(U8 activations, S8 per-channel weights).",
         "",
-        "| model | variant | GFLOP | fused kernels | measured median ms (spread) | speed-up | estimated ms | error |",
+        "| model | variant | GFLOP | fused kernels | measured ms (passes' range) | speed-up | estimated ms | error |",
         "|---|---|---|---|---|---|---|---|",
     ]
     def table(chosen: list[dict], bound: float) -> list[str]:
@@ -133,7 +154,7 @@ def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], 
         for r in chosen:
             mark = "" if abs(r["error"]) <= bound else f" **over {bound:.0%}**"
             out.append(f"| {names[r['model']]} | {r['variant']} | {r['gflops']:.3f} | {r['kernels']} | "
-                       f"{r['measured_ms']:.3f} ({r['spread']:.0%}) | {dense[r['model']] / r['measured_ms']:.2f}x | "
+                       f"{r['measured_ms']:.3f} ({r['passes_ms'][0]:.3f}-{r['passes_ms'][1]:.3f}) | {dense[r['model']] / r['measured_ms']:.2f}x | "
                        f"{r['estimated_ms']:.3f} | {r['error']:+.0%}{mark} |")
         return out
 
@@ -144,7 +165,7 @@ def render(rows: list[dict], probed: dict, threads: int, load: tuple[str, str], 
                   "makes for the profile: static QDQ (U8 activations) for the CNNs, dynamic int8 MatMuls for the "
                   "transformers; layers ONNX Runtime leaves unfused are charged as fp32 "
                   f"({sum(r['unfused'] for r in held)} such layers in this set):", "",
-                  "| model | variant | GFLOP | fused kernels | measured median ms (spread) | speed-up | estimated ms "
+                  "| model | variant | GFLOP | fused kernels | measured ms (passes' range) | speed-up | estimated ms "
                   "| error |", "|---|---|---|---|---|---|---|---|", *table(held, HELD_OUT_BOUND), "",
                   f"Largest error on the held-apart set: {held_worst:.0%} "
                   f"({sum(abs(r['error']) <= HELD_OUT_BOUND for r in held)} of {len(held)} within "
@@ -173,6 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per probe micro-benchmark")
+    parser.add_argument("--passes", type=int, default=3, help="passes over the models, each timing all of them")
     parser.add_argument("--profile", type=Path, default=None, help="use this probed profile instead of probing")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write the doc")
@@ -180,17 +202,18 @@ def main() -> None:
     from edgeprune.host import this_host
 
     threads = args.threads or this_host().cores
-    command = "python benchmarks/estimator_error.py" + (f" --threads {args.threads}" if args.threads else "")
+    command = "python benchmarks/estimator_error.py" + (f" --threads {args.threads}" if args.threads else "") \
+        + (f" --passes {args.passes}" if args.passes != 3 else "")
     before = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "n/a"
     start, busy0, own0 = time.perf_counter(), cpu_busy_seconds(), own_cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
-        rows, probed = run(args.threads, args.seconds, args.profile, Path(tmp))
+        rows, probed = run(args.threads, args.seconds, args.profile, Path(tmp), args.passes)
         took, busy1, own1 = time.perf_counter() - start, cpu_busy_seconds(), own_cpu_seconds()
         after = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "n/a"
         # Busy CPU time that was not ours: how much other load the measurements shared the machine with.
         others = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / (
             took * (os.cpu_count() or 1))
-        section = render(rows, probed, threads, (before, after), took, command, others)
+        section = render(rows, probed, threads, args.passes, (before, after), took, command, others)
     print(section)
     if not args.no_write:
         write_section(section_heading(), section, args.doc)
