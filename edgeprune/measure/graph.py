@@ -323,8 +323,8 @@ def _fill_kernel(g: GraphIndex, kernel: Kernel, nodes: list[onnx.NodeProto]) -> 
         id(c) not in mine for c in g.consumers.get(o, [])))]
     kernel.inputs, kernel.outputs = inputs, outputs
     kernel.weight_bytes = sum(g.constant_bytes(w) for w in weights)
-    if nodes[0].op_type in LOOKUPS and nodes[0].input[0] in g.constant:
-        # a lookup (an embedding's Gather) reads the rows it gathers, not its whole table
+    if nodes[0].op_type in LOOKUPS and nodes[0].input[0] in g.constant and g.numel(nodes[0].output[0]) is not None:
+        # a lookup (an embedding's Gather) reads the rows it gathers, not its whole table (unsized: the table)
         kernel.weight_bytes = min(kernel.weight_bytes, g.nbytes(nodes[0].output[0]))
     if kernel.unfused and dequantized_weight:
         # Dequantized on every run: the int8 weights read, fp32 written, and read by the fp32 kernel.
