@@ -7,13 +7,14 @@ factors), then for the digits CNN and a ResNet-18-shaped CNN (224x224), each den
 structured 0.5, int8 and structured 0.5 + int8, measures the median latency with the
 build's timing protocol (the variants of a model side by side; every model in each of
 ``--passes`` passes over the set, the median of the passes reported with their range: this
-host's speed drifts over minutes) and estimates it on the probed profile. A second table holds the set kept apart from every fitting and tuning of
-the estimator (held_out_models.py: a ResNet-50, a MobileNetV2, a ViT, a GPT and a BERT, each
-fp32 and the int8 a build would make), measured and estimated the same way; both are reported. The table and the machine it ran on replace the section of
-docs/benchmarks.md for this machine's kernel classes (``## Roofline estimator error (avx2 /
-avx2 kernels)`` on an AVX2 CPU, ``(avx512 / avx512-vnni kernels)`` on an AVX-512 VNNI one,
-...), so the figures of each class of host stay side by side; the rest of the file is left
-as it is.
+host's speed drifts over minutes) and estimates it on the probed profile. A second table
+holds the set kept apart from every fitting and tuning of the estimator (held_out_models.py:
+a ResNet-50, a MobileNetV2, a ViT, a GPT and a BERT, each fp32 and the int8 a build would
+make), measured and estimated the same way; both are reported. The table and the machine it
+ran on replace the section of docs/benchmarks.md for this machine's kernel classes
+(``## Roofline estimator error (avx2 / avx2 kernels)`` on an AVX2 CPU, ``(avx512 /
+avx512-vnni kernels)`` on an AVX-512 VNNI one, ...), so the figures of each class of host
+stay side by side; the rest of the file is left as it is.
 """
 
 from __future__ import annotations
@@ -93,12 +94,11 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
         for variant, path in paths.items():
             # as a build estimates an ONNX artifact: grouped as ONNX Runtime fuses, its unfused layers as fp32
             est = estimate_onnx(path, [tuple(x.shape)], profile, unfused=unfused_nodes(path), runtime=ONNXRUNTIME)
-            runs = timed[(model, variant)]
-            medians = sorted(s.median_ms for s in runs)
+            medians = sorted(s.median_ms for s in timed[(model, variant)])
             measured = statistics.median(medians)
             rows.append({"model": model, "variant": variant, "gflops": est.flops / 1e9, "kernels": len(est.kernels),
                          "unfused": est.unfused_layers, "measured_ms": measured,
-                         "passes_ms": (medians[0], medians[-1]), "runs": sum(s.runs for s in runs),
+                         "passes_ms": (medians[0], medians[-1]),
                          "estimated_ms": est.ms, "error": est.ms / measured - 1, "held_out": held_out})
     return rows, {"profile": profile, "path": profile_path, "gauges": gauges}
 
@@ -199,11 +199,13 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write the doc")
     args = parser.parse_args()
+    if args.passes < 1:
+        parser.error("--passes must be at least 1")
     from edgeprune.host import this_host
 
     threads = args.threads or this_host().cores
     command = "python benchmarks/estimator_error.py" + (f" --threads {args.threads}" if args.threads else "") \
-        + (f" --passes {args.passes}" if args.passes != 3 else "")
+        + (f" --passes {args.passes}" if args.passes != parser.get_default("passes") else "")
     before = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "n/a"
     start, busy0, own0 = time.perf_counter(), cpu_busy_seconds(), own_cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
