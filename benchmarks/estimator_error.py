@@ -124,7 +124,8 @@ def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tupl
     shallow = "; ".join(f"{p} {a:g} ns per output + {b:g} ns per output pixel and window row"
                         for p, (a, b) in e.shallow_conv_ns_by_precision.items()) or "not fitted"
     pointwise = "; ".join(f"{p} {v:g} ns per output" for p, v in e.conv_output_ns_by_precision.items()) or "not fitted"
-    depthwise = "; ".join(f"{p} {v:g} ns per output" for p, v in e.depthwise_ns_by_precision.items()) or "not fitted"
+    depthwise = "; ".join(f"{p} {v:g} ns per output + {e.depthwise_channel_ns_by_precision.get(p, 0.0):g} ns per channel"
+                          for p, v in e.depthwise_ns_by_precision.items()) or "not fitted"
     lines = [
         section_heading(), "",
         f"Machine: {machine()}; ONNX Runtime CPU provider, {threads} thread(s), batch 1. "
@@ -177,7 +178,7 @@ def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tupl
         "over the two sizes), with int8 kernels' own fixed cost from a chain of tiny QLinearConvs, and the "
         "per-output cost of every convolution fitted to chains of 1x1 convolutions of its own (16 channels at "
         f"80x80 and 32 at 40x40, expanded six times; here {pointwise}), of depthwise ones to chains of 3x3 "
-        f"depthwise convolutions (here {depthwise}), of shallow convolutions (an image's first layer) to two RGB "
+        f"depthwise convolutions (64 channels at 112x112, 256 at 28x28 and 960 at 5x5; here {depthwise}), of shallow convolutions (an image's first layer) to two RGB "
         f"stems of its own (3x3 to 32 and 5x5 to 16 channels; here {shallow}), and the per-element cost of the "
         "operators between a transformer's products to two encoder layers of its own (width 256, 4 heads, 64 and "
         f"256 tokens; here {', '.join(f'{q} {v:g} ns per element' for q, v in e.elementwise_ns_by_precision.items()) or 'not fitted'}), "

@@ -266,6 +266,34 @@ def test_the_probe_recovers_the_shallow_costs_of_stems_timed_on_a_known_device()
     assert _fit_shallow([(graph, convolutions_ms(graph, base)) for graph in graphs], data) == [0.0, 0.0]
 
 
+def test_a_depthwise_convolution_pays_per_channel_plane_so_a_small_map_costs_more_per_output():
+    """Depthwise layers on small maps (a mobile network's last stages) run slower per output than on large
+    ones: each plane pays a cost of its own. The probe fits it beside the per-output cost."""
+    from edgeprune.probe.calibrate import DEPTHWISE_INPUTS, _fit_depthwise, depthwise_model
+
+    base = load_profile("x86-avx2")
+    eff = base.efficiency.model_copy(update={"depthwise_ns_by_precision": {"fp32": 1.0},
+                                             "depthwise_channel_ns_by_precision": {"fp32": 50.0}})
+    truth = base.model_copy(update={"efficiency": eff})
+    # two layers writing the same 40,000 outputs with the same FLOPs: 16 planes of 50x50 and 1,600 of 5x5
+    large, small = (lowered_graph(_conv(c, c, 3, 1, hw, group=c), [(1, c, hw, hw)]).kernels[0]
+                    for c, hw in ((16, 50), (1600, 5)))
+    assert (large.depthwise_outputs, large.depthwise_channels) == (40000, 16)
+    assert (small.depthwise_outputs, small.depthwise_channels) == (40000, 1600)
+    times = [kernel_time(k, truth) for k in (large, small)]
+    assert [t.bound for t in times] == ["compute", "compute"] and times[0].flops == times[1].flops
+    assert times[1].ms - times[0].ms == pytest.approx((1600 - 16) * 50.0 * 1e-6)
+    # the probe's chains timed on a device with those costs give them back
+    data = base.model_dump(mode="json", exclude_none=True)
+    graphs = [lowered_graph(depthwise_model(shape), [shape]) for shape in DEPTHWISE_INPUTS]
+    chains = [(g, sum(t.ms for k, t in zip(g.kernels, estimate_graph(g, truth).kernels, strict=True) if k.op in ANCHORS))
+              for g in graphs]
+    assert _fit_depthwise(chains, data) == pytest.approx([1.0, 50.0], rel=0.1)
+    # a one-group convolution pays neither
+    dense = lowered_graph(_conv(16, 32, 3, 1, 56), [(1, 16, 56, 56)]).kernels[0]
+    assert kernel_time(dense, truth).ms == kernel_time(dense, base).ms
+
+
 def test_a_layer_whose_size_stays_unknown_leaves_no_estimate_to_pass_a_budget_with(tmp_path):
     """An operator no shape inference follows hides the size of the product after it: the estimate would
     count none of its arithmetic, a lower bound a budget must not be proven with."""

@@ -116,6 +116,7 @@ def test_probe_writes_a_valid_profile_of_this_machine(tmp_path):
     eff = profile.efficiency
     assert "calibrated" in eff.source and 0.01 <= eff.compute <= 1
     assert set(eff.compute_by_precision) >= {"fp32", "int8"} and set(eff.depthwise_ns_by_precision) == {"fp32", "int8"}
+    assert set(eff.depthwise_channel_ns_by_precision) == {"fp32", "int8"}
     assert "depthwise convolutions" in eff.source
     # the probe writes the kernel classes of this machine, so the profile stands for it
     from edgeprune.host import this_host

@@ -137,7 +137,7 @@ def kernel_time(kernel: Kernel, profile: Profile, precision: str | None = None) 
         return KernelTime(kernel.name, tuple(kernel.ops), prec, 0.0, 0.0, 0.0, "view")
     compute_s = flops / (peak * 1e12 * eff.compute_for(prec)) \
         + eff.shallow_conv_us(prec, kernel.tap_channels, kernel.window_rows, kernel.output_elements, kernel.out_channels) * 1e-6 \
-        + eff.depthwise_us(prec, kernel.depthwise_outputs) * 1e-6 + eff.conv_output_us(prec, kernel.output_elements) * 1e-6
+        + eff.depthwise_us(prec, kernel.depthwise_outputs, kernel.depthwise_channels) * 1e-6 + eff.conv_output_us(prec, kernel.output_elements) * 1e-6
     memory_s = moved / (profile.memory_bandwidth_gbs.value * 1e9 * eff.bandwidth)
     # an operator between layers pays its per-element work on top of its memory traffic (how the probe fits it)
     seconds = max(compute_s, memory_s) + eff.elementwise_us(prec, kernel.elements) * 1e-6 + eff.overhead_us_for(prec) * 1e-6

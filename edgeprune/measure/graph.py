@@ -94,6 +94,7 @@ class Kernel:
     window_rows: int = 0  # a convolution's window height (kh)
     output_elements: float = 0.0  # elements a convolution writes
     depthwise_outputs: float = 0.0  # elements a depthwise convolution writes (its cost is per output, not per FLOP)
+    depthwise_channels: float = 0.0  # and the planes it writes them in (each plane pays a cost of its own)
     elements: float = 0.0  # a kernel between layers (no anchor): the elements it reads or writes, the larger
     view: bool = False  # a reshape-like kernel: aliases its input, costs nothing
     unknown_shape: bool = False
@@ -353,7 +354,7 @@ def _fill_kernel(g: GraphIndex, kernel: Kernel, nodes: list[onnx.NodeProto]) -> 
         else:
             kernel.flops, kernel.in_channels, kernel.out_channels = found
             kernel.tap_channels, kernel.window_rows, kernel.output_elements = conv_window(g, head)
-            kernel.depthwise_outputs = depthwise_outputs(g, head)
+            kernel.depthwise_outputs, kernel.depthwise_channels = depthwise_outputs(g, head)
         kernel.flops += sum(other_flops(g, n) for n in nodes[1:] if n.op_type in EPILOGUES)
         kernel.weights = _weights_of_anchor(g, head)
     else:

@@ -35,10 +35,11 @@ CALIBRATION_INPUTS = ((1, 16, 64, 64), (1, 16, 192, 192))
 # runtime makes before its first convolution.
 STEM_INPUT = (1, 3, 224, 224)
 STEMS = ((32, 3, 2), (16, 5, 2))  # out channels, kernel, stride
-# The depthwise convolutions the per-output cost of a depthwise layer is fitted on: chains of four
-# 3x3 depthwise convolutions with ReLU (the second of stride 2), at two sizes, wide and shallow
-# (64 channels at 112x112) and narrow and deep (256 at 28x28), as a mobile network's stages run them.
-DEPTHWISE_INPUTS = ((1, 64, 112, 112), (1, 256, 28, 28))
+# The depthwise convolutions the cost of a depthwise layer per output and per channel plane is fitted
+# on: chains of four 3x3 depthwise convolutions with ReLU (the second of stride 2), as a mobile network's
+# stages run them: wide maps (64 channels at 112x112), middle (256 at 28x28) and small (960 at 5x5,
+# where each plane's own cost outweighs its outputs').
+DEPTHWISE_INPUTS = ((1, 64, 112, 112), (1, 256, 28, 28), (1, 960, 5, 5))
 # The pointwise convolutions the per-output cost of every one-group convolution is fitted on: chains
 # of 1x1 convolutions with ReLU that expand six times and project back, as a mobile network's inverted
 # residuals do, at two widths (16 channels at 80x80, 32 at 40x40): they reduce over so few channels
@@ -216,6 +217,7 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     data["efficiency"] = {**data["efficiency"], "bandwidth": round(max(bandwidth, 0.01), 4)}
     data["efficiency"].pop("shallow_conv_ns_by_precision", None)  # fitted below, on the compute factors
     data["efficiency"].pop("depthwise_ns_by_precision", None)
+    data["efficiency"].pop("depthwise_channel_ns_by_precision", None)
     data["efficiency"].pop("conv_output_ns_by_precision", None)
     data["efficiency"].pop("elementwise_ns_by_precision", None)
     if "int8" in data["compute"]:  # before the compute factors, which are fitted with it
@@ -279,8 +281,9 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
             p: _fit_per_element(products(p, POINTWISE_INPUTS), data, lambda k: k.output_elements) for p in precisions}
     data["efficiency"]["shallow_conv_ns_by_precision"] = shallow = {
         p: _fit_shallow(products(p, STEMS), data) for p in precisions}
-    data["efficiency"]["depthwise_ns_by_precision"] = depthwise = {
-        p: _fit_per_element(products(p, DEPTHWISE_INPUTS), data, lambda k: k.depthwise_outputs) for p in precisions}
+    depthwise = {p: _fit_depthwise(products(p, DEPTHWISE_INPUTS), data) for p in precisions}
+    data["efficiency"]["depthwise_ns_by_precision"] = {p: v[0] for p, v in depthwise.items()}
+    data["efficiency"]["depthwise_channel_ns_by_precision"] = {p: v[1] for p, v in depthwise.items()}
     data["efficiency"]["elementwise_ns_by_precision"] = elementwise = {"fp32": _fit_per_element(
         [(graphs[k], measured_ms[k] * (1 - share)) for k, share in product_share.items() if k[1] in BETWEEN_INPUTS],
         data, lambda k: k.elements, lambda k: k.op not in ANCHORS)}
@@ -295,7 +298,7 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         f"geometric means kept); shallow convolutions "
         f"{', '.join(f'{p} {a:.3g} ns per output + {b:.3g} ns per output pixel and window row' for p, (a, b) in shallow.items())}, "
         f"fitted to RGB stems at 224x224 ({stems}); depthwise convolutions "
-        f"{', '.join(f'{p} {v:.3g} ns per output' for p, v in depthwise.items())}, fitted to chains of 3x3 "
+        f"{', '.join(f'{p} {a:.3g} ns per output + {b:.3g} ns per channel' for p, (a, b) in depthwise.items())}, fitted to chains of 3x3 "
         f"depthwise convolutions ({', '.join(f'{c} channels at {h}x{w}' for _, c, h, w in DEPTHWISE_INPUTS)}); "
         f"every one-group convolution "
         f"{', '.join(f'{p} {v:.3g} ns per output' for p, v in pointwise.items())} beyond its FLOPs, fitted to "
@@ -377,23 +380,32 @@ def _kernels_ms(graph, data: dict, chosen=lambda k: k.op in ANCHORS) -> float:
 
 
 def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
-    """Returns [ns per output, ns per pixel and window row] of shallow convolutions, from timed stems.
-
-    What each stem's convolution took (its share of the run in ONNX Runtime's profiler, with the
+    """Returns [ns per output, ns per pixel and window row] of shallow convolutions, from timed stems:
+    what each stem's convolution took (its share of the run in ONNX Runtime's profiler, with the
     layout change before it) beyond its estimate without this cost, against its shallow kernels'
-    outputs and output pixels x window rows: least squares over the stems, neither term
-    negative (where one would be, the other alone is fitted).
-    """
-    rows, excess = [], []
-    for graph, ms in stems:
+    outputs and output pixels x window rows."""
+    def terms(graph) -> list[float]:
         shallow = [k for k in graph.kernels if 0 < k.tap_channels < SHALLOW_TAP_CHANNELS]
-        rows.append([sum(k.output_elements for k in shallow),
-                     sum(k.output_elements / k.out_channels * k.window_rows for k in shallow)])
-        excess.append(max(0.0, ms - _kernels_ms(graph, data)) * 1e6)  # ns
-    a, b = np.array(rows, float), np.array(excess)
-    fit = np.linalg.lstsq(a, b, rcond=None)[0] if len(stems) > 1 else np.array([-1.0, -1.0])
-    if (fit < 0).any():  # one term alone: the per-output cost, else the per-row one
+        return [sum(k.output_elements for k in shallow),
+                sum(k.output_elements / k.out_channels * k.window_rows for k in shallow)]
+    return _fit_two_terms(stems, data, terms)
+
+
+def _fit_depthwise(chains: list[tuple], data: dict) -> list[float]:
+    """Returns [ns per output, ns per channel plane] of depthwise convolutions, from timed chains."""
+    return _fit_two_terms(chains, data, lambda graph: [sum(k.depthwise_outputs for k in graph.kernels),
+                                                       sum(k.depthwise_channels for k in graph.kernels)])
+
+
+def _fit_two_terms(timed: list[tuple], data: dict, terms) -> list[float]:
+    """Returns two costs in ns per unit of ``terms(graph)`` that explain what each timed graph's products
+    took beyond their estimate without them: least squares over the graphs, neither term negative (where
+    one would be, the other alone is fitted)."""
+    a = np.array([terms(graph) for graph, _ in timed], float)
+    b = np.array([max(0.0, ms - _kernels_ms(graph, data)) * 1e6 for graph, ms in timed])  # ns
+    fit = np.linalg.lstsq(a, b, rcond=None)[0] if len(timed) > 1 else np.array([-1.0, -1.0])
+    if (fit < 0).any():
         fit = np.zeros(2)
         col = 0 if a[:, 0] @ b > 0 else 1
-        fit[col] = max(0.0, float(a[:, col] @ b / (a[:, col] @ a[:, col])))
+        fit[col] = max(0.0, float(a[:, col] @ b / max(a[:, col] @ a[:, col], 1e-30)))
     return [round(float(v), 4) for v in fit]
