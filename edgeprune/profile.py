@@ -129,8 +129,7 @@ class Efficiency(_Strict):
 
     def depthwise_us(self, precision: str, outputs: float, channels: float = 0.0) -> float:
         """Returns the extra time of a depthwise convolution writing ``outputs`` elements in ``channels`` planes, in us."""
-        return (outputs * self.depthwise_ns_by_precision.get(precision, 0.0)
-                + channels * self.depthwise_channel_ns_by_precision.get(precision, 0.0)) * 1e-3
+        return (outputs * self.depthwise_ns_by_precision.get(precision, 0.0) + channels * self.depthwise_channel_ns_by_precision.get(precision, 0.0)) * 1e-3
 
     compute: float = Field(gt=0, le=1)
     compute_by_precision: dict[Precision, Annotated[float, Field(gt=0, le=1)]] = Field(
@@ -159,9 +158,7 @@ class Efficiency(_Strict):
     depthwise_ns_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="ns per output element a depthwise convolution costs beyond its FLOPs "
                                           "(its few operations an output hide the loads and stores); absent: nothing")
-    depthwise_channel_ns_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=dict, description="ns per output channel (plane) a depthwise convolution costs on top: what "
-                                          "makes one on a small map slower per output than on a large one; absent: nothing")
+    depthwise_channel_ns_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(default_factory=dict, description="ns per channel plane a depthwise convolution costs on top (small maps cost more per output)")
     elementwise_ns_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="ns per element an operator between layers (an elementwise chain, a "
                                           "normalization, a softmax, a transpose) takes in the runtime, where that "

@@ -27,18 +27,14 @@ CALIBRATION_CNN = ((16, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 12
 # do not; convolutions run at visibly different efficiency in the two regimes, and models
 # span both (a 32x32 digits CNN, a 224x224 ResNet).
 CALIBRATION_INPUTS = ((1, 16, 64, 64), (1, 16, 192, 192))
-# The shallow convolutions the per-output cost of an image's first layer is fitted on: RGB
-# stems at 224x224 (3 channels a tap; the CNN above reads 16 or more), each followed by a
-# global average pool. Two windows and widths, so the cost per output element and the cost
-# per output pixel and window row come apart: 3x3 stride 2 to 32 channels (as MobileNet and
-# EfficientNet open) and 5x5 stride 2 to 16. Their time also holds the layout change a
-# runtime makes before its first convolution.
+# An image's first layer's costs are fitted on RGB stems at 224x224 (3 channels a tap), each followed by a global
+# average pool; two windows and widths so the cost per output and per output pixel and window row come apart:
+# 3x3 stride 2 to 32 channels (as MobileNet and EfficientNet open) and 5x5 stride 2 to 16. Their time also holds
+# the layout change a runtime makes before its first convolution.
 STEM_INPUT = (1, 3, 224, 224)
 STEMS = ((32, 3, 2), (16, 5, 2))  # out channels, kernel, stride
-# The depthwise convolutions the cost of a depthwise layer per output and per channel plane is fitted
-# on: chains of four 3x3 depthwise convolutions with ReLU (the second of stride 2), as a mobile network's
-# stages run them: wide maps (64 channels at 112x112), middle (256 at 28x28) and small (960 at 5x5,
-# where each plane's own cost outweighs its outputs').
+# A depthwise layer's cost per output and per channel plane is fitted on chains of four 3x3 depthwise convs with
+# ReLU (the second of stride 2) on wide (64 channels at 112x112), middle (256 at 28x28) and small maps (960 at 5x5).
 DEPTHWISE_INPUTS = ((1, 64, 112, 112), (1, 256, 28, 28), (1, 960, 5, 5))
 # The pointwise convolutions the per-output cost of every one-group convolution is fitted on: chains
 # of 1x1 convolutions with ReLU that expand six times and project back, as a mobile network's inverted
@@ -215,11 +211,8 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
                                         "source": data["memory_bandwidth_gbs"]["source"]
                                         + f"; raised to the {gemv:.1f} GB/s a batch-1 MatMul streamed its weights at"}
     data["efficiency"] = {**data["efficiency"], "bandwidth": round(max(bandwidth, 0.01), 4)}
-    data["efficiency"].pop("shallow_conv_ns_by_precision", None)  # fitted below, on the compute factors
-    data["efficiency"].pop("depthwise_ns_by_precision", None)
-    data["efficiency"].pop("depthwise_channel_ns_by_precision", None)
-    data["efficiency"].pop("conv_output_ns_by_precision", None)
-    data["efficiency"].pop("elementwise_ns_by_precision", None)
+    for fitted_below in ("shallow_conv", "depthwise", "depthwise_channel", "conv_output", "elementwise"):  # on the compute factors
+        data["efficiency"].pop(f"{fitted_below}_ns_by_precision", None)
     if "int8" in data["compute"]:  # before the compute factors, which are fitted with it
         data["efficiency"]["layer_overhead_us_by_precision"] = {
             "int8": round(int8_layer_overhead_us(seconds / 2, data["int8_activation"], threads=threads), 2)}
@@ -282,8 +275,8 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     data["efficiency"]["shallow_conv_ns_by_precision"] = shallow = {
         p: _fit_shallow(products(p, STEMS), data) for p in precisions}
     depthwise = {p: _fit_depthwise(products(p, DEPTHWISE_INPUTS), data) for p in precisions}
-    data["efficiency"]["depthwise_ns_by_precision"] = {p: v[0] for p, v in depthwise.items()}
-    data["efficiency"]["depthwise_channel_ns_by_precision"] = {p: v[1] for p, v in depthwise.items()}
+    data["efficiency"].update(depthwise_ns_by_precision={p: a for p, (a, _) in depthwise.items()},
+                              depthwise_channel_ns_by_precision={p: b for p, (_, b) in depthwise.items()})
     data["efficiency"]["elementwise_ns_by_precision"] = elementwise = {"fp32": _fit_per_element(
         [(graphs[k], measured_ms[k] * (1 - share)) for k, share in product_share.items() if k[1] in BETWEEN_INPUTS],
         data, lambda k: k.elements, lambda k: k.op not in ANCHORS)}
@@ -380,10 +373,8 @@ def _kernels_ms(graph, data: dict, chosen=lambda k: k.op in ANCHORS) -> float:
 
 
 def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
-    """Returns [ns per output, ns per pixel and window row] of shallow convolutions, from timed stems:
-    what each stem's convolution took (its share of the run in ONNX Runtime's profiler, with the
-    layout change before it) beyond its estimate without this cost, against its shallow kernels'
-    outputs and output pixels x window rows."""
+    """Returns [ns per output, ns per pixel and window row] of shallow convolutions, from timed stems (their
+    convolutions' share of the run in ONNX Runtime's profiler, with the layout change before them)."""
     def terms(graph) -> list[float]:
         shallow = [k for k in graph.kernels if 0 < k.tap_channels < SHALLOW_TAP_CHANNELS]
         return [sum(k.output_elements for k in shallow),
@@ -393,14 +384,12 @@ def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
 
 def _fit_depthwise(chains: list[tuple], data: dict) -> list[float]:
     """Returns [ns per output, ns per channel plane] of depthwise convolutions, from timed chains."""
-    return _fit_two_terms(chains, data, lambda graph: [sum(k.depthwise_outputs for k in graph.kernels),
-                                                       sum(k.depthwise_channels for k in graph.kernels)])
+    return _fit_two_terms(chains, data, lambda g: [sum(k.depthwise_outputs for k in g.kernels), sum(k.depthwise_channels for k in g.kernels)])
 
 
 def _fit_two_terms(timed: list[tuple], data: dict, terms) -> list[float]:
-    """Returns two costs in ns per unit of ``terms(graph)`` that explain what each timed graph's products
-    took beyond their estimate without them: least squares over the graphs, neither term negative (where
-    one would be, the other alone is fitted)."""
+    """Returns two costs in ns per unit of ``terms(graph)`` explaining what each timed graph's products took beyond
+    their estimate without them: least squares, neither negative (where one would be, the other alone is fitted)."""
     a = np.array([terms(graph) for graph, _ in timed], float)
     b = np.array([max(0.0, ms - _kernels_ms(graph, data)) * 1e6 for graph, ms in timed])  # ns
     fit = np.linalg.lstsq(a, b, rcond=None)[0] if len(timed) > 1 else np.array([-1.0, -1.0])
