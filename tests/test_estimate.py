@@ -250,7 +250,8 @@ def test_a_shallow_convolution_pays_per_output_and_per_window_row_what_its_flops
 
 
 def test_the_probe_recovers_the_shallow_costs_of_stems_timed_on_a_known_device():
-    from edgeprune.probe.calibrate import STEM_INPUT, STEMS, _fit_shallow, stem_model
+    from edgeprune.probe.chains import STEM_INPUT, STEMS, stem_model
+    from edgeprune.probe.fit import fit_shallow
 
     base = load_profile("x86-avx2")
     truth = _with_shallow_cost(base, 0.3, 3.5)
@@ -261,15 +262,16 @@ def test_the_probe_recovers_the_shallow_costs_of_stems_timed_on_a_known_device()
 
     graphs = [lowered_graph(stem_model(stem), [STEM_INPUT]) for stem in STEMS]
     stems = [(graph, convolutions_ms(graph, truth)) for graph in graphs]
-    assert _fit_shallow(stems, data) == pytest.approx([0.3, 3.5], rel=1e-3)
+    assert fit_shallow(stems, data) == pytest.approx([0.3, 3.5], rel=1e-3)
     # stems no slower than their FLOPs say: no shallow cost
-    assert _fit_shallow([(graph, convolutions_ms(graph, base)) for graph in graphs], data) == [0.0, 0.0]
+    assert fit_shallow([(graph, convolutions_ms(graph, base)) for graph in graphs], data) == [0.0, 0.0]
 
 
 def test_a_depthwise_convolution_pays_per_channel_plane_so_a_small_map_costs_more_per_output():
     """Depthwise layers on small maps (a mobile network's last stages) run slower per output than on large
     ones: each plane pays a cost of its own. The probe fits it beside the per-output cost."""
-    from edgeprune.probe.calibrate import DEPTHWISE_INPUTS, _fit_depthwise, depthwise_model
+    from edgeprune.probe.chains import DEPTHWISE_INPUTS, depthwise_model
+    from edgeprune.probe.fit import fit_depthwise
 
     base = load_profile("x86-avx2")
     eff = base.efficiency.model_copy(update={"depthwise_ns_by_precision": {"fp32": 1.0},
@@ -288,7 +290,7 @@ def test_a_depthwise_convolution_pays_per_channel_plane_so_a_small_map_costs_mor
     graphs = [lowered_graph(depthwise_model(shape), [shape]) for shape in DEPTHWISE_INPUTS]
     chains = [(g, sum(t.ms for k, t in zip(g.kernels, estimate_graph(g, truth).kernels, strict=True) if k.op in ANCHORS))
               for g in graphs]
-    assert _fit_depthwise(chains, data) == pytest.approx([1.0, 50.0], rel=0.1)
+    assert fit_depthwise(chains, data) == pytest.approx([1.0, 50.0], rel=0.1)
     # a one-group convolution pays neither
     dense = lowered_graph(_conv(16, 32, 3, 1, 56), [(1, 16, 56, 56)]).kernels[0]
     assert kernel_time(dense, truth).ms == kernel_time(dense, base).ms

@@ -11,7 +11,8 @@ import pytest
 from edgeprune.backends.onnx_tools.fusion import optimized_graph
 from edgeprune.measure.estimate import estimate_graph, kernel_time
 from edgeprune.measure.graph import ANCHORS, ONNXRUNTIME, lowered_graph
-from edgeprune.probe.calibrate import BETWEEN_INPUTS, _fit_per_element, between_model
+from edgeprune.probe.chains import BETWEEN_INPUTS, between_model
+from edgeprune.probe.fit import fit_per_element
 from edgeprune.profile import load_profile
 
 GELU = ("Div", "Erf", "Add", "Mul", "Mul")
@@ -80,10 +81,10 @@ def test_the_probe_recovers_the_per_element_cost_of_encoders_timed_on_a_known_de
     for shape in BETWEEN_INPUTS:
         graph = lowered_graph(between_model(shape), [shape], runtime=ONNXRUNTIME)
         timed.append((graph, between_ms(graph, truth)))
-    assert _fit_per_element(timed, data, lambda k: k.elements, between) == pytest.approx(0.7, rel=1e-3)
+    assert fit_per_element(timed, data, lambda k: k.elements, between) == pytest.approx(0.7, rel=1e-3)
     # encoders no slower than their products and memory traffic say: no such cost
     plain = [(graph, between_ms(graph, base)) for graph, _ in timed]
-    assert _fit_per_element(plain, data, lambda k: k.elements, between) == 0.0
+    assert fit_per_element(plain, data, lambda k: k.elements, between) == 0.0
 
 
 def test_an_integer_product_takes_its_rescaling_back_to_float_as_onnx_runtime_does(tmp_path):
@@ -103,7 +104,7 @@ def test_an_integer_product_takes_its_rescaling_back_to_float_as_onnx_runtime_do
 
 
 def test_the_probe_recovers_the_per_output_cost_of_pointwise_convolutions_timed_on_a_known_device():
-    from edgeprune.probe.calibrate import POINTWISE_INPUTS, pointwise_model
+    from edgeprune.probe.chains import POINTWISE_INPUTS, pointwise_model
 
     base = load_profile("x86-avx2")
     eff = base.efficiency.model_copy(update={"conv_output_ns_by_precision": {"fp32": 0.2}})
@@ -119,8 +120,8 @@ def test_the_probe_recovers_the_per_output_cost_of_pointwise_convolutions_timed_
         return sum(t.ms for t in estimate_graph(graph, profile).kernels)
 
     timed = [(graph, products_ms(graph, truth)) for graph in graphs]
-    assert _fit_per_element(timed, data, lambda k: k.output_elements) == pytest.approx(0.2, rel=1e-3)
-    assert _fit_per_element([(g, products_ms(g, base)) for g in graphs], data, lambda k: k.output_elements) == 0.0
+    assert fit_per_element(timed, data, lambda k: k.output_elements) == pytest.approx(0.2, rel=1e-3)
+    assert fit_per_element([(g, products_ms(g, base)) for g in graphs], data, lambda k: k.output_elements) == 0.0
 
 
 def test_onnx_runtimes_profiler_gives_the_time_of_each_kind_of_operator_it_runs(tmp_path):

@@ -30,7 +30,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from edgeprune.measure.graph_flops import anchor_flops, conv_window, depthwise_outputs, other_flops
+from edgeprune.measure.graph_flops import anchor_flops, conv_window, depthwise_extent, other_flops
 from edgeprune.measure.graph_index import (
     PRECISION,
     GraphIndex,
@@ -354,7 +354,7 @@ def _fill_kernel(g: GraphIndex, kernel: Kernel, nodes: list[onnx.NodeProto]) -> 
         else:
             kernel.flops, kernel.in_channels, kernel.out_channels = found
             kernel.tap_channels, kernel.window_rows, kernel.output_elements = conv_window(g, head)
-            kernel.depthwise_outputs, kernel.depthwise_channels = depthwise_outputs(g, head)
+            kernel.depthwise_outputs, kernel.depthwise_channels = depthwise_extent(g, head)
         kernel.flops += sum(other_flops(g, n) for n in nodes[1:] if n.op_type in EPILOGUES)
         kernel.weights = _weights_of_anchor(g, head)
     else:

@@ -72,8 +72,8 @@ def conv_window(g: GraphIndex, node: onnx.NodeProto) -> tuple[int, int, float]:
     return int(w[1]), int(w[2]) if len(w) > 2 else 1, float(math.prod(out))
 
 
-def depthwise_outputs(g: GraphIndex, node: onnx.NodeProto) -> tuple[float, float]:
-    """Returns (elements, channels) a depthwise convolution (one input channel a group) writes; (0, 0) for any other node."""
+def depthwise_extent(g: GraphIndex, node: onnx.NodeProto) -> tuple[float, float]:
+    """Returns (elements, channel planes) a depthwise convolution (one input channel a group) writes; (0, 0) for any other node."""
     if node.op_type not in ("Conv", "ConvInteger", "FusedConv", "QLinearConv") or int(attr(node, "group", 1)) == 1:
         return 0.0, 0.0
     w = g.shapes.get(node.input[3] if node.op_type == "QLinearConv" else node.input[1])

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from edgeprune.backends.onnx_tools import runtime as onnx_runtime
 from edgeprune.host import this_host
@@ -18,170 +17,28 @@ from edgeprune.probe.bench import (
     load_note,
     quantize_int8,
 )
-from edgeprune.profile import SHALLOW_TAP_CHANNELS
+from edgeprune.probe.chains import (
+    BETWEEN_FFN,
+    BETWEEN_HEADS,
+    BETWEEN_INPUTS,
+    BETWEEN_LAYERS,
+    CALIBRATION_CNN,
+    CALIBRATION_INPUTS,
+    DEPTHWISE_INPUTS,
+    POINTWISE_EXPAND,
+    POINTWISE_INPUTS,
+    STEM_INPUT,
+    STEMS,
+    between_model,
+    calibration_cnn,
+    depthwise_model,
+    pointwise_model,
+    stem_model,
+)
+from edgeprune.probe.fit import fit_depthwise, fit_per_element, fit_shallow, solve_efficiency
 
-# The representative network the compute efficiency is calibrated on: a batch-1 CNN backbone
-# of 3x3 convolutions (16 to 256 channels, 64x64 down to 8x8), each followed by a ReLU.
-CALIBRATION_CNN = ((16, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1))
-# Two input sizes: at 64x64 every activation fits the caches, at 192x192 the first layers'
-# do not; convolutions run at visibly different efficiency in the two regimes, and models
-# span both (a 32x32 digits CNN, a 224x224 ResNet).
-CALIBRATION_INPUTS = ((1, 16, 64, 64), (1, 16, 192, 192))
-# An image's first layer's costs are fitted on RGB stems at 224x224 (3 channels a tap), each followed by a global
-# average pool; two windows and widths so the cost per output and per output pixel and window row come apart:
-# 3x3 stride 2 to 32 channels (as MobileNet and EfficientNet open) and 5x5 stride 2 to 16. Their time also holds
-# the layout change a runtime makes before its first convolution.
-STEM_INPUT = (1, 3, 224, 224)
-STEMS = ((32, 3, 2), (16, 5, 2))  # out channels, kernel, stride
-# A depthwise layer's cost per output and per channel plane is fitted on chains of four 3x3 depthwise convs with
-# ReLU (the second of stride 2) on wide (64 channels at 112x112), middle (256 at 28x28) and small maps (960 at 5x5).
-DEPTHWISE_INPUTS = ((1, 64, 112, 112), (1, 256, 28, 28), (1, 960, 5, 5))
-# The pointwise convolutions the per-output cost of every one-group convolution is fitted on: chains
-# of 1x1 convolutions with ReLU that expand six times and project back, as a mobile network's inverted
-# residuals do, at two widths (16 channels at 80x80, 32 at 40x40): they reduce over so few channels
-# that storing each output costs as much as its arithmetic.
-POINTWISE_INPUTS = ((1, 16, 80, 80), (1, 32, 40, 40))
-POINTWISE_EXPAND = 6
-# The operators between a transformer's products (bias and residual Adds, LayerNormalization, GELU,
-# Softmax, the heads' Reshapes and Transposes) cost more per element than their memory traffic, and
-# more inside a model, where the products between them evict their tensors from the caches, than
-# alone: their per-element cost is fitted on two encoder layers of the probe's own (width 256, 4
-# heads, FFN 1024, the products charged at the CNN's compute factor), at 64 and 256 tokens.
-BETWEEN_INPUTS = ((1, 64, 256), (1, 256, 256))
-BETWEEN_HEADS, BETWEEN_FFN, BETWEEN_LAYERS = 4, 1024, 2
 # the operators of ONNX Runtime's optimized graph that are products (the rest is between them)
 PRODUCT_OPS = ANCHORS | {"MatMulIntegerToFloat", "NhwcFusedConv"}
-
-
-def _conv_chain(name: str, shape: tuple[int, ...], layers, seed: int, kernel: int = 3) -> onnx.ModelProto:
-    """Returns ``kernel`` x ``kernel`` convolutions, each followed by a ReLU, as an fp32 ONNX model with fixed
-    random weights; ``layers`` are (input channels, output channels, stride, groups)."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, x = [], [], "x"
-    for i, (cin, cout, stride, groups) in enumerate(layers):
-        fan_in = kernel * kernel * cin // groups
-        w = (rng.standard_normal((cout, cin // groups, kernel, kernel)) * np.sqrt(2 / fan_in)).astype(np.float32)
-        inits += [onnx.numpy_helper.from_array(w, f"w{i}"),
-                  onnx.numpy_helper.from_array(np.zeros(cout, np.float32), f"b{i}")]
-        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[kernel, kernel],
-                                   pads=[kernel // 2] * 4, strides=[stride, stride], group=groups),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
-        x = f"r{i}"
-    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def calibration_cnn(shape: tuple[int, ...] = CALIBRATION_INPUTS[0]) -> onnx.ModelProto:
-    """Returns the calibration CNN for an input shape as an fp32 ONNX model with fixed random weights."""
-    return _conv_chain("calibration_cnn", shape, [(cin, cout, stride, 1) for cin, cout, stride in CALIBRATION_CNN], 0)
-
-
-def stem_model(stem: tuple[int, int, int]) -> onnx.ModelProto:
-    """Returns an RGB stem (convolution, ReLU, global average pool) as an fp32 ONNX model."""
-    cout, k, stride = stem
-    cin = STEM_INPUT[1]
-    rng = np.random.default_rng(4)
-    w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2 / (k * k * cin))).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], pads=[k // 2] * 4,
-                              strides=[stride, stride]),
-             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["y"])]
-    graph = helper.make_graph(nodes, "calibration_stem",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(STEM_INPUT))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [onnx.numpy_helper.from_array(w, "w"),
-                               onnx.numpy_helper.from_array(np.zeros(cout, np.float32), "b")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def depthwise_model(shape: tuple[int, ...]) -> onnx.ModelProto:
-    """Returns a chain of 3x3 depthwise convolutions with ReLU at an input shape, as an fp32 ONNX model."""
-    c = shape[1]
-    return _conv_chain("calibration_depthwise", shape, [(c, c, stride, c) for stride in (1, 2, 1, 1)], 5)
-
-
-def pointwise_model(shape: tuple[int, ...]) -> onnx.ModelProto:
-    """Returns 1x1 convolutions with ReLU that expand an input's channels and project them back, twice, fp32."""
-    c, wide = shape[1], shape[1] * POINTWISE_EXPAND
-    return _conv_chain("calibration_pointwise", shape, [(c, wide, 1, 1), (wide, c, 1, 1)] * 2, 7, kernel=1)
-
-
-def between_model(shape: tuple[int, ...]) -> onnx.ModelProto:
-    """Returns encoder layers (post-norm, GELU) over an input of (batch, tokens, width), fp32, random weights."""
-    _, tokens, width = shape
-    heads, ffn = BETWEEN_HEADS, BETWEEN_FFN
-    rng = np.random.default_rng(6)
-    inits, nodes = [], []
-
-    def const(name: str, value) -> str:
-        inits.append(onnx.numpy_helper.from_array(np.asarray(value, np.float32 if not isinstance(value, tuple)
-                                                             else np.int64), name))
-        return name
-
-    def op(kind: str, inputs: list[str], out: str, **attrs) -> str:
-        nodes.append(helper.make_node(kind, inputs, [out], **attrs))
-        return out
-
-    def linear(x: str, name: str, cin: int, cout: int) -> str:
-        w = const(f"{name}.w", rng.standard_normal((cin, cout)) / np.sqrt(cin))
-        return op("Add", [op("MatMul", [x, w], f"{name}.mm"), const(f"{name}.b", rng.standard_normal(cout) * 0.02)],
-                  f"{name}.out")
-
-    def norm(x: str, name: str) -> str:
-        return op("LayerNormalization", [x, const(f"{name}.g", np.ones(width)), const(f"{name}.b", np.zeros(width))],
-                  f"{name}.out", axis=-1)
-
-    # the batch axis free, as edgeprune exports models (ONNX Runtime fuses less around free axes): 0 keeps it
-    split, merged = const("split", (0, tokens, heads, width // heads)), const("merged", (0, tokens, width))
-    const("scale", 1 / np.sqrt(width // heads))
-    const("sqrt2", 2 ** 0.5), const("one", 1.0), const("half", 0.5)
-    x = "x"
-    for i in range(BETWEEN_LAYERS):
-        def heads_of(t: str, perm: list[int], name: str) -> str:
-            return op("Transpose", [op("Reshape", [t, split], f"{name}.r")], f"{name}.t", perm=perm)
-
-        q = heads_of(linear(x, f"l{i}.q", width, width), [0, 2, 1, 3], f"l{i}.qh")
-        k = heads_of(linear(x, f"l{i}.k", width, width), [0, 2, 3, 1], f"l{i}.kh")
-        v = heads_of(linear(x, f"l{i}.v", width, width), [0, 2, 1, 3], f"l{i}.vh")
-        scores = op("Softmax", [op("Mul", [op("MatMul", [q, k], f"l{i}.qk"), "scale"], f"l{i}.s")], f"l{i}.p", axis=-1)
-        context = op("Reshape", [op("Transpose", [op("MatMul", [scores, v], f"l{i}.pv")], f"l{i}.ct", perm=[0, 2, 1, 3]),
-                                 merged], f"l{i}.c")
-        x = norm(op("Add", [x, linear(context, f"l{i}.o", width, width)], f"l{i}.res1"), f"l{i}.n1")
-        h = linear(x, f"l{i}.fc1", width, ffn)
-        erf = op("Add", [op("Erf", [op("Div", [h, "sqrt2"], f"l{i}.d")], f"l{i}.e"), "one"], f"l{i}.e1")
-        gelu = op("Mul", [op("Mul", [h, erf], f"l{i}.m"), "half"], f"l{i}.g")
-        x = norm(op("Add", [x, linear(gelu, f"l{i}.fc2", ffn, width)], f"l{i}.res2"), f"l{i}.n2")
-    graph = helper.make_graph(nodes, "calibration_encoder",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", tokens, width])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", tokens, width])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _estimate(graph, profile_data: dict):
-    from edgeprune.measure.estimate import estimate_graph
-    from edgeprune.profile import Profile
-
-    return estimate_graph(graph, Profile.model_validate(profile_data))
-
-
-def _solve_efficiency(graph, profile_data: dict, measured_ms: float, field: str) -> float:
-    """Returns the efficiency factor that makes the roofline estimate equal a measurement.
-
-    The estimate falls as the factor rises, so bisection finds it; it is clamped to
-    (0.01, 1] because a measurement faster than the peak means the peak was measured low.
-    """
-    def estimate(factor: float) -> float:
-        return _estimate(graph, {**profile_data, "efficiency": {**profile_data["efficiency"], field: factor}}).ms
-
-    lo, hi = 0.01, 1.0
-    if estimate(hi) >= measured_ms:
-        return hi
-    if estimate(lo) <= measured_ms:
-        return lo
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if estimate(mid) > measured_ms else (lo, mid)
-    return round((lo + hi) / 2, 4)
 
 
 def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None = None,
@@ -264,20 +121,20 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     # CNN's time is mostly FLOPs, a 1x1 chain's mostly outputs): each is fitted given the other, twice
     for _ in range(2):
         data["efficiency"].pop("compute_by_precision", None)  # solved below through the shared factor
-        factors = {key: _solve_efficiency(graphs[key], data, measured_ms[key], "compute") for key in cnn}
+        factors = {key: solve_efficiency(graphs[key], data, measured_ms[key], "compute") for key in cnn}
         compute = geomean(list(factors.values()))
         data["efficiency"]["compute"] = compute
         data["efficiency"]["compute_by_precision"] = {
             p: geomean([v for k, v in factors.items() if k[0] == p]) for p in dict.fromkeys(k[0] for k in factors)}
         data["efficiency"].pop("conv_output_ns_by_precision", None)
         data["efficiency"]["conv_output_ns_by_precision"] = pointwise = {
-            p: _fit_per_element(products(p, POINTWISE_INPUTS), data, lambda k: k.output_elements) for p in precisions}
+            p: fit_per_element(products(p, POINTWISE_INPUTS), data, lambda k: k.output_elements) for p in precisions}
     data["efficiency"]["shallow_conv_ns_by_precision"] = shallow = {
-        p: _fit_shallow(products(p, STEMS), data) for p in precisions}
-    depthwise = {p: _fit_depthwise(products(p, DEPTHWISE_INPUTS), data) for p in precisions}
+        p: fit_shallow(products(p, STEMS), data) for p in precisions}
+    depthwise = {p: fit_depthwise(products(p, DEPTHWISE_INPUTS), data) for p in precisions}
     data["efficiency"].update(depthwise_ns_by_precision={p: a for p, (a, _) in depthwise.items()},
                               depthwise_channel_ns_by_precision={p: b for p, (_, b) in depthwise.items()})
-    data["efficiency"]["elementwise_ns_by_precision"] = elementwise = {"fp32": _fit_per_element(
+    data["efficiency"]["elementwise_ns_by_precision"] = elementwise = {"fp32": fit_per_element(
         [(graphs[k], measured_ms[k] * (1 - share)) for k, share in product_share.items() if k[1] in BETWEEN_INPUTS],
         data, lambda k: k.elements, lambda k: k.op not in ANCHORS)}
     measured = ", ".join(f"{k[0]} {k[1][2]}x{k[1][3]} ({graphs[k].flops / 1e9:.2f} GFLOP) {measured_ms[k]:.3g} ms "
@@ -356,45 +213,3 @@ def calibrate_decoder(data: dict, seconds: float, threads: int) -> dict:
         f"{timed['decode_s'] * 1e3:.2f} ms at {timed['depth']} tokens: int4 blocks streamed at "
         f"{share * data['memory_bandwidth_gbs']['value']:.1f} GB/s")
     return data
-
-
-def _fit_per_element(timed: list[tuple], data: dict, elements, chosen=lambda k: k.op in ANCHORS) -> float:
-    """Returns the ns per element the chosen kernels of the timed graphs take beyond their estimate without
-    that cost: least squares over the graphs, never negative. ``timed``: (graph, the milliseconds ONNX
-    Runtime's profiler saw those kernels take); ``elements(kernel)`` counts a kernel's elements."""
-    counts = np.array([sum(elements(k) for k in graph.kernels if chosen(k)) for graph, _ in timed], float)
-    excess = np.array([max(0.0, ms - _kernels_ms(graph, data, chosen)) * 1e6 for graph, ms in timed])
-    return round(float(max(0.0, counts @ excess / (counts @ counts))) if counts.any() else 0.0, 4)
-
-
-def _kernels_ms(graph, data: dict, chosen=lambda k: k.op in ANCHORS) -> float:
-    """Returns the estimated milliseconds of a graph's chosen kernels (its products, by default)."""
-    return sum(t.ms for k, t in zip(graph.kernels, _estimate(graph, data).kernels, strict=True) if chosen(k))
-
-
-def _fit_shallow(stems: list[tuple], data: dict) -> list[float]:
-    """Returns [ns per output, ns per pixel and window row] of shallow convolutions, from timed stems (their
-    convolutions' share of the run in ONNX Runtime's profiler, with the layout change before them)."""
-    def terms(graph) -> list[float]:
-        shallow = [k for k in graph.kernels if 0 < k.tap_channels < SHALLOW_TAP_CHANNELS]
-        return [sum(k.output_elements for k in shallow),
-                sum(k.output_elements / k.out_channels * k.window_rows for k in shallow)]
-    return _fit_two_terms(stems, data, terms)
-
-
-def _fit_depthwise(chains: list[tuple], data: dict) -> list[float]:
-    """Returns [ns per output, ns per channel plane] of depthwise convolutions, from timed chains."""
-    return _fit_two_terms(chains, data, lambda g: [sum(k.depthwise_outputs for k in g.kernels), sum(k.depthwise_channels for k in g.kernels)])
-
-
-def _fit_two_terms(timed: list[tuple], data: dict, terms) -> list[float]:
-    """Returns two costs in ns per unit of ``terms(graph)`` explaining what each timed graph's products took beyond
-    their estimate without them: least squares, neither negative (where one would be, the other alone is fitted)."""
-    a = np.array([terms(graph) for graph, _ in timed], float)
-    b = np.array([max(0.0, ms - _kernels_ms(graph, data)) * 1e6 for graph, ms in timed])  # ns
-    fit = np.linalg.lstsq(a, b, rcond=None)[0] if len(timed) > 1 else np.array([-1.0, -1.0])
-    if (fit < 0).any():
-        fit = np.zeros(2)
-        col = 0 if a[:, 0] @ b > 0 else 1
-        fit[col] = max(0.0, float(a[:, col] @ b / max(a[:, col] @ a[:, col], 1e-30)))
-    return [round(float(v), 4) for v in fit]
