@@ -32,12 +32,16 @@ $(VISION_STAMP): pyproject.toml
 	$(VISION)/bin/python -m pip install -q -e ".[dev]"
 	touch $(VISION_STAMP)
 
+# Two tests at a time (pytest-xdist; the tests of one file in one worker, which keeps its fixtures
+# to itself), each worker with one torch thread: the suite is mostly single-threaded Python, and two
+# workers with torch's own two threads each would only contend for the two cores.
+PARALLEL := OMP_NUM_THREADS=1
 test: $(STAMP) test-vision
-	$(PY) -m pytest tests --durations=10
+	$(PARALLEL) $(PY) -m pytest tests -n 2 --dist loadfile --durations=10
 
 # the model-argument tests that need timm and torchvision; there they must run, not skip
 test-vision: $(VISION_STAMP)
-	EDGEPRUNE_VISION_TESTS=1 $(VISION)/bin/python -m pytest tests/test_model_specs.py \
+	EDGEPRUNE_VISION_TESTS=1 $(PARALLEL) $(VISION)/bin/python -m pytest -n 2 tests/test_model_specs.py \
 		'tests/test_zoo.py::test_a_library_model_prunes_to_its_full_width'
 
 # The LLM decoding comparison (benchmarks/llm_decode.py): llama.cpp through llama-cpp-python,
