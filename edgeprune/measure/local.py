@@ -103,13 +103,15 @@ def measure_onnx_files(
     inputs: Sequence[torch.Tensor],
     threads: int | None = None,
     protocol: Protocol | None = None,
+    other_inputs: dict[str, Sequence[torch.Tensor]] | None = None,
 ) -> dict[str, LatencyStats]:
-    """Returns latency statistics for each ONNX file, timed side by side on this machine."""
+    """Returns latency statistics for each ONNX file, timed side by side on this machine: each run on
+    ``inputs``, or on its own in ``other_inputs`` (by the file's key)."""
     threads = threads or this_host().cores
     runs = {}
     for key, path in files.items():
         sess = onnx_runtime.session(path, threads)
-        feed = onnx_runtime.feeds(sess, inputs)
+        feed = onnx_runtime.feeds(sess, (other_inputs or {}).get(key, inputs))
         runs[key] = (lambda s=sess, f=feed: s.run(None, f))
     return time_side_by_side(runs, protocol)
 
