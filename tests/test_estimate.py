@@ -296,6 +296,34 @@ def test_a_depthwise_convolution_pays_per_channel_plane_so_a_small_map_costs_mor
     assert kernel_time(dense, truth).ms == kernel_time(dense, base).ms
 
 
+def test_the_depthwise_fit_keeps_the_cost_that_explains_the_chains_when_one_chain_ran_no_slower_than_its_estimate():
+    """A large map's chain timed no slower than its estimate without depthwise costs (its time hidden under
+    memory traffic, or a fast run) leaves the small maps' excess to explain: a per-plane cost alone does, so the
+    fit keeps it rather than a per-output cost fitted to the large chain's zero."""
+    from edgeprune.probe.chains import DEPTHWISE_INPUTS, depthwise_model
+    from edgeprune.probe.fit import fit_depthwise
+
+    base = load_profile("x86-avx2")
+    eff = base.efficiency.model_copy(update={"depthwise_channel_ns_by_precision": {"fp32": 50.0}})
+    truth = base.model_copy(update={"efficiency": eff})
+    data = base.model_dump(mode="json", exclude_none=True)
+
+    def products_ms(graph, profile) -> float:
+        return sum(t.ms for k, t in zip(graph.kernels, estimate_graph(graph, profile).kernels, strict=True)
+                   if k.op in ANCHORS)
+
+    graphs = [lowered_graph(depthwise_model(shape), [shape]) for shape in DEPTHWISE_INPUTS]
+    chains = [(graphs[0], products_ms(graphs[0], base))] + [(g, products_ms(g, truth)) for g in graphs[1:]]
+    per_output, per_plane = fit_depthwise(chains, data)
+    assert per_plane == pytest.approx(50.0, rel=0.2) and per_output == 0.0
+    # with that fit the small and middle maps' chains are estimated within 15% of their times (a per-output cost
+    # fitted to the large chain's zero left the small one at a fifth of its time)
+    fitted = base.model_copy(update={"efficiency": base.efficiency.model_copy(update={
+        "depthwise_ns_by_precision": {"fp32": per_output}, "depthwise_channel_ns_by_precision": {"fp32": per_plane}})})
+    for graph, ms in chains[1:]:
+        assert products_ms(graph, fitted) == pytest.approx(ms, rel=0.15)
+
+
 def test_a_layer_whose_size_stays_unknown_leaves_no_estimate_to_pass_a_budget_with(tmp_path):
     """An operator no shape inference follows hides the size of the product after it: the estimate would
     count none of its arithmetic, a lower bound a budget must not be proven with."""

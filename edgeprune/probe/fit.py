@@ -66,12 +66,25 @@ def fit_depthwise(chains: list[tuple], data: dict) -> list[float]:
 
 def fit_two_terms(timed: list[tuple], data: dict, terms) -> list[float]:
     """Returns two costs in ns per unit of ``terms(graph)`` explaining what each timed graph's products took beyond
-    their estimate without them: least squares, neither negative (where one would be, the other alone is fitted)."""
+    their estimate without them: least squares of the relative residuals (a short graph counts as much as a long
+    one), neither cost negative."""
     a = np.array([terms(graph) for graph, _ in timed], float)
     b = np.array([max(0.0, ms - kernels_ms(graph, data)) * 1e6 for graph, ms in timed])  # ns
-    fit = np.linalg.lstsq(a, b, rcond=None)[0] if len(timed) > 1 else np.array([-1.0, -1.0])
-    if (fit < 0).any():
-        fit = np.zeros(2)
-        col = 0 if a[:, 0] @ b > 0 else 1
-        fit[col] = max(0.0, float(a[:, col] @ b / max(a[:, col] @ a[:, col], 1e-30)))
-    return [round(float(v), 4) for v in fit]
+    weight = 1 / np.array([max(ms * 1e6, 1e-9) for _, ms in timed])
+    return [round(float(v), 4) for v in nonnegative_fit(a * weight[:, None], b * weight)]
+
+
+def nonnegative_fit(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Returns x >= 0 minimizing |a x - b| for a two-column ``a``: the unconstrained solution where it is
+    non-negative, else whichever one-term fit (the other term zero) leaves the smaller residual."""
+    if len(b) > 1:
+        fit = np.linalg.lstsq(a, b, rcond=None)[0]
+        if (fit >= 0).all():
+            return fit
+    best = np.zeros(2)
+    for col in (0, 1):
+        one = np.zeros(2)
+        one[col] = max(0.0, float(a[:, col] @ b / max(a[:, col] @ a[:, col], 1e-30)))
+        if np.linalg.norm(a @ one - b) < np.linalg.norm(a @ best - b):
+            best = one
+    return best
