@@ -14,7 +14,8 @@ make), measured and estimated the same way; both are reported. Beside every mode
 pass, the probe's own calibration CNN is timed too: how its time moved since the probe says how far
 the host drifted. The machine is probed again before every pass after the first, and a second error
 column compares each pass with the estimate on its own probe (a profile of the machine as it ran in
-those minutes); the bounds are judged on both columns. The table and the machine it ran on replace the section of docs/benchmarks.md for this machine's kernel classes
+those minutes); the bounds are judged on both columns. The table and the machine it ran on
+replace the section of docs/benchmarks.md for this machine's kernel classes
 (``## Roofline estimator error (avx2 / avx2 kernels)`` on an AVX2 CPU, ``(avx512 /
 avx512-vnni kernels)`` on an AVX-512 VNNI one, ...), so the figures of each class of host
 stay side by side; the rest of the file is left as it is.
