@@ -14,7 +14,10 @@ make), measured and estimated the same way; both are reported. Beside every mode
 pass, the probe's own calibration CNN is timed too: how its time moved since the probe says how far
 the host drifted. The machine is probed again before every pass after the first, and a second error
 column compares each pass with the estimate on its own probe (a profile of the machine as it ran in
-those minutes); the bounds are judged on both columns. The table and the machine it ran on
+those minutes); the bounds are judged on both columns. Each probe's swing (how much slower than when
+fastest its machine ran a chain of short kernels) is reported, with the rows a budget judged on the
+estimates could pass falsely (measured slower than the estimate padded by the gate's margin and the
+swing). The table and the machine it ran on
 replace the section of docs/benchmarks.md for this machine's kernel classes
 (``## Roofline estimator error (avx2 / avx2 kernels)`` on an AVX2 CPU, ``(avx512 /
 avx512-vnni kernels)`` on an AVX-512 VNNI one, ...), so the figures of each class of host
@@ -44,6 +47,7 @@ from held_out_models import HELD_OUT, export_held_out  # noqa: E402
 from writeup import machine, write_section  # noqa: E402
 
 from edgeprune.backends.onnx_tools.fusion import unfused_nodes  # noqa: E402
+from edgeprune.gate import Budgets  # noqa: E402
 from edgeprune.host import this_host  # noqa: E402
 from edgeprune.measure.estimate import estimate_onnx  # noqa: E402
 from edgeprune.measure.graph import ONNXRUNTIME  # noqa: E402
@@ -135,7 +139,8 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
                          "passes_ms": (medians[0], medians[-1]), "host": statistics.median(drift[model]),
                          "estimated_ms": est.ms, "error": est.ms / measured - 1, "error_probed": probed_pass,
                          "held_out": held_out})
-    return rows, {"profile": profile, "path": profile_path, "gauges": gauges, "reprobed": reprobe}
+    return rows, {"profile": profile, "path": profile_path, "gauges": gauges, "reprobed": reprobe,
+                  "swings": [pp.efficiency.swing for pp in pass_profiles]}
 
 
 def time_beside_reference(paths: dict[str, Path], x, reference: Path, threads: int | None) -> dict:
@@ -220,7 +225,19 @@ def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tupl
                   f"{HELD_OUT_BOUND:.0%}); on each pass's own probe "
                   f"{max(abs(r['error_probed']) for r in held):.0%} "
                   f"({sum(abs(r['error_probed']) <= HELD_OUT_BOUND for r in held)} of {len(held)} within)."]
+    # what the gate promises: a budget passes on an estimate only if estimate x (1 + margin) x swing is within it
+    padded = (1 + Budgets().estimate_margin) * e.swing
+    false_pass = [f"{names[r['model']]} {r['variant']}" for r in rows if r["measured_ms"] > r["estimated_ms"] * padded]
     lines += [
+        "",
+        f"Swing (how much slower than when fastest the probe's chain of its shortest kernels ran, over its "
+        f"calibration's rounds): {e.swing:g} on the first probe"
+        + (", " + ", ".join(f"{w:g}" for w in probed["swings"][1:]) + " on the later passes' probes"
+           if len(probed["swings"]) > 1 else "")
+        + f". A budget judged on these estimates passes only if the estimate x {padded:.2f} (the gate's "
+        f"{Budgets().estimate_margin:.0%} margin and the first probe's swing) is within it; rows measured slower than "
+        f"that, which such a budget could pass falsely: "
+        + (", ".join(false_pass) if false_pass else "none") + ".",
         "",
         f"Largest error on the fitted models: {worst:.0%}, on each pass's own probe "
         f"{max(abs(r['error_probed']) for r in fitted):.0%} (bound: {BOUND:.0%}). The efficiency factors are calibrated by the probe on its "

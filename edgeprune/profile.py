@@ -133,8 +133,7 @@ class Efficiency(_Strict):
 
     compute: float = Field(gt=0, le=1)
     compute_by_precision: dict[Precision, Annotated[float, Field(gt=0, le=1)]] = Field(
-        default_factory=dict, description="per-precision fractions of peak where they differ from compute"
-    )
+        default_factory=dict, description="per-precision fractions of peak where they differ from compute")
     bandwidth: float = Field(gt=0, le=1)
     bandwidth_by_precision: dict[Precision, Annotated[float, Field(gt=0, le=1)]] = Field(
         default_factory=dict, description="fraction of the bandwidth a batch-1 product of weights stored at a "
@@ -144,8 +143,7 @@ class Efficiency(_Strict):
                                           "token over its cache and over a prompt; absent: compute")
     layer_overhead_us: float = Field(ge=0)
     layer_overhead_us_by_precision: dict[Precision, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=dict, description="per-kernel overhead of a precision's kernels where it differs"
-    )
+        default_factory=dict, description="per-kernel overhead of a precision's kernels where it differs")
     shallow_conv_ns_by_precision: dict[Precision, tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]] = (
         Field(default_factory=dict,
               description="[ns per output element, ns per output pixel and window row] that a convolution "
@@ -163,6 +161,7 @@ class Efficiency(_Strict):
         default_factory=dict, description="ns per element an operator between layers (an elementwise chain, a "
                                           "normalization, a softmax, a transpose) takes in the runtime, where that "
                                           "is more than its memory traffic; absent: nothing")
+    swing: float = Field(default=1.0, ge=1, le=100, description="how much slower than when fastest the probe's shortest kernels ran (1 + their round medians' spread): the gate pads estimates by it; absent: 1")
     source: str = Field(min_length=3)
 
 

@@ -65,3 +65,24 @@ def test_iphone_coreml_artifact_is_estimated_at_its_precision(tmp_path):
     # the iPhone runs no fp32: the dense baseline is estimated at fp16 too
     assert lat.estimate["baseline_precision"] == "fp16" and lat.speedup == 1.0
     assert memory.peak_mb == round(peak_memory(onnx_file, [(1, 3, 32, 32)]).peak_bytes / 2 / 1e6, 4)
+
+
+def test_an_estimate_on_a_profile_whose_machine_swung_while_probed_must_clear_the_swing_too(tmp_path):
+    """A probe that saw its machine run up to 50% slower at times (a VM's slow-waking cores) makes every
+    estimate on the profile carry that spread: a budget the estimate clears by the margin alone fails, one
+    it clears by margin and swing passes; the ratio of two estimates on one profile is judged by the margin."""
+    from edgeprune.probe import write_profile
+
+    data = load_profile("jetson-orin-nano").model_dump(mode="json", exclude_none=True)
+    data.update(name="swingy", efficiency={**data["efficiency"], "swing": 1.5})
+    profile = tmp_path / "swingy.toml"
+    write_profile(data, profile)
+    report = build_report(BuildOptions(model=str(TINY), profile=str(profile), format="onnx", output=tmp_path / "b"))
+    lat = report["latency"]
+    assert lat["source"] == "estimated" and lat["spread"] == 0.5 and "up to 50% slower" in lat["note"]
+    est = lat["estimated_ms"]
+    measured = Report.from_dict(report).measurements()
+    margin_only = check_budgets(measured, Budgets(latency_ms=est * 1.3))[0]  # clears x 1.2, not x 1.2 x 1.5
+    assert margin_only.met is False and "x 1.80" in margin_only.note and "swung" in margin_only.note
+    assert check_budgets(measured, Budgets(latency_ms=est * 1.85))[0].met is True
+    assert check_budgets(measured, Budgets(latency_ratio=1.25))[0].met is True  # 1.0 x 1.2 <= 1.25

@@ -124,6 +124,15 @@ def test_an_undecided_measurement_is_taken_once_more_and_the_quieter_kept():
     kept = _measure_decisively(lambda: next(calls), Budgets(latency_ms=10))
     assert kept.median_ms == 9.2 and kept.remeasured == {"first_spread": 0.30, "second_spread": 0.05}
     assert check_budgets(Measurements(latency=kept), Budgets(latency_ms=10))[0].met is True
+    # a ratio budget is judged with the dense model's spread too: the quieter of the two counts it
+    dense_noisy = _latency({**MEASURED, "median_ms": 2.0, "spread": 0.05, "baseline_median_ms": 10.0,
+                            "baseline_spread": 3.0})
+    both_quiet = _latency({**MEASURED, "median_ms": 2.1, "spread": 0.08, "baseline_median_ms": 10.0,
+                           "baseline_spread": 0.1})
+    calls = iter([dense_noisy, both_quiet])
+    kept = _measure_decisively(lambda: next(calls), Budgets(latency_ratio=0.5))
+    assert kept.median_ms == 2.1 and kept.remeasured["second_baseline_spread"] == 0.1
+    assert check_budgets(Measurements(latency=kept), Budgets(latency_ratio=0.5))[0].met is True
     # a measurement that decides the budget is taken once, and so is one with no budget to decide
     for budgets in (Budgets(latency_ms=10), Budgets()):
         once = iter([quiet])

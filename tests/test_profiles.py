@@ -118,6 +118,8 @@ def test_probe_writes_a_valid_profile_of_this_machine(tmp_path):
     assert set(eff.compute_by_precision) >= {"fp32", "int8"} and set(eff.depthwise_ns_by_precision) == {"fp32", "int8"}
     assert set(eff.depthwise_channel_ns_by_precision) == {"fp32", "int8"}
     assert "depthwise convolutions" in eff.source
+    # how far the machine's speed swung while probed: the shortest kernels' round medians, over the calibration
+    assert eff.swing >= 1 and f"swing {eff.swing:g}" in eff.source and f"swing {eff.swing:g})" in proc.stderr
     # the probe writes the kernel classes of this machine, so the profile stands for it
     from edgeprune.host import this_host
     from edgeprune.measure.local import stand_in

@@ -104,7 +104,13 @@ def profiles_probe(output: Path, name: str | None, seconds: float, threads: int 
     if load is not None and load > 0.5:
         err.print(f"[yellow]warning:[/yellow] the machine was busy (load {load:.1f} per core): the calibrated "
                   "efficiency factors include that load; probe again when it is quiet")
+    swing = data["efficiency"].get("swing", 1.0)
+    if swing > 1.25:  # more than the estimator's own error on models it was not fitted to
+        err.print(f"[yellow]warning:[/yellow] this machine's speed swung while probed: a chain of short kernels ran "
+                  f"up to {swing - 1:.0%} slower than when fastest (cores slow to wake, as a VM's can be); budgets "
+                  "judged on estimates from this profile are padded by it: measure on the machine instead "
+                  "(--measure-here), or probe fewer --threads")
     err.print(f"wrote {output} ({data['name']}: fp32 {data['compute']['fp32']['dense_tops'] * 1e3:.1f} GFLOP/s, "
               f"int8 {data['compute']['int8']['dense_tops'] * 1e3:.1f} GOP/s, "
               f"{data['memory_bandwidth_gbs']['value']:.1f} GB/s; efficiency compute "
-              f"{data['efficiency']['compute']:g}, bandwidth {data['efficiency']['bandwidth']:g})")
+              f"{data['efficiency']['compute']:g}, bandwidth {data['efficiency']['bandwidth']:g}, swing {swing:g})")

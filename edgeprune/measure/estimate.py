@@ -168,3 +168,17 @@ def estimate_onnx(model: str | Path | onnx.ModelProto,
     ``runtime``: "onnxruntime" when ONNX Runtime runs the file (its fusions, not a compiler's).
     """
     return estimate_graph(lowered_graph(model, input_shapes, unfused, runtime), profile, precision)
+
+
+def estimate_spread(profile: Profile) -> float | None:
+    """Returns an estimate's spread on a profile: how much slower than its fastest the probe saw its machine run."""
+    swing = profile.efficiency.swing
+    return round(swing - 1, 4) if swing > 1 else None
+
+
+def swing_note(profile: Profile) -> str:
+    """Returns what an estimate's note says of its device's swing (empty for a steady one), ending in '; '."""
+    spread = estimate_spread(profile)
+    return "" if spread is None else (
+        f"while probed, this device ran up to {spread:.0%} slower than when fastest, so the gate pads the "
+        "estimate by that too; ")

@@ -22,6 +22,7 @@ from edgeprune.backends.onnx_tools.fusion import unfused_nodes
 from edgeprune.device.protocol import Device
 from edgeprune.gate import Budgets, latency_undecided
 from edgeprune.host import Host
+from edgeprune.measure.estimate import estimate_spread, swing_note
 from edgeprune.measure.local import (
     StandIn,
     local_device,
@@ -87,12 +88,13 @@ def latency_of(timing: Timing, artifact: Artifact, model: torch.nn.Module, input
         latency = _decisively(timing, lambda: measure_on_agent(timing, artifact, baseline, same_as_baseline, inputs))
     elif reason is None:
         latency = _decisively(timing, lambda: measure_here(timing, artifact, baseline, same_as_baseline, inputs, here))
-    elif mine is not None:  # no device: the estimate stands in, labelled
+    elif mine is not None:  # no device: the estimate stands in, labelled, with how far its device's speed swung
+        swung = swing_note(profile)
         return Latency(
             ESTIMATED, f"{profile.name}: {profile.description}", median_ms=mine, p90_ms=mine,
-            baseline_median_ms=dense, baseline_p90_ms=dense,
+            baseline_median_ms=dense, baseline_p90_ms=dense, spread=estimate_spread(profile),
             speedup=round(dense / mine, 4) if mine > 0 else None, inputs=shapes, **estimate,
-            note=f"estimated from profile {profile.name}, not measured: {reason}; "
+            note=f"estimated from profile {profile.name}, not measured: {reason}; {swung}"
                  "measure on the device with --device http://HOST:PORT (edgeprune agent serve)"), memory
     else:
         return Latency(UNAVAILABLE, profile.name, inputs=shapes, **estimate,
@@ -206,8 +208,14 @@ def remeasure_if_undecided(first: Latency, measure: Callable[[], Latency], budge
         return first
     second = measure()
     spreads = [float(m.spread or 0.0) for m in (first, second)]
-    kept = second if spreads[1] < spreads[0] else first
-    return replace(kept, remeasured={"first_spread": spreads[0], "second_spread": spreads[1]})
+    remeasured = {"first_spread": spreads[0], "second_spread": spreads[1]}
+    noise = list(spreads)
+    if budgets.latency_ratio is not None:  # a ratio is judged with the dense model's spread as well
+        dense = [float(m.baseline_spread or 0.0) for m in (first, second)]
+        remeasured.update(first_baseline_spread=dense[0], second_baseline_spread=dense[1])
+        noise = [mine + base for mine, base in zip(spreads, dense, strict=True)]
+    kept = second if noise[1] < noise[0] else first
+    return replace(kept, remeasured=remeasured)
 
 
 def measure_on_agent(timing: Timing, artifact: Artifact, baseline: Path, same_as_baseline: bool,

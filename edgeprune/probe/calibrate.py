@@ -103,6 +103,12 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     stats = time_side_by_side(runs, Protocol(warmup_s=seconds / 4, round_s=seconds / 4, min_rounds=rounds,
                                              max_rounds=2 * rounds))
     measured_ms = {key: stats[key].min_ms if statistic == "min" else stats[key].median_ms for key in stats}
+    # the chain of the shortest kernels (depthwise on the smallest maps) feels first when the machine's cores are
+    # slow to wake (a VM's vCPUs): its rounds, interleaved with every other run over the whole calibration, show
+    # how much slower than its fastest the machine ran at times (on a 2-vCPU VM: 1.8x, in windows seconds apart)
+    shortest = [key for key in graphs if key[1] == DEPTHWISE_INPUTS[-1]]
+    swing = round(1 + max(stats[key].spread for key in shortest), 3)
+    data["efficiency"]["swing"] = swing
     cnn = [key for key in graphs if key[1] in CALIBRATION_INPUTS]
     precisions = list(dict.fromkeys(k[0] for k in graphs))
     # one factor per precision over the sizes (and one over all, for the precisions not timed):
@@ -161,7 +167,9 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         f"int8 kernels "
         f"{data['efficiency'].get('layer_overhead_us_by_precision', {}).get('int8', '—')} us each (a chain of 32 "
         f"tiny QLinearConvs); bandwidth {data['efficiency']['bandwidth']:g} = "
-        f"{gemv:.1f} GB/s of a batch-1 MatMul over a 64 MiB weight / {copy_gbs:.1f} GB/s copy"
+        f"{gemv:.1f} GB/s of a batch-1 MatMul over a 64 MiB weight / {copy_gbs:.1f} GB/s copy; swing {swing:g}: "
+        f"the {DEPTHWISE_INPUTS[-1][1]}-channel {DEPTHWISE_INPUTS[-1][2]}x{DEPTHWISE_INPUTS[-1][3]} depthwise "
+        f"chain's round medians spread {swing - 1:.0%} over the {stats[shortest[0]].rounds} rounds of the calibration"
         f"{load_note()}")
     return calibrate_decoder(data, seconds, threads) if "int4" in data["precisions"] else data
 

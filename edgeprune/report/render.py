@@ -69,6 +69,8 @@ def render_markdown(report: dict) -> str:
             f"Latency ({lat.get('source')}, {lat.get('device')}): median {fmt(lat.get('median_ms'))} ms, "
             f"p90 {fmt(lat.get('p90_ms'))} ms over {fmt(lat.get('runs'))} runs"
             + (f", spread {lat['spread']:.1%}" if lat.get("spread") is not None else "")
+            + (" (how much slower than when fastest its device ran while probed)"
+               if lat.get("spread") is not None and lat.get("source") == "estimated" else "")
             + (f"; dense fp32 baseline {fmt(lat.get('baseline_median_ms'))} ms, speed-up {fmt(lat.get('speedup'), 3)}x"
                if lat.get("baseline_median_ms") else "")
             + ".",
