@@ -89,6 +89,11 @@ class Host:
         return f"{self.cpu} ({self.cores} cores, {self.system} {self.machine})"
 
     @property
+    def virtual(self) -> bool:
+        """Whether this is a virtual machine (its CPU flags name a hypervisor): its cores may at times not run."""
+        return "hypervisor" in self.flags
+
+    @property
     def is_x86(self) -> bool:
         return self.isa == "x86"
 

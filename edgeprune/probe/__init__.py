@@ -7,7 +7,7 @@ import re
 import time
 
 from edgeprune.errors import InputError
-from edgeprune.host import RELEVANT_FLAGS, memory_gb, this_host
+from edgeprune.host import RELEVANT_FLAGS, Host, memory_gb, this_host
 from edgeprune.probe.bench import (
     GEMM_SIZES,
     UNCALIBRATED,
@@ -23,14 +23,15 @@ __all__ = ["busy_load", "calibrate_efficiency", "probe_host", "write_profile"]
 
 
 def probe_host(name: str | None = None, seconds: float = 1.0, calibrate: bool = True,
-               threads: int | None = None) -> dict:
+               threads: int | None = None, host: Host | None = None) -> dict:
     """Returns profile data for this machine, every number measured here or read from the OS.
 
     With ``calibrate`` the estimator's efficiency factors are measured too (see
     ``calibrate_efficiency``); without, they are a rough 0.8 and say so. ``threads`` probes
     that many cores (all by default): a profile of the share of the machine a model gets.
+    ``host``: the machine probed (this one; tests say it is a virtual machine or not).
     """
-    host = this_host()
+    host = host or this_host()
     threads = threads or host.cores
     today = time.strftime("%Y-%m-%d")
     where = f"measured by `edgeprune profiles probe` on {host.description}, {today}"
@@ -70,4 +71,4 @@ def probe_host(name: str | None = None, seconds: float = 1.0, calibrate: bool = 
             "source": f"{where}: overhead from a chain of 64 tiny Add operators{UNCALIBRATED}",
         },
     }
-    return calibrate_efficiency(data, seconds, threads) if calibrate else data
+    return calibrate_efficiency(data, seconds, threads, host=host) if calibrate else data
