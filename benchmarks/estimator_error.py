@@ -226,7 +226,8 @@ def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tupl
                   f"{max(abs(r['error_probed']) for r in held):.0%} "
                   f"({sum(abs(r['error_probed']) <= HELD_OUT_BOUND for r in held)} of {len(held)} within)."]
     # what the gate promises: a budget passes on an estimate only if estimate x (1 + margin) x swing is within it
-    padded = (1 + Budgets().estimate_margin) * e.swing
+    margin = Budgets().estimate_margin
+    padded = (1 + margin) * e.swing
     false_pass = [f"{names[r['model']]} {r['variant']} ({r['passes_ms'][1]:.3f} ms > {r['estimated_ms'] * padded:.3f})"
                   for r in rows if r["passes_ms"][1] > r["estimated_ms"] * padded]  # its slowest pass, not the median
     lines += [
@@ -236,7 +237,7 @@ def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tupl
         + (", " + ", ".join(f"{w:g}" for w in probed["swings"][1:]) + " on the later passes' probes"
            if len(probed["swings"]) > 1 else "")
         + f". A budget judged on these estimates passes only if the estimate x {padded:.2f} (the gate's "
-        f"{Budgets().estimate_margin:.0%} margin and the first probe's swing) is within it; rows with a pass slower "
+        f"{margin:.0%} margin and the first probe's swing) is within it; rows with a pass slower "
         f"than that, which such a budget could pass falsely: "
         + (", ".join(false_pass) if false_pass else "none") + ".",
         "",

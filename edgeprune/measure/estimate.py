@@ -170,15 +170,11 @@ def estimate_onnx(model: str | Path | onnx.ModelProto,
     return estimate_graph(lowered_graph(model, input_shapes, unfused, runtime), profile, precision)
 
 
-def estimate_spread(profile: Profile) -> float | None:
-    """Returns an estimate's spread on a profile: how much slower than its fastest the probe saw its machine run."""
-    swing = profile.efficiency.swing
-    return round(swing - 1, 4) if swing > 1 else None
-
-
-def swing_note(profile: Profile) -> str:
-    """Returns what an estimate's note says of its device's swing (empty for a steady one), ending in '; '."""
-    spread = estimate_spread(profile)
-    return "" if spread is None else (
-        f"while probed, this device ran up to {spread:.0%} slower than when fastest, so the gate pads the "
-        "estimate by that too; ")
+def estimate_swing(profile: Profile) -> tuple[float | None, str]:
+    """Returns an estimate's spread on a profile (how much slower than when fastest the probe saw its machine
+    run; None for a steady one) and what the estimate's note says of it ('' or a clause ending in '; ')."""
+    spread = round(profile.efficiency.swing - 1, 4)
+    if spread <= 0:
+        return None, ""
+    return spread, (f"while probed, this device ran up to {spread:.0%} slower than when fastest, so the gate pads "
+                    "the estimate by that too; ")

@@ -17,7 +17,7 @@ from edgeprune.backends import Artifact
 from edgeprune.device.decode_loop import side_by_side
 from edgeprune.device.protocol import Device
 from edgeprune.errors import EdgepruneError
-from edgeprune.measure.estimate import estimate_spread, swing_note
+from edgeprune.measure.estimate import estimate_swing
 from edgeprune.measure.generation_estimate import (
     DecoderFacts,
     GenerationEstimate,
@@ -122,7 +122,7 @@ def generation_of(profile: Profile, artifact: Artifact, baseline: Artifact | Non
         return latency, memory, generation
     device = f"{profile.name}: {profile.description}"
     why = f"estimated from profile {profile.name}, not measured: {reason}"
-    swung, spread = swing_note(profile), estimate_spread(profile)
+    spread, swung = estimate_swing(profile)
     generation = Generation(ESTIMATED, device, **common, prefill_tokens_per_s=round(est.prefill_tokens_per_s, 3),
                             decode_tokens_per_s=round(est.decode_tokens_per_s, 3), ttft_ms=round(est.ttft_ms, 3),
                             decode_ms_median=round(est.decode_ms, 4), decode_ms_p90=round(est.decode_ms, 4),

@@ -22,7 +22,7 @@ from edgeprune.backends.onnx_tools.fusion import unfused_nodes
 from edgeprune.device.protocol import Device
 from edgeprune.gate import Budgets, latency_undecided
 from edgeprune.host import Host
-from edgeprune.measure.estimate import estimate_spread, swing_note
+from edgeprune.measure.estimate import estimate_swing
 from edgeprune.measure.local import (
     StandIn,
     local_device,
@@ -89,10 +89,10 @@ def latency_of(timing: Timing, artifact: Artifact, model: torch.nn.Module, input
     elif reason is None:
         latency = _decisively(timing, lambda: measure_here(timing, artifact, baseline, same_as_baseline, inputs, here))
     elif mine is not None:  # no device: the estimate stands in, labelled, with how far its device's speed swung
-        swung = swing_note(profile)
+        spread, swung = estimate_swing(profile)
         return Latency(
             ESTIMATED, f"{profile.name}: {profile.description}", median_ms=mine, p90_ms=mine,
-            baseline_median_ms=dense, baseline_p90_ms=dense, spread=estimate_spread(profile),
+            baseline_median_ms=dense, baseline_p90_ms=dense, spread=spread,
             speedup=round(dense / mine, 4) if mine > 0 else None, inputs=shapes, **estimate,
             note=f"estimated from profile {profile.name}, not measured: {reason}; {swung}"
                  "measure on the device with --device http://HOST:PORT (edgeprune agent serve)"), memory

@@ -89,25 +89,22 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
             if "int8" in data["compute"] and not between:  # int8 builds quantize layers, not these
                 models[("int8", shape)] = quantize_int8(fp32, Path(tmp) / f"cnn-{size}-int8.onnx",
                                                          data["int8_activation"], STEM_INPUT if stem else shape)
+        # a virtual machine's other cores may at times not run when a kernel hands them work: at worst its
+        # threads run short kernels no faster than one (seen here: a MobileNetV2 at two threads as slow as at one)
+        shortest = ("fp32", DEPTHWISE_INPUTS[-1])
+        one_thread = ("fp32 on one thread", DEPTHWISE_INPUTS[-1]) if host.virtual and threads > 1 else None
         for key, path in models.items():
             x_shape = STEM_INPUT if key[1] in STEMS else key[1]
             feed = {"x": np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)}
-            sess = onnx_runtime.session(path, threads)
-            runs[key] = (lambda s=sess, f=feed: s.run(None, f))
+            runs[key] = _run(path, threads, feed)
+            if one_thread and key == shortest:  # the same chain and input on one thread, in the same rounds
+                runs[one_thread] = _run(path, 1, feed)
             graphs[key] = lowered_graph(path, [x_shape], runtime=ONNXRUNTIME)  # grouped as ONNX Runtime runs it
             if key[1] not in CALIBRATION_INPUTS:  # the share of a run its products take, from ONNX Runtime's profiler
                 ops = onnx_runtime.op_times_ms(path, feed, threads, max(10, int(seconds * 20)))
                 # a stem's share holds the layout change before it (a real network pays it once, at its stem)
                 products = PRODUCT_OPS | ({"ReorderInput", "ReorderOutput"} if key[1] in STEMS else set())
                 product_share[key] = sum(v for op, v in ops.items() if op in products) / max(sum(ops.values()), 1e-9)
-        # a virtual machine's other cores may at times not run when a kernel hands them work: at worst its
-        # threads run short kernels no faster than one (seen here: a MobileNetV2 at two threads as slow as at one)
-        shortest = ("fp32", DEPTHWISE_INPUTS[-1])
-        one_thread = ("fp32 on one thread", DEPTHWISE_INPUTS[-1]) if host.virtual and threads > 1 else None
-        if one_thread:
-            sess = onnx_runtime.session(models[shortest], 1)
-            feed = {"x": np.random.default_rng(2).standard_normal(shortest[1]).astype(np.float32)}
-            runs[one_thread] = (lambda s=sess, f=feed: s.run(None, f))
     rounds = max(4, int(seconds * 8))
     stats = time_side_by_side(runs, Protocol(warmup_s=seconds / 4, round_s=seconds / 4, min_rounds=rounds,
                                              max_rounds=2 * rounds))
@@ -184,6 +181,12 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         f"{on_one_thread}"
         f"{load_note()}")
     return calibrate_decoder(data, seconds, threads) if "int4" in data["precisions"] else data
+
+
+def _run(path: Path, threads: int, feed: dict):
+    """Returns a call that runs the ONNX file once on ``threads`` threads (its session made now)."""
+    sess = onnx_runtime.session(path, threads)
+    return lambda: sess.run(None, feed)
 
 
 def calibrate_decoder(data: dict, seconds: float, threads: int) -> dict:
