@@ -131,7 +131,7 @@ def _judge(name: str, limit: float, value: float, estimated: bool, spread: float
     ``lower_is_better`` False judges a floor (tokens per second) instead of a ceiling.
     """
     shown = f" {unit}" if unit not in ("x dense", "") else ""
-    if estimated:  # an estimate's spread: how far its device's own speed swung while probed (profile's swing - 1)
+    if estimated:  # an estimate's spread: how much slower its device ran at times while probed (estimate_swing)
         sign, factor = ("<=", (1 + margin) * (1 + spread)) if lower_is_better else (">=", (1 - margin) / (1 + spread))
         padded = value * factor
         swung = (f" (the {margin:.0%} margin, and the {spread:.0%} the device's speed swung while probed)"

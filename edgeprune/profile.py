@@ -161,6 +161,7 @@ class Efficiency(_Strict):
         default_factory=dict, description="ns per element an operator between layers (an elementwise chain, a "
                                           "normalization, a softmax, a transpose) takes in the runtime, where that "
                                           "is more than its memory traffic; absent: nothing")
+    stall_us: float | None = Field(default=None, ge=0, le=1e6, description="how much longer than when fastest a kernel split over the threads took at times while probed (us; on a VM at worst as on one thread): the gate pads an estimate by it per kernel, up to the swing; absent: the swing alone")
     swing: float = Field(default=1.0, ge=1, le=100, description="how much slower than when fastest the probe's shortest kernels ran (1 + their rounds' spread; on a VM at least one thread's time over all threads'): the gate pads estimates by it; absent: 1")
     source: str = Field(min_length=3)
 

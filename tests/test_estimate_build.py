@@ -86,3 +86,29 @@ def test_an_estimate_on_a_profile_whose_machine_swung_while_probed_must_clear_th
     assert margin_only.met is False and "x 1.80" in margin_only.note and "swung" in margin_only.note
     assert check_budgets(measured, Budgets(latency_ms=est * 1.85))[0].met is True
     assert check_budgets(measured, Budgets(latency_ratio=1.25))[0].met is True  # 1.0 x 1.2 <= 1.25
+
+
+def test_an_estimate_is_padded_by_the_probed_cost_a_kernel_split_over_threads_can_take_when_less_than_the_swing(tmp_path):
+    """Where the probe also timed how much longer a kernel split over the threads took at times, an estimate's
+    spread is that cost times its kernels over its time, when less than the swing: a model of few long kernels is
+    not padded as much as one of many short ones; more than the swing, the swing bounds it."""
+    from edgeprune.probe import write_profile
+
+    data = load_profile("jetson-orin-nano").model_dump(mode="json", exclude_none=True)
+    spreads = {}
+    for name, stall_us in (("stalls", 2.0), ("stalls-a-lot", 1e5)):
+        data.update(name=name, efficiency={**data["efficiency"], "swing": 2.0, "stall_us": stall_us})
+        write_profile(data, tmp_path / f"{name}.toml")
+        report = build_report(BuildOptions(model=str(TINY), profile=str(tmp_path / f"{name}.toml"), format="onnx",
+                                           output=tmp_path / name))
+        lat = report["latency"]
+        spreads[name] = lat["spread"]
+        if name == "stalls":
+            kernels, est = lat["estimate"]["kernels"], lat["estimated_ms"]
+            assert kernels > 1 and lat["spread"] == round(2.0 * kernels / 1000 / est, 4) < 1.0
+            assert f"each of its {kernels} kernels took up to 2 us longer" in lat["note"]
+            measured = Report.from_dict(report).measurements()
+            padded = est * 1.2 * (1 + lat["spread"])
+            assert check_budgets(measured, Budgets(latency_ms=padded * 0.99))[0].met is False
+            assert check_budgets(measured, Budgets(latency_ms=padded * 1.01))[0].met is True
+    assert spreads["stalls-a-lot"] == 1.0  # the swing bounds it

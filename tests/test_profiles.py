@@ -120,6 +120,8 @@ def test_probe_writes_a_valid_profile_of_this_machine(tmp_path):
     assert "depthwise convolutions" in eff.source
     # how far the machine's speed swung while probed: the shortest kernels' round medians, over the calibration
     assert eff.swing >= 1 and f"swing {eff.swing:g}" in eff.source and f"swing {eff.swing:g})" in proc.stderr
+    # and what a kernel split over the threads cost at times, on the hand-off chain timed in the same rounds
+    assert eff.stall_us is not None and eff.stall_us >= 0 and f"stall {eff.stall_us:g} us" in eff.source
     # the probe writes the kernel classes of this machine, so the profile stands for it
     from edgeprune.host import this_host
     from edgeprune.measure.local import stand_in
@@ -147,4 +149,6 @@ def test_a_probe_of_a_virtual_machine_counts_on_its_threads_running_no_faster_th
     # (probed while the machine runs slow, two threads are no faster than one: the ratio is then near 1 or below)
     assert eff["swing"] >= max(1.0, float(found.group(1)) - 0.005)
     assert f"swing {eff['swing']:g}" in eff["source"]
+    # each hand-off kernel at worst as long as on one thread: its one-thread time, per kernel, is counted too
+    assert "stall" in eff["source"] and "(at worst: on one thread)" in eff["source"]
 

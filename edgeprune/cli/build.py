@@ -64,7 +64,7 @@ PLAN_OPTIONS = [
     click.option("--max-slice-drop", type=float,
                  help="Largest drop any one slice of the metric may take (evaluate() returns slice -> number; "
                       "a plain number is bad input, exit 2)."),
-    click.option("--estimate-margin", type=float, help="Margin an estimated latency must clear (default 0.2), times the profile's probed swing."),
+    click.option("--estimate-margin", type=float, help="Margin an estimated latency must clear (default 0.2), times 1 + the spread the probe saw (its per-kernel stall, up to its swing)."),
     click.option("--min-decode-tokens-per-s", type=float,
                  help="Causal LM: fewest tokens a second generated after the prompt (llama-bench's tg)."),
     click.option("--min-prefill-tokens-per-s", type=float,

@@ -107,7 +107,8 @@ def profiles_probe(output: Path, name: str | None, seconds: float, threads: int 
     swing = data["efficiency"].get("swing", 1.0)
     if swing > 1.25:  # more than the estimator's own error on models it was not fitted to
         err.print(f"[yellow]warning:[/yellow] this machine's speed swung while probed: a chain of short kernels ran "
-                  f"up to {swing - 1:.0%} slower than when fastest (cores slow to wake, as a VM's can be); budgets "
+                  f"up to {swing - 1:.0%} slower than when fastest (cores slow to wake, as a VM's can be), and a "
+                  f"kernel split over the threads up to {data['efficiency'].get('stall_us', 0):g} us longer; budgets "
                   "judged on estimates from this profile are padded by it: measure on the machine instead "
                   "(--measure-here), or probe fewer --threads")
     err.print(f"wrote {output} ({data['name']}: fp32 {data['compute']['fp32']['dense_tops'] * 1e3:.1f} GFLOP/s, "

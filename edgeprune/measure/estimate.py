@@ -170,11 +170,22 @@ def estimate_onnx(model: str | Path | onnx.ModelProto,
     return estimate_graph(lowered_graph(model, input_shapes, unfused, runtime), profile, precision)
 
 
-def estimate_swing(profile: Profile) -> tuple[float | None, str]:
-    """Returns an estimate's spread on a profile (how much slower than when fastest the probe saw its machine
-    run; None for a steady one) and what the estimate's note says of it ('' or a clause ending in '; ')."""
-    spread = round(profile.efficiency.swing - 1, 4)
+def estimate_swing(profile: Profile, kernels: int | None = None, ms: float | None = None) -> tuple[float | None, str]:
+    """Returns an estimate's spread on a profile (how much slower than when fastest its device may run; None for
+    a steady one) and what the estimate's note says of it ('' or a clause ending in '; ').
+
+    The probe's swing bounds it as one factor; where the probe also timed what a kernel split over the threads
+    cost at times (``stall_us``) and the estimate's ``kernels`` and ``ms`` are given, that cost for each kernel,
+    when less: a large model's long kernels hide it, a small one's do not.
+    """
+    eff = profile.efficiency
+    spread = round(eff.swing - 1, 4)
+    per_kernel = eff.stall_us is not None and kernels and ms and ms > 0
+    if per_kernel and eff.stall_us * kernels / 1000 / ms < spread:
+        spread = round(eff.stall_us * kernels / 1000 / ms, 4)
+        why = f"each of its {kernels} kernels took up to {eff.stall_us:g} us longer than when fastest"
+    else:
+        why = f"this device ran up to {spread:.0%} slower than when fastest"
     if spread <= 0:
         return None, ""
-    return spread, (f"while probed, this device ran up to {spread:.0%} slower than when fastest, so the gate pads "
-                    "the estimate by that too; ")
+    return spread, f"while probed, {why}, so the gate pads the estimate by {spread:.0%} too; "

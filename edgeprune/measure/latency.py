@@ -89,7 +89,7 @@ def latency_of(timing: Timing, artifact: Artifact, model: torch.nn.Module, input
     elif reason is None:
         latency = _decisively(timing, lambda: measure_here(timing, artifact, baseline, same_as_baseline, inputs, here))
     elif mine is not None:  # no device: the estimate stands in, labelled, with how far its device's speed swung
-        spread, swung = estimate_swing(profile)
+        spread, swung = estimate_swing(profile, estimate["estimate"].get("kernels"), mine)
         return Latency(
             ESTIMATED, f"{profile.name}: {profile.description}", median_ms=mine, p90_ms=mine,
             baseline_median_ms=dense, baseline_p90_ms=dense, spread=spread,

@@ -25,6 +25,8 @@ from edgeprune.probe.chains import (
     CALIBRATION_CNN,
     CALIBRATION_INPUTS,
     DEPTHWISE_INPUTS,
+    HANDOFF_INPUT,
+    HANDOFF_LAYERS,
     POINTWISE_EXPAND,
     POINTWISE_INPUTS,
     STEM_INPUT,
@@ -32,6 +34,7 @@ from edgeprune.probe.chains import (
     between_model,
     calibration_cnn,
     depthwise_model,
+    handoff_model,
     pointwise_model,
     stem_model,
 )
@@ -105,6 +108,14 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
                 # a stem's share holds the layout change before it (a real network pays it once, at its stem)
                 products = PRODUCT_OPS | ({"ReorderInput", "ReorderOutput"} if key[1] in STEMS else set())
                 product_share[key] = sum(v for op, v in ops.items() if op in products) / max(sum(ops.values()), 1e-9)
+        # kernels split over the threads, in the same rounds: how much longer each took at times (on a VM, at
+        # worst as long as on one thread); fitted to nothing, it pads estimates by a cost per kernel
+        handoff, handoff_one = ("fp32", HANDOFF_INPUT), ("fp32 on one thread", HANDOFF_INPUT)
+        onnx.save(handoff_model(), Path(tmp) / "handoff.onnx")
+        feed = {"x": np.random.default_rng(2).standard_normal(HANDOFF_INPUT).astype(np.float32)}
+        runs[handoff] = _run(Path(tmp) / "handoff.onnx", threads, feed)
+        if one_thread:
+            runs[handoff_one] = _run(Path(tmp) / "handoff.onnx", 1, feed)
     rounds = max(4, int(seconds * 8))
     stats = time_side_by_side(runs, Protocol(warmup_s=seconds / 4, round_s=seconds / 4, min_rounds=rounds,
                                              max_rounds=2 * rounds))
@@ -115,6 +126,10 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     seen = 1 + max(stats[key].spread for key in graphs if key[1] == DEPTHWISE_INPUTS[-1])
     worst = stats[one_thread].median_ms / stats[shortest].median_ms if one_thread else 1.0
     data["efficiency"]["swing"] = swing = round(max(seen, worst), 3)
+    kernel_ms = [stats[handoff].spread * stats[handoff].median_ms]  # its slowest round over its fastest
+    if one_thread:
+        kernel_ms.append(stats[handoff_one].median_ms - stats[handoff].median_ms)
+    data["efficiency"]["stall_us"] = stall = round(max(0.0, *kernel_ms) * 1000 / HANDOFF_LAYERS, 2)
     on_one_thread = f", and on this virtual machine it ran {worst:.2f} times as long on one thread as on {threads}" \
         if one_thread else ""
     cnn = [key for key in graphs if key[1] in CALIBRATION_INPUTS]
@@ -178,7 +193,9 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         f"{gemv:.1f} GB/s of a batch-1 MatMul over a 64 MiB weight / {copy_gbs:.1f} GB/s copy; swing {swing:g}: "
         f"the {DEPTHWISE_INPUTS[-1][1]}-channel {DEPTHWISE_INPUTS[-1][2]}x{DEPTHWISE_INPUTS[-1][3]} depthwise "
         f"chain's round medians spread {seen - 1:.0%} over the {stats[shortest].rounds} rounds of the calibration"
-        f"{on_one_thread}"
+        f"{on_one_thread}; stall {stall:g} us: how much longer than when fastest each of {HANDOFF_LAYERS} 1x1 "
+        f"convolutions ({HANDOFF_INPUT[1]} channels at {HANDOFF_INPUT[2]}x{HANDOFF_INPUT[3]}, split over the threads) "
+        f"took at times{' (at worst: on one thread)' if one_thread else ''}"
         f"{load_note()}")
     return calibrate_decoder(data, seconds, threads) if "int4" in data["precisions"] else data
 

@@ -22,6 +22,12 @@ STEMS = ((32, 3, 2), (16, 5, 2))  # out channels, kernel, stride
 # A depthwise layer's cost per output and per channel plane is fitted on chains of four 3x3 depthwise convs with
 # ReLU (the second of stride 2) on wide (64 channels at 112x112), middle (256 at 28x28) and small maps (960 at 5x5).
 DEPTHWISE_INPUTS = ((1, 64, 112, 112), (1, 256, 28, 28), (1, 960, 5, 5))
+# What handing a kernel's work to the other threads can cost at times is timed on a chain of sixteen 1x1
+# convolutions, 96 channels at 20x20: large enough that ONNX Runtime splits each over its threads, small enough
+# (about 35 us each on two AVX-512 cores) that the hand-off is a visible share. On a 2-vCPU VM, in its slow
+# spells, each such kernel took 20-27 us longer (a MatMul chain too), whatever its size.
+HANDOFF_INPUT = (1, 96, 20, 20)
+HANDOFF_LAYERS = 16
 # The pointwise convolutions the per-output cost of every one-group convolution is fitted on: chains
 # of 1x1 convolutions with ReLU that expand six times and project back, as a mobile network's inverted
 # residuals do, at two widths (16 channels at 80x80, 32 at 40x40): they reduce over so few channels
@@ -88,6 +94,12 @@ def pointwise_model(shape: tuple[int, ...]) -> onnx.ModelProto:
     """Returns 1x1 convolutions with ReLU that expand an input's channels and project them back, twice, fp32."""
     c, wide = shape[1], shape[1] * POINTWISE_EXPAND
     return _conv_chain("calibration_pointwise", shape, [(c, wide, 1, 1), (wide, c, 1, 1)] * 2, 7, kernel=1)
+
+
+def handoff_model() -> onnx.ModelProto:
+    """Returns the hand-off chain: ``HANDOFF_LAYERS`` 1x1 convolutions with ReLU at ``HANDOFF_INPUT``, fp32."""
+    c = HANDOFF_INPUT[1]
+    return _conv_chain("calibration_handoff", HANDOFF_INPUT, [(c, c, 1, 1)] * HANDOFF_LAYERS, 11, kernel=1)
 
 
 def between_model(shape: tuple[int, ...]) -> onnx.ModelProto:
