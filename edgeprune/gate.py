@@ -18,6 +18,12 @@ GENERATION_BUDGETS = {
 }
 
 
+# The estimator is held to 25% of measurement on models it was not fitted to (benchmarks/estimator_error.py): an
+# estimate that far below its measurement clears a budget the device misses unless it is padded by 1 / (1 - 0.25).
+ESTIMATE_ERROR_BOUND = 0.25
+DEFAULT_ESTIMATE_MARGIN = round(1 / (1 - ESTIMATE_ERROR_BOUND) - 1, 4)
+
+
 @dataclass(frozen=True)
 class Budgets:
     """Limits a build must meet. None means no limit."""
@@ -27,7 +33,7 @@ class Budgets:
     max_size_mb: float | None = None
     max_memory_mb: float | None = None
     max_accuracy_drop: float | None = None
-    estimate_margin: float = 0.2
+    estimate_margin: float = DEFAULT_ESTIMATE_MARGIN
     # the artifact's latency over the dense model's, both measured in the same run (0.5: twice as fast)
     latency_ratio: float | None = None
     # the largest drop any one slice of the metric may take (evaluate returns slice -> number)
@@ -132,7 +138,9 @@ def _judge(name: str, limit: float, value: float, estimated: bool, spread: float
     """
     shown = f" {unit}" if unit not in ("x dense", "") else ""
     if estimated:  # an estimate's spread: how much slower its device ran at times while probed (estimate_swing)
-        sign, factor = ("<=", (1 + margin) * (1 + spread)) if lower_is_better else (">=", (1 - margin) / (1 + spread))
+        # a rate divides by the time: a floor is cleared by the estimate over the factor a time is padded by
+        pad = (1 + margin) * (1 + spread)
+        sign, factor = ("<=", pad) if lower_is_better else (">=", 1 / pad)
         padded = value * factor
         swung = (f" (the {margin:.0%} margin, and the {spread:.0%} the device's speed swung while probed)"
                  if spread else "")

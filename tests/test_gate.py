@@ -27,10 +27,13 @@ def test_measured_latency_against_median_and_p90():
 
 def test_estimated_latency_must_clear_the_margin():
     est = {**MEASURED, "source": "estimated", "spread": None}
-    # 10 ms estimated, budget 11 ms: inside the 20% margin, so it cannot pass
+    # 10 ms estimated, budget 11 ms: inside the margin, so it cannot pass
     res = check_budgets(_measured(est), Budgets(latency_ms=11))[0]
     assert res.met is False and "estimated" in res.note
-    assert check_budgets(_measured(est), Budgets(latency_ms=12.5))[0].met is True
+    # nor 12.5 ms: the device may run 12.5 ms or more when the estimate is 20% below it, and the estimator is held
+    # to 25% of measurement on models it was not fitted to: by default an estimate must clear 1 / (1 - 0.25)
+    assert check_budgets(_measured(est), Budgets(latency_ms=12.5))[0].met is False
+    assert check_budgets(_measured(est), Budgets(latency_ms=13.4))[0].met is True
     assert check_budgets(_measured(est), Budgets(latency_ms=11, estimate_margin=0.05))[0].met is True
 
 
@@ -62,8 +65,8 @@ def test_a_latency_ratio_is_the_artifact_over_the_dense_model_timed_with_it():
     assert res.met is False and res.note.startswith("undecided")
     # estimated ratios must clear the margin, as estimated milliseconds do
     est = {**SIDE_BY_SIDE, "source": "estimated", "spread": None}
-    assert check_budgets(_measured(est), Budgets(latency_ratio=0.45))[0].met is False
-    assert check_budgets(_measured(est), Budgets(latency_ratio=0.5))[0].met is True
+    assert check_budgets(_measured(est), Budgets(latency_ratio=0.5))[0].met is False  # 0.4 x 1.33 > 0.5
+    assert check_budgets(_measured(est), Budgets(latency_ratio=0.55))[0].met is True
 
 
 def test_a_latency_ratio_without_the_dense_model_timed_beside_it_is_unproven():
@@ -164,9 +167,10 @@ def test_tokens_per_second_are_a_floor_judged_with_their_noise_or_the_margin():
     # (300 / 2.2 = 136); a floor of 200 is inside the band and undecided
     assert check_budgets(gen("measured", 300, 1.2), Budgets(min_decode_tokens_per_s=1))[0].met is True
     assert check_budgets(gen("measured", 300, 1.2), Budgets(min_decode_tokens_per_s=200))[0].undecided
-    # an estimate must clear the floor by the margin: 24 x 0.8 < 20 fails, 26 x 0.8 > 20 passes
-    assert check_budgets(gen("estimated", 24), floor)[0].met is False
-    assert check_budgets(gen("estimated", 26), floor)[0].met is True
+    # an estimate must clear the floor by the margin, as the time it divides by: 26 / 1.33 < 20 fails,
+    # 27 / 1.33 > 20 passes
+    assert check_budgets(gen("estimated", 26), floor)[0].met is False
+    assert check_budgets(gen("estimated", 27), floor)[0].met is True
     ttft = check_budgets(gen("measured", 25, 0.0), Budgets(max_ttft_ms=400))[0]
     assert ttft.name == "ttft_ms" and ttft.met is False and ttft.value == 500.0
     unproven = check_budgets(Measurements(), floor)[0]

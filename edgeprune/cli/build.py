@@ -8,7 +8,7 @@ import click
 
 from edgeprune.cli.common import csv, emit_json, err, out, progress
 from edgeprune.errors import BudgetMissed
-from edgeprune.gate import missed_budgets
+from edgeprune.gate import DEFAULT_ESTIMATE_MARGIN, missed_budgets
 from edgeprune.vocabulary import AUTO, FORMATS, MAX_CONTEXT, MAX_RECOVER_STEPS, QUANTIZE, STRATEGIES
 
 STRATEGY_CHOICE = click.Choice([AUTO, *STRATEGIES])
@@ -64,7 +64,7 @@ PLAN_OPTIONS = [
     click.option("--max-slice-drop", type=float,
                  help="Largest drop any one slice of the metric may take (evaluate() returns slice -> number; "
                       "a plain number is bad input, exit 2)."),
-    click.option("--estimate-margin", type=float, help="Margin an estimated latency must clear (default 0.2), times 1 + the spread the probe saw (its per-kernel stall, up to its swing)."),
+    click.option("--estimate-margin", type=float, help="Margin an estimated latency must clear (default 0.3333: an estimate within the 25% its estimator is held to may be that far below the measurement), times 1 + the spread the probe saw (its per-kernel stall, up to its swing)."),
     click.option("--min-decode-tokens-per-s", type=float,
                  help="Causal LM: fewest tokens a second generated after the prompt (llama-bench's tg)."),
     click.option("--min-prefill-tokens-per-s", type=float,
@@ -227,7 +227,7 @@ def sweep_cmd(model: str, profile: str, output: Path, strategies: str, sparsitie
 @click.option("--min-decode-tokens-per-s", type=float)
 @click.option("--min-prefill-tokens-per-s", type=float)
 @click.option("--max-ttft-ms", type=float)
-@click.option("--estimate-margin", type=float, default=0.2, show_default=True)
+@click.option("--estimate-margin", type=float, default=DEFAULT_ESTIMATE_MARGIN, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def check(report_path: Path, as_json: bool, **limits) -> None:
     """Re-check a stored report.json (or build folder) against budgets; exit 3 if one is missed.
