@@ -218,8 +218,9 @@ def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tupl
            "median with the estimate on the probe taken just before it (the median over the passes): the estimator's "
            "error with a profile of the machine as it ran in those minutes, as a device of its own would be profiled. "
            if probed["reprobed"] else "The last column is the median of the passes' errors on the given profile. ")
-        + "The bounds are judged on both error columns. The probe's hand-off chain (sixteen 1x1 convolutions, 96 "
-        "channels at 20x20, each split over the threads) is timed beside every model too: 'stall beside' is how much "
+        + "The bounds are judged on both error columns. The probe's hand-off chain "
+        f"({HANDOFF_LAYERS} 1x1 convolutions, {HANDOFF_INPUT[1]} channels at {HANDOFF_INPUT[2]}x{HANDOFF_INPUT[3]}, "
+        "each split over the threads) is timed beside every model too: 'stall beside' is how much "
         "longer than at its fastest in this run each of its kernels took then (the median over the passes), and the "
         "last column adds that stall to the estimate for each of the model's kernels (the estimator's error had it "
         "known the host's state in those seconds; shown, not judged).",
