@@ -14,7 +14,10 @@ make), measured and estimated the same way; both are reported. Beside every mode
 pass, the probe's own calibration CNN is timed too: how its time moved since the probe says how far
 the host drifted. The machine is probed again before every pass after the first, and a second error
 column compares each pass with the estimate on its own probe (a profile of the machine as it ran in
-those minutes); the bounds are judged on both columns. Each probe's swing (how much slower than when
+those minutes). The probe's hand-off chain is timed last in every cycle of rounds: a model's round between
+two of its rounds that ran near its fastest is quiet, and the bounds are judged on each row's quiet rounds
+(the estimator against the host while it was quiet; over all rounds and on each pass's probe is shown
+beside it). Each probe's swing (how much slower than when
 fastest its machine ran a chain of short kernels) is reported, with the rows a budget judged on the
 estimates could pass falsely (a pass slower than the estimate padded by the gate's margin and the
 swing). The table and the machine it ran on
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -44,6 +48,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
 from held_out_models import HELD_OUT, export_held_out  # noqa: E402
+from quiet import MIN_QUIET_ROUNDS, QUIET, QUIET_TRIES, quiet_limit, quiet_runs  # noqa: E402
 from writeup import machine, write_section  # noqa: E402
 
 from edgeprune.backends.onnx_tools.fusion import unfused_nodes  # noqa: E402
@@ -51,7 +56,7 @@ from edgeprune.gate import ESTIMATE_ERROR_BOUND, Budgets  # noqa: E402
 from edgeprune.host import this_host  # noqa: E402
 from edgeprune.measure.estimate import estimate_onnx, estimate_swing  # noqa: E402
 from edgeprune.measure.graph import ONNXRUNTIME  # noqa: E402
-from edgeprune.measure.local import measure_onnx_files  # noqa: E402
+from edgeprune.measure.local import onnx_runs  # noqa: E402
 from edgeprune.probe import probe_host, write_profile  # noqa: E402
 from edgeprune.probe.bench import memory_bandwidth_gbs  # noqa: E402
 from edgeprune.probe.chains import (  # noqa: E402
@@ -62,6 +67,7 @@ from edgeprune.probe.chains import (  # noqa: E402
     handoff_model,
 )
 from edgeprune.profile import load_profile_file  # noqa: E402
+from edgeprune.timing import round_stats, timed_rounds  # noqa: E402
 
 SECTION = "## Roofline estimator error"
 BOUND = 0.20
@@ -69,8 +75,8 @@ HELD_OUT_BOUND = ESTIMATE_ERROR_BOUND  # what the gate's default margin covers
 REFERENCE = "reference"  # the probe's calibration CNN, timed beside each model
 HANDOFF = "handoff"  # the probe's hand-off chain (1x1 convolutions split over the threads), timed beside each model
 HEADER = ("| model | variant | GFLOP | fused kernels | measured ms (passes' range) | speed-up | estimated ms | error "
-          "| host | error on each pass's own probe | stall beside (us) | error with it |")
-RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|"
+          "| host | error on each pass's own probe | stall beside (us) | quiet ms (rounds) | error quiet |")
+RULE = "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 MODELS = {"digits": "digits CNN (32x32, 64/128/256 channels)", "resnet": "ResNet-18-shaped CNN (224x224)"}
 
 
@@ -117,7 +123,9 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
     reference_est = estimate_onnx(reference, [CALIBRATION_INPUTS[0]], profile, runtime=ONNXRUNTIME).ms
     onnx.save(handoff_model(), workdir / "handoff.onnx")
     handoff_ms: dict[str, list[float]] = {}  # per model, per pass: the hand-off chain's median beside it
+    handoff_rounds: dict[str, list[list[float]]] = {}  # per model, per pass: the chain's round medians beside it
     timed: dict[tuple[str, str], list] = {}
+    timed_rounds_: dict[tuple[str, str], list] = {}  # per row, per pass: its rounds' run times
     drift: dict[str, list[float]] = {}  # per model, per pass: the reference's measured / estimated ms
     gauges = []  # the host's memory bandwidth before each pass and after the last: how far it drifted
     pass_profiles = []  # the profile each pass's measurements are estimated on too
@@ -125,15 +133,34 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
         pass_profiles.append(load_profile_file(probe(f"probed-pass{i}")) if reprobe and i else profile)
         gauges.append(memory_bandwidth_gbs(1.0))
         for model, _held, paths, x in models:
-            stats = time_beside_reference(paths, x, reference, workdir / "handoff.onnx", threads)
-            drift.setdefault(model, []).append(stats.pop(REFERENCE).median_ms / reference_est)
-            handoff_ms.setdefault(model, []).append(stats.pop(HANDOFF).median_ms)
-            for variant, variant_stats in stats.items():
-                timed.setdefault((model, variant), []).append(variant_stats)
+            rounds = time_beside_reference(paths, x, reference, workdir / "handoff.onnx", threads)
+            drift.setdefault(model, []).append(round_stats(rounds.pop(REFERENCE)).median_ms / reference_est)
+            chain = rounds.pop(HANDOFF)
+            handoff_ms.setdefault(model, []).append(round_stats(chain).median_ms)
+            handoff_rounds.setdefault(model, []).append([statistics.median(r) for r in chain])
+            for variant, variant_rounds in rounds.items():
+                timed.setdefault((model, variant), []).append(round_stats(variant_rounds))
+                timed_rounds_.setdefault((model, variant), []).append(variant_rounds)
     gauges.append(memory_bandwidth_gbs(1.0))
+    # a model with too few quiet rounds (the host in a slow spell through its passes) is timed again, in turn with
+    # the others (a spell lasts seconds to minutes), up to QUIET_TRIES times, for its quiet rounds only (its other
+    # columns keep the passes')
+    retimed: dict[str, int] = {}
+    for _ in range(QUIET_TRIES):
+        for model, _held, paths, x in models:
+            if all(len(quiet_runs(timed_rounds_[(model, v)], handoff_rounds[model], quiet_limit(handoff_rounds))[0])
+                   >= MIN_QUIET_ROUNDS for v in paths):
+                continue
+            retimed[model] = retimed.get(model, 0) + 1
+            rounds = time_beside_reference(paths, x, reference, workdir / "handoff.onnx", threads)
+            rounds.pop(REFERENCE)
+            handoff_rounds[model].append([statistics.median(r) for r in rounds.pop(HANDOFF)])
+            for variant, variant_rounds in rounds.items():
+                timed_rounds_[(model, variant)].append(variant_rounds)
     # how much longer than at its fastest in this run each hand-off kernel took beside a model, in ms
     fastest = min(min(v) for v in handoff_ms.values())
     stalls = {m: [max(0.0, v - fastest) / HANDOFF_LAYERS for v in ms] for m, ms in handoff_ms.items()}
+    quiet_ms = quiet_limit(handoff_rounds)
     rows = []
     for model, held_out, paths, x in models:
         for variant, path in paths.items():
@@ -147,26 +174,54 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
             probed_pass = statistics.median(
                 estimate_onnx(path, [tuple(x.shape)], pp, unfused=unfused, runtime=ONNXRUNTIME).ms / m
                 for pp, m in zip(pass_profiles, per_pass, strict=True)) - 1
-            # each pass's median against the estimate plus, for each kernel, the hand-off's stall timed beside it
-            beside = statistics.median((est.ms + stall * len(est.kernels)) / m - 1
-                                       for stall, m in zip(stalls[model], per_pass, strict=True))
+            quiet, total = quiet_runs(timed_rounds_[(model, variant)], handoff_rounds[model], quiet_ms)
+            quiet_measured = statistics.median(t for r in quiet for t in r) if len(quiet) >= MIN_QUIET_ROUNDS else None
             rows.append({"model": model, "variant": variant, "gflops": est.flops / 1e9, "kernels": len(est.kernels),
                          "unfused": est.unfused_layers, "measured_ms": measured,
                          "passes_ms": (medians[0], medians[-1]), "host": statistics.median(drift[model]),
                          "estimated_ms": est.ms, "error": est.ms / measured - 1, "error_probed": probed_pass,
-                         "stall_us": statistics.median(stalls[model]) * 1000, "error_beside": beside,
+                         "stall_us": statistics.median(stalls[model]) * 1000, "quiet_ms": quiet_measured,
+                         "quiet_rounds": (len(quiet), total),
+                         "error_quiet": None if quiet_measured is None else est.ms / quiet_measured - 1,
                          "held_out": held_out})
     return rows, {"profile": profile, "path": profile_path, "gauges": gauges, "reprobed": reprobe,
-                  "swings": [pp.efficiency.swing for pp in pass_profiles],
+                  "retimed": retimed, "quiet_ms": quiet_ms,
+                  "swings": [pp.efficiency.swing for pp in pass_profiles], "profiles": pass_profiles,
                   "stalls": [pp.efficiency.stall_us for pp in pass_profiles]}
 
 
 def time_beside_reference(paths: dict[str, Path], x, reference: Path, handoff: Path, threads: int | None) -> dict:
-    """Returns the latency statistics of a model's variants, the reference CNN and the hand-off chain, side by side."""
+    """Returns the run times, round by round, of a model's variants, the reference CNN and the hand-off chain,
+    timed side by side with the build's protocol (the hand-off chain last in every cycle of rounds)."""
     def feed(shape):
         return [torch.from_numpy(np.random.default_rng(2).standard_normal(shape).astype(np.float32))]
-    return measure_onnx_files({**paths, REFERENCE: reference, HANDOFF: handoff}, [x], threads,
-                              other_inputs={REFERENCE: feed(CALIBRATION_INPUTS[0]), HANDOFF: feed(HANDOFF_INPUT)})
+    return timed_rounds(onnx_runs({**paths, REFERENCE: reference, HANDOFF: handoff}, [x], threads,
+                                  other_inputs={REFERENCE: feed(CALIBRATION_INPUTS[0]), HANDOFF: feed(HANDOFF_INPUT)}))
+
+
+def quiet_cell(row: dict) -> str:
+    """Returns a row's quiet measurement as a table cell."""
+    quiet, total = row["quiet_rounds"]
+    return f"{row['quiet_ms']:.3f} ({quiet} of {total})" if row["quiet_ms"] is not None else f"none ({quiet} of {total})"
+
+
+def quiet_error_cell(row: dict, bound: float) -> str:
+    """Returns a row's error on its quiet measurement as a table cell, marked where over the bound."""
+    if row["error_quiet"] is None:
+        return "**no quiet rounds**"
+    return f"{row['error_quiet']:+.0%}" + ("" if abs(row["error_quiet"]) <= bound else f" **over {bound:.0%}**")
+
+
+def worst_quiet(rows: list[dict]) -> str:
+    """Returns the largest error on the rows' quiet measurements ('no quiet rounds' where a row had none)."""
+    if any(r["error_quiet"] is None for r in rows):
+        return "none: a row had no quiet rounds"
+    return f"{max(abs(r['error_quiet']) for r in rows):.0%}"
+
+
+def within_quiet(rows: list[dict], bound: float) -> int:
+    """Returns how many rows are within the bound on their quiet measurement."""
+    return sum(r["error_quiet"] is not None and abs(r["error_quiet"]) <= bound for r in rows)
 
 
 def section_heading() -> str:
@@ -218,12 +273,17 @@ def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tupl
            "median with the estimate on the probe taken just before it (the median over the passes): the estimator's "
            "error with a profile of the machine as it ran in those minutes, as a device of its own would be profiled. "
            if probed["reprobed"] else "The last column is the median of the passes' errors on the given profile. ")
-        + "The bounds are judged on both error columns. The probe's hand-off chain "
+        + "The probe's hand-off chain "
         f"({HANDOFF_LAYERS} 1x1 convolutions, {HANDOFF_INPUT[1]} channels at {HANDOFF_INPUT[2]}x{HANDOFF_INPUT[3]}, "
-        "each split over the threads) is timed beside every model too: 'stall beside' is how much "
-        "longer than at its fastest in this run each of its kernels took then (the median over the passes), and the "
-        "last column adds that stall to the estimate for each of the model's kernels (the estimator's error had it "
-        "known the host's state in those seconds; shown, not judged).",
+        "each split over the threads) is timed beside every model too, last in every cycle of rounds: 'stall beside' "
+        "is how much longer than at its fastest in this run each of its kernels took then (the median over the "
+        "passes). A round of a model is quiet when the chain's rounds on either side of it ran within "
+        f"{QUIET:.0%} of the chain's fastest round in the run (in the host's slow spells it runs half as slow again "
+        "or more); 'quiet ms' is the median of a row's runs in its quiet rounds (how many of its rounds were quiet), "
+        f"none when fewer than {MIN_QUIET_ROUNDS}. **The bounds are judged on the last column**, the estimate "
+        "against the model's time on the host while it was quiet, as the estimator would be judged on a quiet "
+        "machine; the error over all rounds and on each pass's own probe are shown beside it, and the gate's "
+        "padding (below) is judged against every pass.",
         "",
         HEADER, RULE,
     ]
@@ -235,8 +295,7 @@ def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tupl
                        f"{r['measured_ms']:.3f} ({r['passes_ms'][0]:.3f}-{r['passes_ms'][1]:.3f}) | {dense[r['model']] / r['measured_ms']:.2f}x | "
                        f"{r['estimated_ms']:.3f} | {r['error']:+.0%}{mark} | {r['host']:.2f} | {r['error_probed']:+.0%}"
                        + ("" if abs(r["error_probed"]) <= bound else f" **over {bound:.0%}**")
-                       + f" | {r['stall_us']:.1f} | {r['error_beside']:+.0%}"
-                       + ("" if abs(r["error_beside"]) <= bound else f" **over {bound:.0%}**") + " |")
+                       + f" | {r['stall_us']:.1f} | {quiet_cell(r)} | {quiet_error_cell(r, bound)} |")
         return out
 
     lines += table(fitted, BOUND)
@@ -247,13 +306,20 @@ def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tupl
                   "transformers; layers ONNX Runtime leaves unfused are charged as fp32 "
                   f"({sum(r['unfused'] for r in held)} such layers in this set):", "",
                   HEADER, RULE, *table(held, HELD_OUT_BOUND), "",
-                  f"Largest error on the held-apart set: {held_worst:.0%} "
-                  f"({sum(abs(r['error']) <= HELD_OUT_BOUND for r in held)} of {len(held)} within "
-                  f"{HELD_OUT_BOUND:.0%}); on each pass's own probe "
-                  f"{max(abs(r['error_probed']) for r in held):.0%} "
-                  f"({sum(abs(r['error_probed']) <= HELD_OUT_BOUND for r in held)} of {len(held)} within); with the "
-                  f"hand-off's stall timed beside {max(abs(r['error_beside']) for r in held):.0%} "
-                  f"({sum(abs(r['error_beside']) <= HELD_OUT_BOUND for r in held)} of {len(held)} within)."]
+                  f"Largest error on the held-apart set while the host was quiet (judged): {worst_quiet(held)} "
+                  f"({within_quiet(held, HELD_OUT_BOUND)} of {len(held)} within {HELD_OUT_BOUND:.0%}); over all "
+                  f"rounds {held_worst:.0%} ({sum(abs(r['error']) <= HELD_OUT_BOUND for r in held)} of {len(held)} "
+                  f"within); on each pass's own probe {max(abs(r['error_probed']) for r in held):.0%} "
+                  f"({sum(abs(r['error_probed']) <= HELD_OUT_BOUND for r in held)} of {len(held)} within)."]
+    retimed = ", ".join(f"{names[m]} {n} time(s)" for m, n in probed["retimed"].items())
+    fits = [re.search(r"fitted to (the \d+ of \d+ rounds|every round: in only \d+ of \d+)", pp.efficiency.source)
+            for pp in probed["profiles"]]
+    lines += ["", f"Quiet: a hand-off chain round within {probed['quiet_ms']:.3f} ms on either side of a model's round "
+              f"(its fastest in the run x {1 + QUIET:g}). Timed again for quiet rounds, after the passes (counted in "
+              f"the rounds column only): {retimed or 'none'}. The probes fitted the estimator to the rounds of their "
+              "calibration in which the machine was quiet, the same way: "
+              + ", ".join(("to " + f[1].replace("the ", "", 1) if f[1].startswith("the") else
+                           f"to every round ({f[1].split('only ')[1]} quiet)") if f else "not said" for f in fits) + "."]
     # what the gate promises: a budget passes on an estimate only if estimate x (1 + margin) x (1 + its spread) is
     # within it, the spread the probe's stall for each of its kernels, up to its swing
     margin = Budgets().estimate_margin
@@ -277,8 +343,9 @@ def render(rows: list[dict], probed: dict, threads: int, passes: int, load: tupl
         f"than that, which such a budget could pass falsely: "
         + (", ".join(false_pass) if false_pass else "none") + ".",
         "",
-        f"Largest error on the fitted models: {worst:.0%}, on each pass's own probe "
-        f"{max(abs(r['error_probed']) for r in fitted):.0%} (bound: {BOUND:.0%}). The efficiency factors are calibrated by the probe on its "
+        f"Largest error on the fitted models while the host was quiet (judged): {worst_quiet(fitted)} "
+        f"({within_quiet(fitted, BOUND)} of {len(fitted)} within {BOUND:.0%}); over all rounds {worst:.0%}, on each "
+        f"pass's own probe {max(abs(r['error_probed']) for r in fitted):.0%}. The efficiency factors are calibrated by the probe on its "
         "own 7-layer 3x3-conv CNN at 64x64 and 192x192 inputs, one factor per precision (the geometric mean "
         "over the two sizes), with int8 kernels' own fixed cost from a chain of tiny QLinearConvs, and the "
         "per-output cost of every convolution fitted to chains of 1x1 convolutions of its own (16 channels at "

@@ -106,6 +106,36 @@ def time_callable(fn: Callable[[], object], protocol: Protocol | None = None) ->
     return time_side_by_side({"x": fn}, protocol)["x"]
 
 
+def timed_rounds(
+    fns: dict[str, Callable[[], object]], protocol: Protocol | None = None
+) -> dict[str, list[list[float]]]:
+    """Returns each callable's run times in ms, round by round, timed in interleaved rounds until every
+    callable's median settles: round i of each callable ran between round i - 1 and round i + 1 of the others."""
+    p = protocol or Protocol()
+    for fn in fns.values():
+        _warmup(fn, p.warmup_s)
+    rounds: dict[str, list[list[float]]] = {k: [] for k in fns}
+    for i in range(p.max_rounds):
+        for key, fn in fns.items():
+            rounds[key].append(_round(fn, p.round_s, p.min_runs_per_round))
+        if i + 1 >= p.min_rounds and all(_settled([statistics.median(r) for r in v], p.tolerance)
+                                         for v in rounds.values()):
+            break
+    return rounds
+
+
+def round_stats(rounds: list[list[float]], tolerance: float = Protocol.tolerance) -> LatencyStats:
+    """Returns the latency statistics of one callable's rounds (as ``timed_rounds`` gives them)."""
+    return _stats([t for r in rounds for t in r], [statistics.median(r) for r in rounds], tolerance)
+
+
+def quiet_rounds(marker: list[float], limit_ms: float) -> list[int]:
+    """Returns which rounds ran while the machine was quiet, by a marker timed last in every cycle of rounds
+    (``timed_rounds``; ``marker``: its round medians): round i of the others ran between the marker's rounds
+    i - 1 and i, and is quiet when both (the first round: the one after it) ran within ``limit_ms``."""
+    return [i for i, m in enumerate(marker) if m <= limit_ms and (i == 0 or marker[i - 1] <= limit_ms)]
+
+
 def time_side_by_side(
     fns: dict[str, Callable[[], object]], protocol: Protocol | None = None
 ) -> dict[str, LatencyStats]:
@@ -115,15 +145,4 @@ def time_side_by_side(
     ratios between them (speed-ups) hold even where absolute numbers drift.
     """
     p = protocol or Protocol()
-    for fn in fns.values():
-        _warmup(fn, p.warmup_s)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    medians: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(p.max_rounds):
-        for key, fn in fns.items():
-            batch = _round(fn, p.round_s, p.min_runs_per_round)
-            times[key].extend(batch)
-            medians[key].append(statistics.median(batch))
-        if i + 1 >= p.min_rounds and all(_settled(m, p.tolerance) for m in medians.values()):
-            break
-    return {k: _stats(times[k], medians[k], p.tolerance) for k in fns}
+    return {k: round_stats(r, p.tolerance) for k, r in timed_rounds(fns, p).items()}

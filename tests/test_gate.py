@@ -115,6 +115,31 @@ def test_side_by_side_protocol_orders_a_slow_and_a_fast_callable():
     assert stats["slow"].runs >= 3 * stats["slow"].rounds and stats["slow"].p90_ms >= stats["slow"].median_ms
 
 
+def test_rounds_run_interleaved_and_their_statistics_are_the_protocols():
+    from edgeprune.timing import round_stats, timed_rounds
+
+    order = []
+    rounds = timed_rounds({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                          Protocol(warmup_s=0.0, round_s=0.001, min_rounds=3, max_rounds=3))
+    assert [len(rounds["a"]), len(rounds["b"])] == [3, 3]
+    # after the warm-up (a's runs, then b's), round i of a ran between round i - 1 and round i of b
+    timed = order[order.index("b") + order[order.index("b"):].index("a"):]
+    blocks = [k for i, k in enumerate(timed) if i == 0 or timed[i - 1] != k]
+    assert blocks == ["a", "b"] * 3
+    assert sum(map(len, rounds["a"])) == timed.count("a") and min(map(len, rounds["a"])) >= 3  # runs per round
+    stats = round_stats(rounds["a"])
+    assert stats.rounds == 3 and stats.runs == sum(map(len, rounds["a"]))
+
+
+def test_a_round_is_quiet_only_when_the_marker_on_either_side_of_it_ran_within_the_limit():
+    from edgeprune.timing import quiet_rounds
+
+    # the marker runs last in each cycle: round i of the others ran between its rounds i - 1 and i
+    marker = [1.0, 1.1, 1.9, 1.0, 1.0, 2.0]
+    assert quiet_rounds(marker, 1.25) == [0, 1, 4]  # 2 and 3 touch the slow 1.9, 5 the slow 2.0
+    assert quiet_rounds(marker, 2.0) == list(range(6)) and quiet_rounds([3.0], 1.25) == []
+
+
 def test_an_undecided_measurement_is_taken_once_more_and_the_quieter_kept():
     from edgeprune.measure.latency import remeasure_if_undecided
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import tomllib
@@ -122,6 +123,9 @@ def test_probe_writes_a_valid_profile_of_this_machine(tmp_path):
     assert eff.swing >= 1 and f"swing {eff.swing:g}" in eff.source and f"swing {eff.swing:g})" in proc.stderr
     # and what a kernel split over the threads cost at times, on the hand-off chain timed in the same rounds
     assert eff.stall_us is not None and eff.stall_us >= 0 and f"stall {eff.stall_us:g} us" in eff.source
+    # fitted to the rounds in which that chain said the machine was quiet (or, where too few were, to every round)
+    quiet = re.search(r"fitted to the (\d+) of (\d+) rounds in which the machine was quiet", eff.source)
+    assert (quiet and 3 <= int(quiet[1]) <= int(quiet[2])) or "fitted to every round: in only" in eff.source
     # the probe writes the kernel classes of this machine, so the profile stands for it
     from edgeprune.host import this_host
     from edgeprune.measure.local import stand_in

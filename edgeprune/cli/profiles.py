@@ -9,6 +9,7 @@ from rich.table import Table
 
 from edgeprune.cli.common import emit_json, err, out, progress
 from edgeprune.errors import InputError
+from edgeprune.gate import ESTIMATE_ERROR_BOUND
 
 
 @click.group()
@@ -105,7 +106,7 @@ def profiles_probe(output: Path, name: str | None, seconds: float, threads: int 
         err.print(f"[yellow]warning:[/yellow] the machine was busy (load {load:.1f} per core): the calibrated "
                   "efficiency factors include that load; probe again when it is quiet")
     swing = data["efficiency"].get("swing", 1.0)
-    if swing > 1.25:  # more than the estimator's own error on models it was not fitted to
+    if swing > 1 + ESTIMATE_ERROR_BOUND:  # more than the estimator's own error on models it was not fitted to
         err.print(f"[yellow]warning:[/yellow] this machine's speed swung while probed: a chain of short kernels ran "
                   f"up to {swing - 1:.0%} slower than when fastest (cores slow to wake, as a VM's can be), and a "
                   f"kernel split over the threads up to {data['efficiency'].get('stall_us', 0):g} us longer; budgets "

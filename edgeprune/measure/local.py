@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +98,23 @@ def _differences(profile: Profile, precision: str, host: Host) -> list[str]:
     return found
 
 
+def onnx_runs(
+    files: dict[str, Path],
+    inputs: Sequence[torch.Tensor],
+    threads: int | None = None,
+    other_inputs: dict[str, Sequence[torch.Tensor]] | None = None,
+) -> dict[str, Callable[[], object]]:
+    """Returns, for each ONNX file, one run of it in its own ONNX Runtime session on this machine: on
+    ``inputs``, or on its own in ``other_inputs`` (by the file's key)."""
+    threads = threads or this_host().cores
+    runs = {}
+    for key, path in files.items():
+        sess = onnx_runtime.session(path, threads)
+        feed = onnx_runtime.feeds(sess, (other_inputs or {}).get(key, inputs))
+        runs[key] = (lambda s=sess, f=feed: s.run(None, f))
+    return runs
+
+
 def measure_onnx_files(
     files: dict[str, Path],
     inputs: Sequence[torch.Tensor],
@@ -107,13 +124,7 @@ def measure_onnx_files(
 ) -> dict[str, LatencyStats]:
     """Returns latency statistics for each ONNX file, timed side by side on this machine: each run on
     ``inputs``, or on its own in ``other_inputs`` (by the file's key)."""
-    threads = threads or this_host().cores
-    runs = {}
-    for key, path in files.items():
-        sess = onnx_runtime.session(path, threads)
-        feed = onnx_runtime.feeds(sess, (other_inputs or {}).get(key, inputs))
-        runs[key] = (lambda s=sess, f=feed: s.run(None, f))
-    return time_side_by_side(runs, protocol)
+    return time_side_by_side(onnx_runs(files, inputs, threads, other_inputs), protocol)
 
 
 @contextmanager

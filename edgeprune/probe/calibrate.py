@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from edgeprune.backends.onnx_tools import runtime as onnx_runtime
+from edgeprune.gate import ESTIMATE_ERROR_BOUND
 from edgeprune.host import Host, this_host
 from edgeprune.measure.graph import ANCHORS
 from edgeprune.probe.bench import (
@@ -40,6 +42,7 @@ from edgeprune.probe.chains import (
 )
 from edgeprune.probe.fit import fit_depthwise, fit_per_element, fit_shallow, solve_efficiency
 
+MIN_QUIET = 3  # quiet rounds the fit needs; with fewer, it takes every round
 # the operators of ONNX Runtime's optimized graph that are products (the rest is between them)
 PRODUCT_OPS = ANCHORS | {"MatMulIntegerToFloat", "NhwcFusedConv"}
 
@@ -59,7 +62,7 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     import tempfile
 
     from edgeprune.measure.graph import ONNXRUNTIME, lowered_graph
-    from edgeprune.timing import Protocol, time_side_by_side
+    from edgeprune.timing import Protocol, quiet_rounds, round_stats, timed_rounds
 
     host = host or this_host()
     threads = threads or host.cores
@@ -117,18 +120,27 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         if one_thread:
             runs[handoff_one] = _run(Path(tmp) / "handoff.onnx", 1, feed)
     rounds = max(4, int(seconds * 8))
-    stats = time_side_by_side(runs, Protocol(warmup_s=seconds / 4, round_s=seconds / 4, min_rounds=rounds,
-                                             max_rounds=2 * rounds))
-    measured_ms = {key: stats[key].min_ms if statistic == "min" else stats[key].median_ms for key in stats}
+    timed = timed_rounds(runs, Protocol(warmup_s=seconds / 4, round_s=seconds / 4, min_rounds=rounds,
+                                        max_rounds=2 * rounds))
+    stats = {key: round_stats(r) for key, r in timed.items()}
+    # the estimate is fitted to the rounds in which the machine was quiet (the hand-off chain, last in every cycle,
+    # within the estimator's own bound of its fastest on either side): a slow spell that comes and goes while
+    # probed would otherwise be fitted into the kernels' costs; the swing and the stall below see every round
+    chain = [statistics.median(r) for r in timed[handoff]]
+    quiet = quiet_rounds(chain, min(chain) * (1 + ESTIMATE_ERROR_BOUND))
+    fitted = {key: round_stats([r[i] for i in quiet]) for key, r in timed.items()} if len(quiet) >= MIN_QUIET else stats
+    measured_ms = {key: fitted[key].min_ms if statistic == "min" else fitted[key].median_ms for key in stats}
+    quiet_note = (f"fitted to the {len(quiet)} of {len(chain)} rounds in which the machine was quiet"
+                  if fitted is not stats else f"fitted to every round: in only {len(quiet)} of {len(chain)} was the machine quiet")
     # the chain of the shortest kernels (depthwise on the smallest maps) feels first when the machine's cores are
     # slow to wake (a VM's vCPUs): its rounds, interleaved with every other run over the whole calibration, show
     # how much slower than its fastest the machine ran at times (on a 2-vCPU VM: 1.8x, in windows seconds apart)
     seen = 1 + max(stats[key].spread for key in graphs if key[1] == DEPTHWISE_INPUTS[-1])
-    worst = stats[one_thread].median_ms / stats[shortest].median_ms if one_thread else 1.0
+    worst = stats[one_thread].median_ms / fitted[shortest].median_ms if one_thread else 1.0
     data["efficiency"]["swing"] = swing = round(max(seen, worst), 3)
     kernel_ms = [stats[handoff].spread * stats[handoff].median_ms]  # its slowest round over its fastest
     if one_thread:
-        kernel_ms.append(stats[handoff_one].median_ms - stats[handoff].median_ms)
+        kernel_ms.append(stats[handoff_one].median_ms - fitted[handoff].median_ms)
     data["efficiency"]["stall_us"] = stall = round(max(0.0, *kernel_ms) * 1000 / HANDOFF_LAYERS, 2)
     on_one_thread = f", and on this virtual machine it ran {worst:.2f} times as long on one thread as on {threads}" \
         if one_thread else ""
@@ -173,7 +185,8 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
         f"{data['efficiency']['source'].replace(UNCALIBRATED, '')}; compute {compute:g} (by precision "
         f"{', '.join(f'{p} {v:g}' for p, v in data['efficiency']['compute_by_precision'].items())}) calibrated so the roofline "
         f"estimates of a {len(CALIBRATION_CNN)}-layer 3x3-conv CNN at batch 1 match its "
-        f"{'fastest run' if statistic == 'min' else 'median'} under the build timing protocol ({measured}; "
+        f"{'fastest run' if statistic == 'min' else 'median'} under the build timing protocol, {quiet_note} "
+        f"({measured}; "
         f"geometric means kept); shallow convolutions "
         f"{', '.join(f'{p} {a:.3g} ns per output + {b:.3g} ns per output pixel and window row' for p, (a, b) in shallow.items())}, "
         f"fitted to RGB stems at 224x224 ({stems}); depthwise convolutions "
