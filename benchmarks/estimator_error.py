@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
 from held_out_models import HELD_OUT, export_held_out  # noqa: E402
-from quiet import MIN_QUIET_ROUNDS, QUIET, QUIET_TRIES, quiet_limit, quiet_runs  # noqa: E402
+from quiet import QUIET, QUIET_TRIES, quiet_limit, quiet_runs  # noqa: E402
 from writeup import machine, write_section  # noqa: E402
 
 from edgeprune.backends.onnx_tools.fusion import unfused_nodes  # noqa: E402
@@ -67,7 +67,7 @@ from edgeprune.probe.chains import (  # noqa: E402
     handoff_model,
 )
 from edgeprune.profile import load_profile_file  # noqa: E402
-from edgeprune.timing import round_stats, timed_rounds  # noqa: E402
+from edgeprune.timing import MIN_QUIET_ROUNDS, round_stats, timed_rounds  # noqa: E402
 
 SECTION = "## Roofline estimator error"
 BOUND = 0.20

@@ -14,8 +14,7 @@ from edgeprune.timing import quiet_rounds
 # run, the swing above which `profiles probe` calls a host unsteady: its slow spells slow that chain by half or
 # more, its quiet rounds stay within a few percent
 QUIET = ESTIMATE_ERROR_BOUND
-MIN_QUIET_ROUNDS = 3  # fewer quiet rounds than this over all passes: the row has no quiet measurement
-QUIET_TRIES = 4  # times a model with fewer is timed again for its quiet rounds
+QUIET_TRIES = 4  # times a model with fewer than edgeprune.timing.MIN_QUIET_ROUNDS is timed again for its quiet rounds
 
 
 def quiet_limit(chain: dict[str, list[list[float]]]) -> float:

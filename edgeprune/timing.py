@@ -129,6 +129,9 @@ def round_stats(rounds: list[list[float]], tolerance: float = Protocol.tolerance
     return _stats([t for r in rounds for t in r], [statistics.median(r) for r in rounds], tolerance)
 
 
+MIN_QUIET_ROUNDS = 3  # quiet rounds a figure taken on them needs; with fewer, the machine was not quiet enough
+
+
 def quiet_rounds(marker: list[float], limit_ms: float) -> list[int]:
     """Returns which rounds ran while the machine was quiet, by a marker timed last in every cycle of rounds
     (``timed_rounds``; ``marker``: its round medians): round i of the others ran between the marker's rounds

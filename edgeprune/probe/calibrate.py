@@ -42,7 +42,6 @@ from edgeprune.probe.chains import (
 )
 from edgeprune.probe.fit import fit_depthwise, fit_per_element, fit_shallow, solve_efficiency
 
-MIN_QUIET = 3  # quiet rounds the fit needs; with fewer, it takes every round
 # the operators of ONNX Runtime's optimized graph that are products (the rest is between them)
 PRODUCT_OPS = ANCHORS | {"MatMulIntegerToFloat", "NhwcFusedConv"}
 
@@ -57,12 +56,14 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     the source. bandwidth: a batch-1 MatMul streaming a 64 MiB weight, as a fraction of
     the copy bandwidth. The measurements use the timing protocol of builds; ``statistic``
     is what the estimate is fitted to: the median a build reports, or the fastest run
-    ("min"), which other load on the machine disturbs least.
+    ("min"), which other load on the machine disturbs least, over the rounds in which the machine
+    was quiet (a chain of kernels split over the threads, timed last in every cycle, near its fastest
+    on either side), or every round where too few were.
     """
     import tempfile
 
     from edgeprune.measure.graph import ONNXRUNTIME, lowered_graph
-    from edgeprune.timing import Protocol, quiet_rounds, round_stats, timed_rounds
+    from edgeprune.timing import MIN_QUIET_ROUNDS, Protocol, quiet_rounds, round_stats, timed_rounds
 
     host = host or this_host()
     threads = threads or host.cores
@@ -128,7 +129,7 @@ def calibrate_efficiency(profile_data: dict, seconds: float, threads: int | None
     # probed would otherwise be fitted into the kernels' costs; the swing and the stall below see every round
     chain = [statistics.median(r) for r in timed[handoff]]
     quiet = quiet_rounds(chain, min(chain) * (1 + ESTIMATE_ERROR_BOUND))
-    fitted = {key: round_stats([r[i] for i in quiet]) for key, r in timed.items()} if len(quiet) >= MIN_QUIET else stats
+    fitted = {key: round_stats([r[i] for i in quiet]) for key, r in timed.items()} if len(quiet) >= MIN_QUIET_ROUNDS else stats
     measured_ms = {key: fitted[key].min_ms if statistic == "min" else fitted[key].median_ms for key in stats}
     quiet_note = (f"fitted to the {len(quiet)} of {len(chain)} rounds in which the machine was quiet"
                   if fitted is not stats else f"fitted to every round: in only {len(quiet)} of {len(chain)} was the machine quiet")
