@@ -125,7 +125,7 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
     handoff_ms: dict[str, list[float]] = {}  # per model, per pass: the hand-off chain's median beside it
     handoff_rounds: dict[str, list[list[float]]] = {}  # per model, per pass: the chain's round medians beside it
     timed: dict[tuple[str, str], list] = {}
-    timed_rounds_: dict[tuple[str, str], list] = {}  # per row, per pass: its rounds' run times
+    row_rounds: dict[tuple[str, str], list] = {}  # per row, per pass: its rounds' run times
     drift: dict[str, list[float]] = {}  # per model, per pass: the reference's measured / estimated ms
     gauges = []  # the host's memory bandwidth before each pass and after the last: how far it drifted
     pass_profiles = []  # the profile each pass's measurements are estimated on too
@@ -140,7 +140,7 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
             handoff_rounds.setdefault(model, []).append([statistics.median(r) for r in chain])
             for variant, variant_rounds in rounds.items():
                 timed.setdefault((model, variant), []).append(round_stats(variant_rounds))
-                timed_rounds_.setdefault((model, variant), []).append(variant_rounds)
+                row_rounds.setdefault((model, variant), []).append(variant_rounds)
     gauges.append(memory_bandwidth_gbs(1.0))
     # a model with too few quiet rounds (the host in a slow spell through its passes) is timed again, in turn with
     # the others (a spell lasts seconds to minutes), up to QUIET_TRIES times, for its quiet rounds only (its other
@@ -148,7 +148,7 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
     retimed: dict[str, int] = {}
     for _ in range(QUIET_TRIES):
         for model, _held, paths, x in models:
-            if all(len(quiet_runs(timed_rounds_[(model, v)], handoff_rounds[model], quiet_limit(handoff_rounds))[0])
+            if all(len(quiet_runs(row_rounds[(model, v)], handoff_rounds[model], quiet_limit(handoff_rounds))[0])
                    >= MIN_QUIET_ROUNDS for v in paths):
                 continue
             retimed[model] = retimed.get(model, 0) + 1
@@ -156,7 +156,7 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
             rounds.pop(REFERENCE)
             handoff_rounds[model].append([statistics.median(r) for r in rounds.pop(HANDOFF)])
             for variant, variant_rounds in rounds.items():
-                timed_rounds_[(model, variant)].append(variant_rounds)
+                row_rounds[(model, variant)].append(variant_rounds)
     # how much longer than at its fastest in this run each hand-off kernel took beside a model, in ms
     fastest = min(min(v) for v in handoff_ms.values())
     stalls = {m: [max(0.0, v - fastest) / HANDOFF_LAYERS for v in ms] for m, ms in handoff_ms.items()}
@@ -174,7 +174,7 @@ def run(threads: int | None, seconds: float, profile_path: Path | None, workdir:
             probed_pass = statistics.median(
                 estimate_onnx(path, [tuple(x.shape)], pp, unfused=unfused, runtime=ONNXRUNTIME).ms / m
                 for pp, m in zip(pass_profiles, per_pass, strict=True)) - 1
-            quiet, total = quiet_runs(timed_rounds_[(model, variant)], handoff_rounds[model], quiet_ms)
+            quiet, total = quiet_runs(row_rounds[(model, variant)], handoff_rounds[model], quiet_ms)
             quiet_measured = statistics.median(t for r in quiet for t in r) if len(quiet) >= MIN_QUIET_ROUNDS else None
             rows.append({"model": model, "variant": variant, "gflops": est.flops / 1e9, "kernels": len(est.kernels),
                          "unfused": est.unfused_layers, "measured_ms": measured,
